@@ -1,0 +1,3 @@
+from pos2distill.cli import main
+
+raise SystemExit(main())

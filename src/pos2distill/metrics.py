@@ -1,0 +1,138 @@
+"""Evaluation metrics: pure per-example scores, and a separate aggregation step per gold position.
+
+Per-example scores (:func:`best_subspan_em`) are pure functions of strings, so each row written to
+disk can be re-scored and traced. Aggregation (:func:`aggregate_by_key`, :func:`summarize`) turns
+those rows into the numbers reported in METHOD.md section 4: accuracy per gold position, their
+unweighted mean and GAP = max - min.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# ASCII punctuation plus the unicode quotes, dashes and ellipsis that model outputs and Wikipedia
+# text use in place of their ASCII forms; without them "“Paris”" and "Paris" would not match.
+_PUNCTUATION = frozenset(string.punctuation) | frozenset("‘’‚‛“”„‟′″«»‹›–—―‐‑‒…")
+_PUNCT_TABLE = {ord(c): None for c in _PUNCTUATION}
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """Normalise text for answer matching.
+
+    Lower-case, delete punctuation, drop the articles a/an/the (whole words only) and collapse
+    white space. Punctuation is deleted rather than replaced by a space, so ``"U.S."`` becomes
+    ``"us"`` on both the prediction and the gold side.
+    """
+    s = s.lower().translate(_PUNCT_TABLE)
+    # Articles go after punctuation so that "the," or "(a" are recognised as whole words too.
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def first_line(text: str) -> str:
+    """The first line of ``text`` that is not blank, stripped; ``""`` if there is none."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def best_subspan_em(prediction: str, answers: Iterable[str]) -> float:
+    """Best-subspan exact match (METHOD.md section 4), the retrieval metric.
+
+    Only the first non-blank line of ``prediction`` is scored, because models often keep talking
+    after the answer and a later line could mention a gold string by chance. Returns 1.0 if any
+    gold answer, normalised with :func:`normalize_answer`, is a substring of the normalised
+    prediction, else 0.0. Gold answers that normalise to the empty string are ignored: the empty
+    string is a substring of everything and would make every prediction correct.
+    """
+    if isinstance(answers, str):
+        # A bare string would be iterated character by character and match almost anything.
+        raise TypeError("answers must be a collection of strings, not a single string")
+    pred = normalize_answer(first_line(prediction))
+    for answer in answers:
+        gold = normalize_answer(answer)
+        if gold and gold in pred:
+            return 1.0
+    return 0.0
+
+
+@dataclass(frozen=True)
+class PositionStats:
+    """Accuracy at one gold position (or any other integer key).
+
+    Attributes:
+        position: the key value (0-based gold position by default).
+        accuracy: mean of the per-example scores at this key.
+        stderr: binomial standard error ``sqrt(p (1 - p) / n)``; 0.0 when ``count <= 1``, where a
+            spread cannot be estimated.
+        count: number of examples at this key.
+    """
+
+    position: int
+    accuracy: float
+    stderr: float
+    count: int
+
+
+def aggregate_by_key(rows: Iterable[Mapping[str, Any]], *, key: str = "position",
+                     value: str = "correct") -> list[PositionStats]:
+    """Group per-example rows by an integer ``key`` and average their ``value`` (a score in [0, 1]).
+
+    Returns one :class:`PositionStats` per distinct key, sorted by key. Raises ``ValueError`` on
+    empty input, a missing field, a non-integer key or a value outside [0, 1] (the binomial
+    standard error is only meaningful for scores in that range).
+    """
+    totals: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for i, row in enumerate(rows):
+        for field in (key, value):
+            if field not in row:
+                raise ValueError(f"row {i}: missing field {field!r}")
+        k, v = row[key], row[value]
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise ValueError(f"row {i}: field {key!r} must be an integer, got {k!r}")
+        if isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise ValueError(f"row {i}: field {value!r} must be a number in [0, 1], got {v!r}")
+        totals[k] = totals.get(k, 0.0) + float(v)
+        counts[k] = counts.get(k, 0) + 1
+    if not counts:
+        raise ValueError("no rows to aggregate")
+    stats = []
+    for k in sorted(counts):
+        n = counts[k]
+        p = totals[k] / n
+        # max(0, .) guards against a tiny negative product from rounding when p is 0 or 1.
+        se = math.sqrt(max(0.0, p * (1.0 - p)) / n) if n > 1 else 0.0
+        stats.append(PositionStats(position=k, accuracy=p, stderr=se, count=n))
+    return stats
+
+
+def summarize(stats: Sequence[PositionStats]) -> dict[str, float | int]:
+    """Headline numbers over positions (METHOD.md section 4).
+
+    Returns a dict with ``mean`` (unweighted mean of the per-position accuracies, as the paper
+    averages over positions, not over examples), ``gap`` (max - min accuracy), ``best_position``
+    and ``worst_position`` (ties go to the lowest position) and ``n_per_position`` (the smallest
+    count, so a thin position is visible). Raises ``ValueError`` on empty input.
+    """
+    if not stats:
+        raise ValueError("no positions to summarize")
+    accuracies = [s.accuracy for s in stats]
+    best = min(stats, key=lambda s: (-s.accuracy, s.position))
+    worst = min(stats, key=lambda s: (s.accuracy, s.position))
+    return {
+        "mean": sum(accuracies) / len(accuracies),
+        "gap": max(accuracies) - min(accuracies),
+        "best_position": best.position,
+        "worst_position": worst.position,
+        "n_per_position": min(s.count for s in stats),
+    }

@@ -1,0 +1,93 @@
+"""Prompt templates and rendering.
+
+Three templates, each a pure function of a :class:`~pos2distill.records.Record` whose documents are
+already in prompt order (see :mod:`pos2distill.positions`):
+
+- ``authors``: one instruction line, each document as ``- Title: {title}`` with its text on the next
+  line, a blank line, ``Question: {question}`` (the Pos2Distill paper's prompt);
+- ``litm``: the lost-in-the-middle layout, ``Document [k](Title: {title}) {text}`` lines and a final
+  ``Answer:``;
+- ``kv``: key-value retrieval over a JSON object (the lost-in-the-middle KV task).
+
+The body becomes one user turn in the model's chat template when the tokenizer has one (``chat="auto"``),
+or is used as plain text followed by ``Answer:`` otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pos2distill.errors import ConfigError
+from pos2distill.records import Record
+
+TEMPLATES = ("authors", "litm", "kv")
+ChatMode = Literal["auto", "on", "off"]
+
+QA_INSTRUCTION = ("Write a high-quality answer for the given question using only the provided "
+                  "search results (some of which might be irrelevant).")
+KV_INSTRUCTION = ("Extract the value corresponding to the specified key in the JSON object below.")
+
+
+def _authors(record: Record) -> str:
+    docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
+    return f"{QA_INSTRUCTION}\n{docs}\n\nQuestion: {record.question}"
+
+
+def _litm(record: Record) -> str:
+    docs = "\n".join(f"Document [{k}](Title: {d.title}) {d.text}"
+                     for k, d in enumerate(record.documents, start=1))
+    return f"{QA_INSTRUCTION}\n\n{docs}\n\nQuestion: {record.question}\nAnswer:"
+
+
+def _kv(record: Record) -> str:
+    # Documents of a kv record hold one '"key": "value"' pair each (see loaders.load_kv).
+    body = ",\n ".join(d.text for d in record.documents)
+    return (f"{KV_INSTRUCTION}\n\nJSON data:\n{{{body}}}\n\n"
+            f"Key: {json.dumps(record.question)}\nCorresponding value:")
+
+
+_RENDERERS = {"authors": _authors, "litm": _litm, "kv": _kv}
+
+
+def user_message(record: Record, template: str = "authors") -> str:
+    """The prompt body (documents in ``record.documents`` order)."""
+    try:
+        return _RENDERERS[template](record)
+    except KeyError:
+        raise ConfigError(f"--template: unknown template {template!r}; "
+                          f"choose one of {', '.join(TEMPLATES)}") from None
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def use_chat(tokenizer: Any, chat: ChatMode) -> bool:
+    """Resolve ``chat`` ("auto" = the tokenizer's chat template when it has one)."""
+    if chat == "auto":
+        return has_chat_template(tokenizer)
+    if chat == "on":
+        if not has_chat_template(tokenizer):
+            raise ConfigError("--chat on: this tokenizer has no chat template; use --chat off "
+                              "(plain text prompts) or a chat model's tokenizer")
+        return True
+    if chat == "off":
+        return False
+    raise ConfigError(f"--chat: {chat!r} is not one of auto, on, off")
+
+
+def render_prompt(record: Record, tokenizer: Any, *, template: str = "authors",
+                  chat: ChatMode = "auto") -> str:
+    """The exact prompt text given to the model (generation starts right after it)."""
+    body = user_message(record, template)
+    if use_chat(tokenizer, chat):
+        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                             add_generation_prompt=True)
+    return body if body.endswith(":") else body + "\nAnswer:"
+
+
+def encode_prompt(tokenizer: Any, prompt: str, *, chat: bool) -> list[int]:
+    """Token ids of a rendered prompt. A chat template already writes the special tokens it
+    wants (BOS included), so they are only added for plain-text prompts."""
+    return tokenizer(prompt, add_special_tokens=not chat)["input_ids"]

@@ -1,0 +1,173 @@
+"""The one record type for multi-document QA, and JSONL reading/writing.
+
+A :class:`Record` holds a question, its gold answers and its documents in *dataset order*; ``gold``
+lists the indices of the gold documents (one for retrieval; several, in hop order, for multi-hop).
+Placing documents at prompt positions is the job of :mod:`pos2distill.positions`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from pos2distill.errors import DataError
+
+
+@dataclass(frozen=True)
+class Document:
+    title: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"title": self.title, "text": self.text}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, path: str | None = None, line: int | None = None,
+                  field: str = "document") -> "Document":
+        if not isinstance(d, dict):
+            raise DataError(f"expected an object with 'title' and 'text', got {type(d).__name__}",
+                            path=path, line=line, field=field)
+        title = d.get("title", "")
+        text = d.get("text")
+        if title is None:
+            title = ""
+        if not isinstance(title, str):
+            raise DataError("must be a string", path=path, line=line, field=f"{field}.title")
+        if not isinstance(text, str):
+            raise DataError("missing or not a string", path=path, line=line, field=f"{field}.text")
+        return cls(title=title, text=text)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One multi-document question.
+
+    Attributes:
+        id: stable identifier (used to key outputs and seed distractor orders).
+        question: the question (for key-value retrieval: the key).
+        answers: gold answers; any of them counts as correct.
+        documents: all documents, gold and distractors, in dataset order.
+        gold: indices into ``documents`` of the gold documents, in hop order.
+        task: ``"qa"`` (retrieval QA) or ``"kv"`` (key-value retrieval).
+    """
+
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    documents: tuple[Document, ...]
+    gold: tuple[int, ...]
+    task: str = "qa"
+
+    def __post_init__(self) -> None:
+        if not self.answers:
+            raise DataError(f"record {self.id!r} has no answers", field="answers")
+        if not self.gold:
+            raise DataError(f"record {self.id!r} has no gold document", field="gold")
+        for g in self.gold:
+            if not 0 <= g < len(self.documents):
+                raise DataError(f"record {self.id!r}: gold index {g} outside its "
+                                f"{len(self.documents)} documents", field="gold")
+        if len(set(self.gold)) != len(self.gold):
+            raise DataError(f"record {self.id!r}: repeated gold index", field="gold")
+
+    @property
+    def gold_document(self) -> Document:
+        """The gold document of a single-gold (retrieval) record."""
+        if len(self.gold) != 1:
+            raise DataError(f"record {self.id!r} has {len(self.gold)} gold documents; "
+                            "retrieval needs exactly one", field="gold")
+        return self.documents[self.gold[0]]
+
+    @property
+    def distractors(self) -> tuple[Document, ...]:
+        gold = set(self.gold)
+        return tuple(d for i, d in enumerate(self.documents) if i not in gold)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "question": self.question, "answers": list(self.answers),
+                "documents": [d.to_dict() for d in self.documents], "gold": list(self.gold),
+                "task": self.task}
+
+    @classmethod
+    def from_dict(cls, d: Any, *, path: str | None = None, line: int | None = None) -> "Record":
+        """Parse our own format (what :meth:`to_dict` writes)."""
+        if not isinstance(d, dict):
+            raise DataError(f"expected a JSON object, got {type(d).__name__}", path=path, line=line)
+        for key, typ in (("id", str), ("question", str), ("answers", list), ("documents", list),
+                         ("gold", list)):
+            if key not in d:
+                raise DataError("missing", path=path, line=line, field=key)
+            if not isinstance(d[key], typ):
+                raise DataError(f"must be a {typ.__name__}", path=path, line=line, field=key)
+        answers = d["answers"]
+        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+            raise DataError("must be a non-empty list of non-empty strings", path=path, line=line,
+                            field="answers")
+        docs = tuple(Document.from_dict(x, path=path, line=line, field=f"documents[{i}]")
+                     for i, x in enumerate(d["documents"]))
+        gold = d["gold"]
+        if not gold or not all(isinstance(g, int) and not isinstance(g, bool) for g in gold):
+            raise DataError("must be a non-empty list of integers", path=path, line=line,
+                            field="gold")
+        task = d.get("task", "qa")
+        if task not in ("qa", "kv"):
+            raise DataError(f"unknown task {task!r} (expected 'qa' or 'kv')", path=path,
+                            line=line, field="task")
+        try:
+            return cls(id=d["id"], question=d["question"], answers=tuple(answers),
+                       documents=docs, gold=tuple(gold), task=task)
+        except DataError as e:
+            raise DataError(str(e), path=path, line=line, field=e.field) from None
+
+
+def open_text(path: str | os.PathLike, mode: str = "rt") -> io.TextIOBase:
+    """Open ``.jsonl`` or ``.jsonl.gz`` as UTF-8 text."""
+    path = str(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, mode, encoding="utf-8")  # type: ignore[return-value]
+    return open(path, mode, encoding="utf-8")
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, parsed_object)`` for each non-blank line; 1-based line numbers."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("file not found", path=str(path))
+    try:
+        with open_text(p) as f:
+            for n, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield n, json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"malformed JSON ({e.msg} at column {e.colno})",
+                                    path=str(path), line=n) from None
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read ({e})", path=str(path)) from None
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows atomically: to a temporary name, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary name keeps the final suffix so .gz files are compressed like the target.
+    tmp = path.with_name(".tmp-" + path.name)
+    with open_text(tmp, "wt") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_records(path: str | os.PathLike) -> list[Record]:
+    """Read a file in our own record format."""
+    return [Record.from_dict(obj, path=str(path), line=n) for n, obj in iter_jsonl(path)]
+
+
+def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
+    write_jsonl(path, (r.to_dict() for r in records))

@@ -1,0 +1,57 @@
+"""A word-level tokenizer with a chat template for the tiny model, built locally (no hub)."""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from pos2distill import prompts, synthetic
+from pos2distill.positions import place_gold
+
+PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM = (
+    "<|pad|>", "<|unk|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
+SPECIALS = (PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM)
+
+# One user turn per message; the assistant's answer ends with <|end|>, which is also EOS.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{{ message['content'] }}<|end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    # Words and single punctuation marks; whitespace carries no information for this model.
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                    pre_tokenizers.Punctuation(behavior="isolated")])
+
+
+def corpus_words() -> list[str]:
+    """Every word the synthetic benchmark's prompts can contain, in every template."""
+    pre = _pre_tokenizer()
+    words: set[str] = set(synthetic.NAMES) | set(synthetic.CITIES)
+    words |= {str(k) for k in range(0, 101)}
+    record = synthetic.generate("train", 1, n_documents=3)[0]
+    record = place_gold(record, 1, random.Random(0))
+    for template in ("authors", "litm"):
+        text = prompts.user_message(record, template) + "\nAnswer:"
+        words |= {w for w, _ in pre.pre_tokenize_str(text)}
+    return sorted(words)
+
+
+def build_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """A fast tokenizer over ``SPECIALS + words`` (default: :func:`corpus_words`)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for w in (corpus_words() if words is None else words):
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = _pre_tokenizer()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK,
+                                   bos_token=BOS, eos_token=EOS,
+                                   additional_special_tokens=[USER, ASSISTANT, SYSTEM])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"
+    return fast
