@@ -1,0 +1,77 @@
+"""The ``pos2distill`` command: parses flags into a stage's config and calls that stage's ``main``.
+
+Errors a user can fix (bad flags, bad data, missing files) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable
+
+from pos2distill import __version__
+from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
+                                TrainConfig, add_arguments, from_args)
+from pos2distill.errors import Pos2DistillError
+
+
+def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
+    from pos2distill import demo, pairs, probe, report, teach, train
+
+    return {
+        "probe": (ProbeConfig, probe.main, "Accuracy by gold document position."),
+        "teach": (TeachConfig, teach.main, "Teacher responses at the advantageous position."),
+        "pairs": (PairsConfig, pairs.main, "Training pairs: K trivial positions + anchors."),
+        "train": (TrainConfig, train.main, "Train with Pos2Distill-R1 (frozen teacher)."),
+        "report": (ReportConfig, report.main, "Before/after tables and plots from two probes."),
+        "demo": (DemoConfig, demo.main, "The whole R1 pipeline on the embedded tiny model."),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pos2distill",
+        description="Measure and remove positional bias in LLMs (Pos2Distill, EMNLP 2025).",
+        epilog="Run `pos2distill COMMAND --help` for a command's options. "
+               "`pos2distill demo` shows the whole effect on the embedded tiny model.")
+    parser.add_argument("--version", action="version", version=f"pos2distill {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (cls, _, help_) in _commands().items():
+        p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_arguments(p, cls)
+    return parser
+
+
+def _print_result(command: str, result: Any) -> None:
+    if command == "demo":
+        print(f"\nreport: {result['report']}\nplot:   {result['plot']}\nsummary: {result['summary']}")
+    elif command == "probe":
+        print(f"mean {result['mean']:.3f}  GAP {result['gap']:.3f}  "
+              f"best position {result['best_position'] + 1} (1-based)")
+    elif command == "report":
+        print(f"report: {result['report']}\nplot:   {result['plot']}")
+    elif isinstance(result, dict):
+        print("  ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    cls, fn, _ = _commands()[args.command]
+    del args.quiet
+    try:
+        cfg = from_args(cls, args)
+        result = fn(cfg)
+    except Pos2DistillError as e:
+        print(f"pos2distill {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pos2distill {args.command}: interrupted; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    _print_result(args.command, result)
+    return 0

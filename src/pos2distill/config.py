@@ -1,0 +1,275 @@
+"""Typed configs, one dataclass per stage. Field docs (``metadata["help"]``) are the ``--help``.
+
+Every config validates itself in ``__post_init__`` with errors that name the flag. A YAML file loads
+into the same dataclass (:func:`from_yaml`); an unknown key is an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from pos2distill.errors import ConfigError
+from pos2distill.losses import WEIGHT_FORMULAS
+from pos2distill.prompts import TEMPLATES
+
+C = TypeVar("C")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+def _check_choice(flag: str, value: Any, choices: typing.Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"--{flag}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(flag: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class ModelOptions:
+    model: str = _f("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
+    template: str = _f("authors", f"Prompt template: {', '.join(TEMPLATES)}.")
+    chat: str = _f("auto", "Use the tokenizer's chat template: auto (when it has one), on, off.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    device: str = _f("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
+
+    def __post_init__(self) -> None:
+        _check_choice("template", self.template, TEMPLATES)
+        _check_choice("chat", self.chat, ("auto", "on", "off"))
+        _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class DataOptions:
+    data: str = _f("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
+                   "key-value or our own format), or synthetic:train / synthetic:test.")
+    data_format: str = _f("auto", "Data format: auto, records, litm, authors, kv.")
+    n_documents: int = _f(20, "Documents per question for single-document (oracle) files and "
+                          "the synthetic set; other questions' gold passages are the distractors.")
+    limit: int = _f(0, "Use only the first N questions (0 = all).")
+    seed: int = _f(0, "Seed for distractor orders and data building.")
+
+    def __post_init__(self) -> None:
+        _check_choice("data-format", self.data_format, ("auto", "records", "litm", "authors", "kv"))
+        _check_positive("n-documents", self.n_documents)
+        _check_positive("limit", self.limit, allow_zero=True)
+
+
+@dataclass
+class ProbeConfig(ModelOptions, DataOptions):
+    """Accuracy by gold position: batched greedy generation at every requested position."""
+
+    out: str = _f("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
+    positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+    batch_size: int = _f(64, "Prompts per generation batch.")
+    max_new_tokens: int = _f(32, "Tokens generated per answer.")
+
+    def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
+        DataOptions.__post_init__(self)
+        _check_positive("batch-size", self.batch_size)
+        _check_positive("max-new-tokens", self.max_new_tokens)
+
+
+@dataclass
+class TeachConfig(ModelOptions, DataOptions):
+    """Teacher responses at the advantageous position, kept only when correct."""
+
+    data: str = _f("synthetic:train", DataOptions.__dataclass_fields__["data"].metadata["help"])
+    out: str = _f("runs/teach.jsonl", "Output JSONL: one row per kept question.")
+    advantageous: str = _f("first", "Advantageous gold position: first, last, an integer, or auto "
+                           "(the best position of --probe).")
+    probe: str = _f("", "Probe folder (or its summary.json) for --advantageous auto.")
+    batch_size: int = _f(64, "Prompts per generation batch.")
+    max_new_tokens: int = _f(32, "Tokens generated per answer.")
+
+    def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
+        DataOptions.__post_init__(self)
+        if self.advantageous == "auto" and not self.probe:
+            raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
+        _check_positive("batch-size", self.batch_size)
+
+
+@dataclass
+class PairsConfig:
+    """Training pairs: K trivial positions per question plus anchor copies."""
+
+    teach: str = _f("runs/teach.jsonl", "Teacher responses from `pos2distill teach`.")
+    out: str = _f("runs/pairs.jsonl", "Output JSONL: one row per (question, student position).")
+    model: str = _f("tiny", "Model folder whose tokenizer renders the prompts (chat template).")
+    K: int = _f(4, "Distinct trivial (non-advantageous) positions per question (paper: 4).")
+    anchors: int = _f(1, "Copies per question with the student also at the advantageous position.")
+    seed: int = _f(0, "Seed for position draws and distractor orders.")
+    first_line: bool = _f(True, "Distil only the first line of the teacher's response "
+                          "(short-answer retrieval).")
+
+    def __post_init__(self) -> None:
+        _check_positive("K", self.K, allow_zero=True)
+        _check_positive("anchors", self.anchors, allow_zero=True)
+        if self.K + self.anchors == 0:
+            raise ConfigError("--K and --anchors are both 0: no training pairs would be made")
+
+
+@dataclass
+class TrainConfig:
+    """Pos2Distill-R1 training (teacher = the frozen starting model)."""
+
+    pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
+    model: str = _f("tiny", "Starting model (student init and frozen teacher).")
+    out: str = _f("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
+    method: str = _f("r1", "Training method: r1.")
+    formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
+    anchor_weight: float = _f(1.0, "λ, the weight of anchor examples (paper: 1).")
+    temperature: float = _f(1.0, "Softmax temperature of the KL.")
+    lr: float = _f(3e-6, "Peak learning rate (paper: 3e-6 for 7B; tiny models want ~1e-3).")
+    epochs: float = _f(1.0, "Passes over the pairs.")
+    batch_size: int = _f(32, "Examples per optimizer step (the batch the weights group).")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step (batch_size must divide evenly).")
+    warmup_ratio: float = _f(0.05, "Fraction of steps of linear warm-up.")
+    min_lr_ratio: float = _f(0.1, "Cosine schedule floor, as a fraction of --lr.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.95, "AdamW beta2.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    seed: int = _f(0, "Seed for data order and initialisation of anything random.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    device: str = _f("cpu", "Torch device.")
+    log_every: int = _f(1, "Write a log row every N optimizer steps.")
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, ("r1",))
+        _check_choice("formula", self.formula, WEIGHT_FORMULAS)
+        _check_positive("anchor-weight", self.anchor_weight, allow_zero=True)
+        _check_positive("temperature", self.temperature)
+        _check_positive("lr", self.lr)
+        _check_positive("epochs", self.epochs)
+        _check_positive("batch-size", self.batch_size)
+        _check_positive("grad-accum", self.grad_accum)
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"--batch-size {self.batch_size} is not divisible by "
+                              f"--grad-accum {self.grad_accum}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"--warmup-ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--min-lr-ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+
+@dataclass
+class ReportConfig:
+    """Before/after tables and plots from two probe outputs."""
+
+    before: str = _f("runs/probe_before", "Probe folder of the starting model.")
+    after: str = _f("runs/probe_after", "Probe folder of the trained model.")
+    out: str = _f("runs/report", "Output folder: report.md, report.json, plot.")
+    title: str = _f("", "Plot title.")
+
+
+@dataclass
+class DemoConfig:
+    """The whole R1 pipeline on the embedded default: probe → teach → pairs → train → probe → report."""
+
+    out: str = _f("runs/demo", "Output folder.")
+    model: str = _f("tiny", "Model (default: the embedded tiny model).")
+    n_test: int = _f(100, "Held-out questions, each probed at every position.")
+    n_train: int = _f(400, "Training questions given to the teacher.")
+    K: int = _f(4, "Trivial positions per question.")
+    anchors: int = _f(1, "Anchor copies per question.")
+    lr: float = _f(1e-3, "Peak learning rate.")
+    epochs: float = _f(2.0, "Passes over the pairs.")
+    batch_size: int = _f(32, "Examples per optimizer step.")
+    formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
+    seed: int = _f(0, "Seed for everything.")
+
+    def __post_init__(self) -> None:
+        _check_positive("n-test", self.n_test)
+        _check_positive("n-train", self.n_train)
+        _check_choice("formula", self.formula, WEIGHT_FORMULAS)
+
+
+# ---------------------------------------------------------------------------------------------
+# argparse and YAML plumbing
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field; the field's help is the flag's help, its default is shown."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        typ = hints[f.name]
+        help_ = f.metadata.get("help", "")
+        if typ is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, type=typ, default=argparse.SUPPRESS,
+                                metavar=f.name.upper(), help=f"{help_} (default: {default})")
+    parser.add_argument("--config", dest="_config", default=None, metavar="YAML",
+                        help="Read options from a YAML file; flags given on the command line win.")
+
+
+def from_mapping(cls: type[C], values: dict[str, Any], *, source: str = "config") -> C:
+    """Build ``cls`` from a mapping; unknown keys are an error naming the known ones."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: "
+                          f"{', '.join(sorted(names))}")
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for k, v in values.items():
+        typ = hints[k]
+        if typ is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if typ in (int, float, str, bool) and not isinstance(v, typ):
+            raise ConfigError(f"{source}: key '{k}' must be {typ.__name__}, got {v!r}")
+        converted[k] = v
+    return cls(**converted)
+
+
+def from_yaml(cls: type[C], path: str | Path) -> C:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {path} not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config: {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping of option: value")
+    return from_mapping(cls, {k.replace("-", "_"): v for k, v in data.items()}, source=str(path))
+
+
+def from_args(cls: type[C], ns: argparse.Namespace) -> C:
+    values = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "command"}
+    config_path = getattr(ns, "_config", None)
+    if config_path:
+        base = dataclasses.asdict(from_yaml(cls, config_path))  # type: ignore[call-overload]
+        base.update(values)
+        values = base
+    return from_mapping(cls, values, source="flags")
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True)

@@ -1,0 +1,35 @@
+"""Resolve a ``--data`` option to records: a file in any supported format, or the synthetic set."""
+
+from __future__ import annotations
+
+import logging
+
+from pos2distill import synthetic
+from pos2distill.config import DataOptions
+from pos2distill.errors import ConfigError
+from pos2distill.loaders import build_from_oracle, load_records
+from pos2distill.records import Record
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_DEFAULT_SIZE = 1000
+
+
+def load_data(opts: DataOptions) -> list[Record]:
+    """Records for ``opts.data``; single-document (oracle) QA files are turned into
+    ``opts.n_documents``-document sets with other questions' gold passages as distractors."""
+    if opts.data.startswith("synthetic"):
+        _, _, split = opts.data.partition(":")
+        split = split or "test"
+        if split not in synthetic.SPLITS:
+            raise ConfigError(f"--data: {opts.data!r}: use synthetic:train or synthetic:test")
+        return synthetic.generate(split, opts.limit or SYNTHETIC_DEFAULT_SIZE, seed=opts.seed,
+                                  n_documents=opts.n_documents)
+    records = load_records(opts.data, opts.data_format)
+    if not records:
+        raise ConfigError(f"--data: {opts.data} holds no records")
+    if all(len(r.documents) == 1 and r.task == "qa" for r in records) and opts.n_documents > 1:
+        log.info("%s has one document per question: building %d-document sets", opts.data,
+                 opts.n_documents)
+        records = build_from_oracle(records, n_documents=opts.n_documents, seed=opts.seed)
+    return records[:opts.limit] if opts.limit else records

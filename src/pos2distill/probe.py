@@ -1,0 +1,135 @@
+"""``pos2distill probe``: accuracy by gold position.
+
+Every question is asked with its gold document at every requested position (distractors in a seeded
+order that is the same for every model compared), answered greedily, and scored with best-subspan EM.
+Outputs in ``--out``: ``rows.jsonl`` (one row per question × position, appended as batches finish,
+so an interrupted probe resumes where it stopped), ``summary.json``, ``table.md`` and
+``accuracy_by_position.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from pos2distill.config import ProbeConfig
+from pos2distill.generation import Generator
+from pos2distill.metrics import aggregate_by_key, best_subspan_em, summarize
+from pos2distill.positions import parse_positions, place_gold, rng_for
+from pos2distill.prompts import render_prompt
+from pos2distill.records import Record, iter_jsonl
+
+log = logging.getLogger(__name__)
+
+ROWS, SUMMARY, TABLE, PLOT = "rows.jsonl", "summary.json", "table.md", "accuracy_by_position.png"
+
+
+def probe_prompts(records: Sequence[Record], positions: Sequence[int], tokenizer: Any, *,
+                  template: str, chat: str, seed: int) -> list[tuple[Record, int, str]]:
+    """(record, position, prompt) for every question at every position."""
+    return [(r, p, render_prompt(place_gold(r, p, rng_for(seed, r.id, p)), tokenizer,
+                                 template=template, chat=chat))  # type: ignore[arg-type]
+            for r in records for p in positions]
+
+
+def score_rows(items: Sequence[tuple[Record, int, str]], predictions: Sequence[str]) -> list[dict]:
+    return [{"id": r.id, "position": p, "prediction": pred, "answers": list(r.answers),
+             "correct": best_subspan_em(pred, r.answers)}
+            for (r, p, _), pred in zip(items, predictions)]
+
+
+def run_probe(items: Sequence[tuple[Record, int, str]], generator: Generator, *,
+              max_new_tokens: int, chunk: int, on_rows: Callable[[list[dict]], None]) -> None:
+    """Generate and score in chunks, handing each chunk's rows to ``on_rows`` (for appending)."""
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        preds = generator.generate([prompt for _, _, prompt in part], max_new_tokens=max_new_tokens)
+        on_rows(score_rows(part, preds))
+
+
+def summarize_rows(rows: Iterable[dict]) -> dict[str, Any]:
+    stats = aggregate_by_key(rows, key="position", value="correct")
+    return {"by_position": [{"position": s.position, "accuracy": s.accuracy, "stderr": s.stderr,
+                             "count": s.count} for s in stats], **summarize(stats)}
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    return [row for _, row in iter_jsonl(path)] if Path(path).exists() else []
+
+
+def load_summary(path: str | Path) -> dict[str, Any]:
+    """A probe's ``summary.json`` (``path`` may be the probe folder)."""
+    from pos2distill.errors import ConfigError
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / SUMMARY
+    if not p.exists():
+        raise ConfigError(f"{path}: no probe summary found (run `pos2distill probe --out {path}`)")
+    return json.loads(p.read_text())
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    lines = ["| gold position | accuracy | s.e. | n |", "|---:|---:|---:|---:|"]
+    for row in summary["by_position"]:
+        lines.append(f"| {row['position'] + 1} | {row['accuracy']:.3f} | {row['stderr']:.3f} | "
+                     f"{row['count']} |")
+    lines.append("")
+    lines.append(f"mean {summary['mean']:.3f} · GAP {summary['gap']:.3f} · best position "
+                 f"{summary['best_position'] + 1} (1-based)")
+    return "\n".join(lines) + "\n"
+
+
+def main(cfg: ProbeConfig) -> dict[str, Any]:
+    """Run the probe described by ``cfg``; returns the summary."""
+    from tqdm.auto import tqdm
+
+    from pos2distill.data import load_data
+    from pos2distill.generation import HFGenerator
+    from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
+    from pos2distill.plots import plot_accuracy_by_position
+    from pos2distill.prompts import use_chat
+    from pos2distill.records import open_text
+    from pos2distill.runinfo import start_run, write_json_atomic
+
+    out = Path(cfg.out)
+    records = load_data(cfg)
+    n_docs = len(records[0].documents)
+    positions = parse_positions(cfg.positions, n_docs)
+    inputs = [cfg.data, resolve_model_path(cfg.model)]
+    start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
+              ignore=("out", "batch_size", "device"))
+    done = {(r["id"], r["position"]) for r in read_rows(out / ROWS)}
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    items = [it for it in probe_prompts(records, positions, tokenizer, template=cfg.template,
+                                        chat=cfg.chat, seed=cfg.seed)
+             if (it[0].id, it[1]) not in done]
+    if done:
+        log.info("resuming: %d of %d rows already in %s", len(done), len(done) + len(items), out)
+    if items:
+        model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                               trust_remote_code=cfg.trust_remote_code)
+        bar = tqdm(total=len(items), desc=f"probe {Path(cfg.model).name}", unit="prompt")
+        generator = HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size,
+                                progress=bar.update)
+        with open_text(out / ROWS, "at") as f:
+            def append(rows: list[dict]) -> None:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+
+            run_probe(items, generator, max_new_tokens=cfg.max_new_tokens,
+                      chunk=cfg.batch_size * 4, on_rows=append)
+        bar.close()
+    rows = read_rows(out / ROWS)
+    summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs, **summarize_rows(rows)}
+    write_json_atomic(out / SUMMARY, summary)
+    (out / TABLE).write_text(markdown_table(summary))
+    plot_accuracy_by_position(
+        {Path(cfg.model).name: [(r["position"], r["accuracy"], r["stderr"])
+                                for r in summary["by_position"]]},
+        out / PLOT, title=f"accuracy by gold position ({n_docs} documents)")
+    return summary

@@ -1,0 +1,114 @@
+"""``pos2distill teach``: teacher responses at the advantageous position (METHOD.md §2, step 1).
+
+For each training question the gold document is put at the advantageous position (default the
+first: the attention sink), the model answers greedily, and the answer is kept only when it is correct
+(best-subspan EM). Each kept row stores the exact teacher prompt with its response, so later stages
+never re-render it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from pos2distill.config import TeachConfig
+from pos2distill.generation import Generator
+from pos2distill.metrics import best_subspan_em
+from pos2distill.positions import place_gold, resolve_position, rng_for
+from pos2distill.prompts import render_prompt
+from pos2distill.records import Record, iter_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def teacher_rows(records: Sequence[Record], generator: Generator, tokenizer: Any, *,
+                 adv_position: int, template: str, chat: str, seed: int,
+                 max_new_tokens: int) -> list[dict[str, Any]]:
+    """One row per record (kept or not): record, teacher prompt, response, correctness."""
+    prompts = [render_prompt(place_gold(r, adv_position, rng_for(seed, r.id, adv_position)),
+                             tokenizer, template=template, chat=chat)  # type: ignore[arg-type]
+               for r in records]
+    responses = generator.generate(prompts, max_new_tokens=max_new_tokens)
+    return [{"id": r.id, "record": r.to_dict(), "adv_position": adv_position, "template": template,
+             "chat": chat,
+             "teacher_prompt": p, "response": resp, "correct": best_subspan_em(resp, r.answers) == 1.0}
+            for r, p, resp in zip(records, prompts, responses)]
+
+
+def resolve_advantageous(cfg: TeachConfig, n_documents: int) -> int:
+    if cfg.advantageous == "auto":
+        from pos2distill.probe import load_summary
+
+        best = int(load_summary(cfg.probe)["best_position"])
+        log.info("advantageous position from %s: %d (0-based)", cfg.probe, best)
+        return resolve_position(best, n_documents)
+    return resolve_position(cfg.advantageous, n_documents)
+
+
+def read_teacher_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    from pos2distill.errors import DataError
+
+    rows = []
+    for n, row in iter_jsonl(path):
+        for key in ("id", "record", "adv_position", "teacher_prompt", "response", "template"):
+            if key not in row:
+                raise DataError("missing (is this a `pos2distill teach` output?)", path=str(path),
+                                line=n, field=key)
+        rows.append(row)
+    return rows
+
+
+def main(cfg: TeachConfig) -> dict[str, Any]:
+    """Write the kept teacher rows to ``cfg.out``; returns counts."""
+    from tqdm.auto import tqdm
+
+    from pos2distill.data import load_data
+    from pos2distill.generation import HFGenerator
+    from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
+    from pos2distill.prompts import use_chat
+    from pos2distill.records import open_text, write_jsonl
+    from pos2distill.runinfo import start_run
+
+    out = Path(cfg.out)
+    partial = out.with_name(out.name + ".partial")
+    records = load_data(cfg)
+    adv = resolve_advantageous(cfg, len(records[0].documents))
+    inputs = [p for p in (cfg.data, resolve_model_path(cfg.model), cfg.probe) if p and Path(p).exists()]
+    resumed = start_run(out, cfg, inputs=inputs, stage="teach", ignore=("out", "batch_size", "device"))
+    if resumed and out.exists() and not partial.exists():
+        rows = read_teacher_rows(out)
+        log.info("%s is complete (%d rows); nothing to do", out, len(rows))
+        return {"kept": len(rows), "total": len(records), "adv_position": adv, "out": str(out)}
+    done = {row["id"] for _, row in iter_jsonl(partial)} if partial.exists() else set()
+    todo = [r for r in records if r.id not in done]
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    if todo:
+        model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                               trust_remote_code=cfg.trust_remote_code)
+        bar = tqdm(total=len(records), initial=len(done), desc="teach", unit="question")
+        generator = HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size,
+                                progress=bar.update)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        chunk = cfg.batch_size * 4
+        with open_text(partial, "at") as f:
+            for start in range(0, len(todo), chunk):
+                rows = teacher_rows(todo[start:start + chunk], generator, tokenizer,
+                                    adv_position=adv, template=cfg.template, chat=cfg.chat,
+                                    seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+        bar.close()
+    order = {r.id: k for k, r in enumerate(records)}
+    all_rows = sorted((row for _, row in iter_jsonl(partial)), key=lambda row: order[row["id"]])
+    kept = [row for row in all_rows if row["correct"]]
+    write_jsonl(out, kept)
+    partial.unlink()
+    log.info("teacher correct on %d of %d questions at position %d", len(kept), len(all_rows), adv)
+    if not kept:
+        log.warning("the teacher answered no question correctly: nothing to distil")
+    return {"kept": len(kept), "total": len(all_rows), "adv_position": adv, "out": str(out)}
