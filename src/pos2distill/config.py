@@ -171,6 +171,7 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"--min-lr-ratio: must be in [0, 1], got {self.min_lr_ratio}")
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check_positive("log-every", self.log_every)
 
 
 @dataclass
@@ -243,7 +244,14 @@ def from_mapping(cls: type[C], values: dict[str, Any], *, source: str = "config"
         typ = hints[k]
         if typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        if typ in (int, float, str, bool) and not isinstance(v, typ):
+        if typ is float and isinstance(v, str):
+            # YAML 1.1 reads exponents without a dot (3e-6) as strings.
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if typ in (int, float, str, bool) and (not isinstance(v, typ)
+                                               or (typ is not bool and isinstance(v, bool))):
             raise ConfigError(f"{source}: key '{k}' must be {typ.__name__}, got {v!r}")
         converted[k] = v
     return cls(**converted)

@@ -23,6 +23,9 @@ def load_data(opts: DataOptions) -> list[Record]:
         split = split or "test"
         if split not in synthetic.SPLITS:
             raise ConfigError(f"--data: {opts.data!r}: use synthetic:train or synthetic:test")
+        if not 2 <= opts.n_documents <= synthetic.N_NAMES:
+            raise ConfigError(f"--n-documents: the synthetic set has 2 to {synthetic.N_NAMES} "
+                              f"documents per question, got {opts.n_documents}")
         return synthetic.generate(split, opts.limit or SYNTHETIC_DEFAULT_SIZE, seed=opts.seed,
                                   n_documents=opts.n_documents)
     records = load_records(opts.data, opts.data_format)

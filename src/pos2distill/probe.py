@@ -19,7 +19,7 @@ from pos2distill.generation import Generator
 from pos2distill.metrics import aggregate_by_key, best_subspan_em, summarize
 from pos2distill.positions import parse_positions, place_gold, rng_for
 from pos2distill.prompts import render_prompt
-from pos2distill.records import Record, iter_jsonl
+from pos2distill.records import Record, read_append_log
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def summarize_rows(rows: Iterable[dict]) -> dict[str, Any]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    return [row for _, row in iter_jsonl(path)] if Path(path).exists() else []
+    return read_append_log(path)
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:

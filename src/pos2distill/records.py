@@ -171,3 +171,21 @@ def read_records(path: str | os.PathLike) -> list[Record]:
 
 def write_records(path: str | os.PathLike, records: Iterable[Record]) -> None:
     write_jsonl(path, (r.to_dict() for r in records))
+
+
+def read_append_log(path: str | os.PathLike) -> list[Any]:
+    """Rows of an append-only JSONL output that a killed run may have left mid-line.
+
+    Every complete row ends with a newline, so a last line without one is a torn write: it is cut
+    off the file (so later appends start on a clean line) and the rows before it are returned.
+    A missing file holds no rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            f.truncate(end)
+    return [obj for _, obj in iter_jsonl(path)]

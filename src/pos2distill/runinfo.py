@@ -41,7 +41,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -70,6 +70,10 @@ def start_run(out: str | os.PathLike, cfg: Any, *, inputs: Iterable[str], stage:
         if old.get("fingerprint") != fp:
             raise ConfigError(f"{out} holds a {old.get('stage', '?')} run with a different "
                               f"config (see {info_path}); choose another --out or delete it")
+        changed = [p for p, h in input_checksums(inputs).items() if old.get("inputs", {}).get(p) != h]
+        if changed:
+            raise ConfigError(f"{out} was made from other versions of {', '.join(changed)}; "
+                              "choose another --out or delete it")
         return True
     write_json_atomic(info_path, {"stage": stage, "version": __version__, "fingerprint": fp,
                                   "config": dataclasses.asdict(cfg),

@@ -1,7 +1,7 @@
 """The synthetic multi-document QA benchmark the embedded tiny model was pretrained on.
 
-Each record asks where one person lives; each of its documents states where one person lives
-(``- Title: Kavo`` / ``Kavo lives in Lima.``). Exactly one document is about the asked person. Records
+Each record asks where one person lives; each of its documents, titled with a person's name, holds
+that person's city (``- Title: Kavo`` / ``Lima``). Exactly one document is about the asked person. Records
 are ordinary :class:`~pos2distill.records.Record` objects and go through the same prompt, tokenizer
 and generation code as real data.
 
@@ -47,8 +47,9 @@ def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id
     placed later by :func:`pos2distill.positions.place_gold`)."""
     others = rng.sample([n for n in NAMES if n != subject], n_documents - 1)
     people = [subject] + others
-    documents = tuple(Document(title=p, text=f"{p} lives in {rng.choice(CITIES)}.") for p in people)
-    answer = documents[0].text.split(" lives in ")[1].rstrip(".")
+    # Short documents keep a 20-document prompt near 140 tokens, so the demo runs in minutes on a CPU.
+    documents = tuple(Document(title=p, text=rng.choice(CITIES)) for p in people)
+    answer = documents[0].text
     return Record(id=record_id, question=f"Where does {subject} live?", answers=(answer,),
                   documents=documents, gold=(0,), task="qa")
 

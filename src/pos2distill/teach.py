@@ -19,7 +19,7 @@ from pos2distill.generation import Generator
 from pos2distill.metrics import best_subspan_em
 from pos2distill.positions import place_gold, resolve_position, rng_for
 from pos2distill.prompts import render_prompt
-from pos2distill.records import Record, iter_jsonl
+from pos2distill.records import Record, iter_jsonl, read_append_log
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
         rows = read_teacher_rows(out)
         log.info("%s is complete (%d rows); nothing to do", out, len(rows))
         return {"kept": len(rows), "total": len(records), "adv_position": adv, "out": str(out)}
-    done = {row["id"] for _, row in iter_jsonl(partial)} if partial.exists() else set()
+    done = {row["id"] for row in read_append_log(partial)}
     todo = [r for r in records if r.id not in done]
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
@@ -104,7 +104,7 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
                 f.flush()
         bar.close()
     order = {r.id: k for k, r in enumerate(records)}
-    all_rows = sorted((row for _, row in iter_jsonl(partial)), key=lambda row: order[row["id"]])
+    all_rows = sorted(read_append_log(partial), key=lambda row: order[row["id"]])
     kept = [row for row in all_rows if row["correct"]]
     write_jsonl(out, kept)
     partial.unlink()

@@ -106,13 +106,14 @@ def batch_tensors(examples: Sequence[Example], pad_id: int, device: str) -> dict
             "positions": torch.tensor([e.position for e in examples], device=device)}
 
 
-def micro_kl(student: Any, teacher: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
+def micro_kl(student: Any, teacher: Any, b: dict[str, torch.Tensor], *,
+             temperature: float = 1.0) -> torch.Tensor:
     """(B,) per-example KL(teacher ‖ student) of one micro-batch; grad flows into the student."""
     R = b["mask"].shape[1]
     with torch.no_grad():
         t_logits = response_logits(teacher, b["t_ids"], b["t_att"], R)
     s_logits = response_logits(student, b["s_ids"], b["s_att"], R)
-    return per_example_kl(t_logits, s_logits, b["mask"])
+    return per_example_kl(t_logits, s_logits, b["mask"], temperature=temperature)
 
 
 def lr_lambda(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
@@ -177,7 +178,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                                      cfg.device) for k in range(0, len(idx), micro)]
             positions = torch.cat([b["positions"] for b in batches])
             if cfg.grad_accum == 1:
-                kl = micro_kl(student, teacher, batches[0])
+                kl = micro_kl(student, teacher, batches[0], temperature=cfg.temperature)
                 weights = position_weights(kl.detach(), positions, anchor_position=adv,
                                            anchor_weight=cfg.anchor_weight, formula=cfg.formula)
                 loss = weighted_loss(kl, weights)
@@ -187,15 +188,16 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                 kl_all = kl.detach()
             else:
                 with torch.no_grad():
-                    kl_all = torch.cat([micro_kl(student, teacher, b) for b in batches])
+                    kl_all = torch.cat([micro_kl(student, teacher, b, temperature=cfg.temperature) for b in batches])
                 weights = position_weights(kl_all, positions, anchor_position=adv,
                                            anchor_weight=cfg.anchor_weight, formula=cfg.formula)
                 loss = weighted_loss(kl_all, weights)
                 for k, b in enumerate(batches):
                     w = weights[k * micro:(k + 1) * micro]
-                    weighted_loss(micro_kl(student, teacher, b), w).backward()
+                    weighted_loss(micro_kl(student, teacher, b, temperature=cfg.temperature), w).backward()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            lr = sched.get_last_lr()[0]  # the lr this step used
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
@@ -203,7 +205,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss.item():.4f}", kl=f"{kl_all.mean().item():.4f}")
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
                 log_file.write(json.dumps({
-                    "step": step + 1, "lr": sched.get_last_lr()[0], "loss": loss.item(),
+                    "step": step + 1, "lr": lr, "loss": loss.item(),
                     "kl_mean": kl_all.mean().item(),
                     "kl_by_position": _by_position(kl_all, positions),
                     "weight_by_position": _by_position(weights, positions)}) + "\n")

@@ -1,0 +1,135 @@
+"""Shared fixtures: a tiny random Llama built from a config (never downloaded), the locally built
+word-level tokenizer, and fakes that implement the generation interface."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def tiny_llama(tokenizer: Any, *, seed: int = 0, initializer_range: float = 0.02) -> Any:
+    """A 2-layer, 32-wide random Llama over ``tokenizer``'s vocabulary, in eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=512, initializer_range=initializer_range,
+                      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tok() -> Any:
+    from pos2distill.tiny.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tok: Any) -> Any:
+    """The default random tiny model (initializer range 0.02, as transformers builds it)."""
+    return tiny_llama(tok)
+
+
+@pytest.fixture(scope="session")
+def sharp_model(tok: Any) -> Any:
+    """A random tiny model with larger weights: its greedy tokens depend on the prompt (with the
+    default 0.02 init every prompt gets the same first token, which would make order and padding
+    checks vacuous)."""
+    return tiny_llama(tok, initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any, tiny_model: Any) -> Path:
+    """A Hugging Face model folder (config, weights, tokenizer) the CLI accepts via --model."""
+    path = tmp_path_factory.mktemp("tiny-random-llama")
+    tiny_model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Fakes of the Generator protocol
+# ---------------------------------------------------------------------------------------------
+
+_TITLE = re.compile(r"^- Title: (\S+)$", re.MULTILINE)
+_QUESTION = re.compile(r"Question: Where does (\S+) live\?")
+
+
+def first_title(prompt: str) -> str:
+    """The title of the first document of an ``authors`` prompt."""
+    titles = _TITLE.findall(prompt)
+    assert titles, f"no document in prompt {prompt!r}"
+    return titles[0]
+
+
+def oracle_answer(prompt: str) -> str:
+    """What a model biased to the first document answers: the city of the asked person when their
+    document is first, otherwise a wrong answer. Parses synthetic ``authors`` prompts."""
+    subject = _QUESTION.search(prompt)
+    assert subject, f"not a synthetic question: {prompt!r}"
+    name = subject.group(1)
+    if first_title(prompt) != name:
+        return "I do not know"
+    city = re.search(rf"^- Title: {name}\n(\w+)$", prompt, re.MULTILINE)
+    assert city, prompt
+    return f"{city.group(1)}\nand some more text"
+
+
+class FakeGenerator:
+    """Answers with ``answer(prompt)`` and records every call."""
+
+    def __init__(self, answer: Callable[[str], str] = oracle_answer):
+        self.answer = answer
+        self.calls: list[tuple[list[str], int]] = []
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        self.calls.append((list(prompts), max_new_tokens))
+        return [self.answer(p) for p in prompts]
+
+
+@pytest.fixture
+def fake_generator() -> FakeGenerator:
+    return FakeGenerator()
+
+
+class OracleHFGenerator(FakeGenerator):
+    """Drop-in for :class:`pos2distill.generation.HFGenerator` (same constructor) that answers
+    like :func:`oracle_answer`: patch it in to run whole stages without depending on what a random
+    model happens to generate."""
+
+    instances: list["OracleHFGenerator"] = []
+
+    def __init__(self, model: Any, tokenizer: Any, *, chat: bool, batch_size: int = 32,
+                 progress: Callable[[int], None] | None = None):
+        super().__init__(oracle_answer)
+        self.model, self.tokenizer, self.chat = model, tokenizer, chat
+        self.batch_size, self.progress = batch_size, progress
+        OracleHFGenerator.instances.append(self)
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        out = super().generate(prompts, max_new_tokens=max_new_tokens)
+        if self.progress is not None:
+            self.progress(len(prompts))
+        return out
+
+
+@pytest.fixture
+def oracle_hf(monkeypatch: pytest.MonkeyPatch) -> type[OracleHFGenerator]:
+    """Replace HFGenerator (imported by the stages at call time) with the oracle fake."""
+    OracleHFGenerator.instances = []
+    monkeypatch.setattr("pos2distill.generation.HFGenerator", OracleHFGenerator)
+    return OracleHFGenerator

@@ -1,0 +1,134 @@
+"""pairs: K distinct trivial positions, anchors, fresh distractor orders, determinism."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import FakeGenerator
+from pos2distill import pairs, synthetic, teach
+from pos2distill.config import PairsConfig
+from pos2distill.errors import ConfigError
+from pos2distill.records import Record, write_jsonl
+
+N_DOCS = 10
+
+
+def titles(prompt: str) -> list[str]:
+    return [line[len("- Title: "):] for line in prompt.splitlines() if line.startswith("- Title: ")]
+
+
+def teacher_rows_for(tok: Any, adv: int, n: int = 4, n_documents: int = N_DOCS) -> list[dict]:
+    records = synthetic.generate("train", n, n_documents=n_documents)
+    # The fake answers every question (with a second line, which pairs must drop).
+    answer = {f"Where does {r.question.split()[2]} live?": r.answers[0] for r in records}
+
+    def reply(prompt: str) -> str:
+        question = next(q for q in answer if q in prompt)
+        return f"  {answer[question]}  \nsecond line"
+
+    return teach.teacher_rows(records, FakeGenerator(reply), tok, adv_position=adv,
+                              template="authors", chat="auto", seed=0, max_new_tokens=8)
+
+
+@pytest.mark.parametrize("adv", [0, 4, N_DOCS - 1])
+def test_make_pairs_positions_and_prompts(tok: Any, adv: int) -> None:
+    rows = teacher_rows_for(tok, adv)
+    K, anchors = 4, 2
+    out = pairs.make_pairs(rows, tok, K=K, anchors=anchors, seed=5)
+    assert len(out) == len(rows) * (K + anchors)
+    assert len({p["id"] for p in out}) == len(out)
+    for row in rows:
+        record = Record.from_dict(row["record"])
+        mine = [p for p in out if p["question_id"] == record.id]
+        trivial = [p["position"] for p in mine if not p["anchor"]]
+        assert len(trivial) == K == len(set(trivial))
+        assert adv not in trivial and all(0 <= q < N_DOCS for q in trivial)
+        assert [p["position"] for p in mine if p["anchor"]] == [adv] * anchors
+        assert all(p["anchor"] == (p["position"] == adv) for p in mine)
+        subject = record.gold_document.title
+        teacher_titles = titles(row["teacher_prompt"])
+        assert teacher_titles.index(subject) == adv
+        teacher_distractors = [t for t in teacher_titles if t != subject]
+        student_orders = []
+        for p in mine:
+            assert p["teacher_prompt"] == row["teacher_prompt"]      # stored, never re-rendered
+            assert p["response"] == record.answers[0]                  # first line, stripped
+            assert p["adv_position"] == adv and p["chat"] is True
+            student = titles(p["student_prompt"])
+            assert Counter(student) == Counter(teacher_titles)
+            assert student.index(subject) == p["position"]
+            distractors = [t for t in student if t != subject]
+            assert distractors != teacher_distractors                 # a fresh order, anchors too
+            student_orders.append(tuple(distractors))
+            assert p["student_prompt"].startswith("<|bos|><|user|>\n")
+        assert len(set(student_orders)) == len(student_orders)
+
+
+def test_make_pairs_is_deterministic_per_seed(tok: Any) -> None:
+    rows = teacher_rows_for(tok, 0)
+    a = pairs.make_pairs(rows, tok, K=3, anchors=1, seed=0)
+    assert pairs.make_pairs(rows, tok, K=3, anchors=1, seed=0) == a
+    b = pairs.make_pairs(rows, tok, K=3, anchors=1, seed=1)
+    assert [p["position"] for p in b] != [p["position"] for p in a]
+    assert [p["student_prompt"] for p in b] != [p["student_prompt"] for p in a]
+    # Position draws do not depend on the other questions in the file.
+    alone = pairs.make_pairs(rows[2:3], tok, K=3, anchors=1, seed=0)
+    assert alone == [p for p in a if p["question_id"] == rows[2]["id"]]
+
+
+def test_make_pairs_full_response_and_plain_prompts(tok: Any) -> None:
+    rows = teacher_rows_for(tok, 0, n=1)
+    full = pairs.make_pairs(rows, tok, K=1, anchors=0, seed=0, use_first_line=False)
+    record = Record.from_dict(rows[0]["record"])
+    assert full[0]["response"] == f"{record.answers[0]}  \nsecond line"
+    plain_rows = [{**rows[0], "chat": "off"}]
+    (p,) = pairs.make_pairs(plain_rows, tok, K=1, anchors=0, seed=0)
+    assert p["chat"] is False and p["student_prompt"].endswith("\nAnswer:")
+    assert "<|user|>" not in p["student_prompt"]
+
+
+def test_k_equal_to_all_trivial_positions(tok: Any) -> None:
+    rows = teacher_rows_for(tok, 3, n=1, n_documents=5)
+    out = pairs.make_pairs(rows, tok, K=4, anchors=0, seed=0)
+    assert [p["position"] for p in out] == [0, 1, 2, 4]
+
+
+def test_k_larger_than_trivial_positions(tok: Any) -> None:
+    rows = teacher_rows_for(tok, 0, n=1, n_documents=5)
+    with pytest.raises(ConfigError, match="--K 5 is larger than the 4 trivial positions"):
+        pairs.make_pairs(rows, tok, K=5, anchors=1, seed=0)
+
+
+def test_draw_positions() -> None:
+    for seed in range(20):
+        got = pairs.draw_positions(random.Random(seed), 20, 7, 4)
+        assert got == sorted(set(got)) and len(got) == 4 and 7 not in got
+    assert pairs.draw_positions(random.Random(0), 3, 0, 0) == []
+
+
+def test_pairs_config_validation() -> None:
+    with pytest.raises(ConfigError, match="--K: must be >= 0"):
+        PairsConfig(K=-1)
+    with pytest.raises(ConfigError, match="both 0"):
+        PairsConfig(K=0, anchors=0)
+
+
+def test_pairs_main(tiny_model_dir: Path, tmp_path: Path, tok: Any) -> None:
+    rows = teacher_rows_for(tok, 0, n=3, n_documents=6)
+    write_jsonl(tmp_path / "teach.jsonl", rows)
+    cfg = PairsConfig(teach=str(tmp_path / "teach.jsonl"), out=str(tmp_path / "pairs.jsonl"),
+                      model=str(tiny_model_dir), K=2, anchors=1, seed=4)
+    assert pairs.main(cfg) == {"pairs": 9, "questions": 3, "out": str(tmp_path / "pairs.jsonl")}
+    written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert written == pairs.make_pairs(rows, tok, K=2, anchors=1, seed=4)
+
+    write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(ConfigError, match="has no kept teacher responses"):
+        pairs.main(PairsConfig(teach=str(tmp_path / "empty.jsonl"), model=str(tiny_model_dir),
+                               out=str(tmp_path / "p2.jsonl")))

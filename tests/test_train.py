@@ -1,0 +1,296 @@
+"""train: response alignment against unpadded forward passes, schedule and masks by hand, and short
+R1 runs on a tiny random model (the loss goes down, gradient accumulation changes nothing)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import FakeGenerator
+from pos2distill import pairs, synthetic, teach, train
+from pos2distill.config import TrainConfig
+from pos2distill.errors import ConfigError, DataError
+from pos2distill.losses import per_example_kl
+from pos2distill.prompts import encode_prompt
+from pos2distill.records import write_jsonl
+
+
+def chat(text: str) -> str:
+    return f"<|bos|><|user|>\n{text}<|end|>\n<|assistant|>\n"
+
+
+def pair_row(student: str, teacher: str, response: str, position: int = 1) -> dict[str, Any]:
+    return {"student_prompt": chat(student), "teacher_prompt": chat(teacher), "response": response,
+            "position": position, "adv_position": 0, "chat": True}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers
+# ---------------------------------------------------------------------------------------------
+
+def test_response_mask_by_hand() -> None:
+    assert train.response_mask([1, 3, 2]).tolist() == [[False, False, True],
+                                                       [True, True, True],
+                                                       [False, True, True]]
+    assert train.response_mask([2]).tolist() == [[True, True]]
+
+
+def test_left_pad_by_hand() -> None:
+    ids, att = train.left_pad([[5, 6], [7, 8, 9, 10], [11]], pad_id=0)
+    assert ids.tolist() == [[0, 0, 5, 6], [7, 8, 9, 10], [0, 0, 0, 11]]
+    assert att.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+
+
+@pytest.mark.parametrize("step, expected", [
+    (0, 0.25), (1, 0.5), (3, 1.0),                    # linear warm-up over 4 steps
+    (4, 1.0),                                          # cosine starts at the peak
+    (9, 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 5 / 12))),
+    (10, 0.55),                                        # half way: (0.1 + 1) / 2
+    (16, 0.1), (40, 0.1),                              # floor, never below
+])
+def test_lr_lambda_by_hand(step: int, expected: float) -> None:
+    assert train.lr_lambda(step, total=16, warmup=4, min_ratio=0.1) == pytest.approx(expected)
+
+
+def test_lr_lambda_without_floor() -> None:
+    assert train.lr_lambda(10, total=10, warmup=0, min_ratio=0.0) == pytest.approx(0.0)
+    assert train.lr_lambda(0, total=10, warmup=0, min_ratio=0.0) == pytest.approx(1.0)
+
+
+def test_encode_pair(tok: Any) -> None:
+    row = pair_row("Oslo Lima", "Lima Oslo Paris", "Paris .")
+    ex = train.encode_pair(row, tok)
+    response = tok("Paris .", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert ex.response_len == 3
+    assert list(ex.student_ids) == encode_prompt(tok, row["student_prompt"], chat=True) + response
+    assert list(ex.teacher_ids) == encode_prompt(tok, row["teacher_prompt"], chat=True) + response
+    assert ex.student_ids.count(tok.bos_token_id) == 1
+    assert (ex.position, ex.adv_position) == (1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Alignment: which logits are distilled
+# ---------------------------------------------------------------------------------------------
+
+ROWS = [pair_row("Where does Tude live ?", "Tude lives in Oslo .", "Oslo ."),
+        pair_row("Dublin", "Oslo Lima Paris Rome Dublin", "Lima Paris Rome Oslo", position=2),
+        pair_row("Kavo lives in Rome . Where does Kavo live ?", "Rome", "Rome")]
+
+
+def test_response_logits_align_with_unpadded_forward(sharp_model: Any, tok: Any) -> None:
+    examples = [train.encode_pair(r, tok) for r in ROWS]
+    lens = [e.response_len for e in examples]
+    assert lens == [3, 5, 2]
+    R = max(lens)
+    ids, att = train.left_pad([e.student_ids for e in examples], tok.pad_token_id)
+    mask = train.response_mask(lens)
+    with torch.no_grad():
+        batched = train.response_logits(sharp_model, ids, att, R)           # (B, R, V)
+    assert batched.shape == (3, R, len(tok))
+    for b, e in enumerate(examples):
+        seq = list(e.student_ids)
+        T, r = len(seq), e.response_len
+        n_prompt = T - r
+        with torch.no_grad():
+            full = sharp_model(torch.tensor([seq])).logits[0]                # (T, V); t predicts t+1
+            alone = train.response_logits(sharp_model, torch.tensor([seq]),
+                                          torch.ones(1, T, dtype=torch.long), r)[0]
+        expected = full[n_prompt - 1:T - 1]                                 # last prompt pos .. pos before EOS
+        assert expected.shape[0] == r
+        torch.testing.assert_close(alone, expected, atol=1e-5, rtol=0)
+        # Left padding does not change the values of the response positions.
+        got = batched[b][mask[b]]
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        # The first distilled distribution is the one at the last prompt token ...
+        torch.testing.assert_close(got[0], full[n_prompt - 1], atol=1e-5, rtol=0)
+        assert seq[n_prompt - 1] == tok.convert_tokens_to_ids("<|assistant|>")
+        # ... and the last one predicts EOS; the distribution after EOS is not included.
+        assert seq[-1] == tok.eos_token_id
+        torch.testing.assert_close(got[-1], full[T - 2], atol=1e-5, rtol=0)
+        assert not torch.allclose(got[-1], full[T - 1], atol=1e-3)
+
+
+def test_micro_kl_matches_hand_alignment(sharp_model: Any, tok: Any) -> None:
+    examples = [train.encode_pair(r, tok) for r in ROWS]
+    batch = train.batch_tensors(examples, tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        kl = train.micro_kl(sharp_model, sharp_model, batch)
+    for b, e in enumerate(examples):
+        r = e.response_len
+        with torch.no_grad():
+            s = sharp_model(torch.tensor([list(e.student_ids)])).logits[:, -r - 1:-1]
+            t = sharp_model(torch.tensor([list(e.teacher_ids)])).logits[:, -r - 1:-1]
+        ref = per_example_kl(t, s, torch.ones(1, r, dtype=torch.bool))
+        assert kl[b].item() == pytest.approx(ref.item(), abs=1e-5)
+        assert kl[b].item() > 1e-3   # different prompts: a real signal
+    # Teacher prompt == student prompt gives 0 whatever the padding.
+    same = [train.Example(e.student_ids, e.student_ids, e.response_len, 1, 0) for e in examples]
+    with torch.no_grad():
+        zero = train.micro_kl(sharp_model, sharp_model,
+                              train.batch_tensors(same, tok.pad_token_id, "cpu"))
+    assert zero.abs().max().item() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Short runs of train.main
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sharp_model_dir(tmp_path_factory: pytest.TempPathFactory, sharp_model: Any, tok: Any) -> Path:
+    path = tmp_path_factory.mktemp("sharp-random-llama")
+    sharp_model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
+    """12 pairs (4 questions x (K=2 + 1 anchor)) built from fake teacher rows."""
+    records = synthetic.generate("train", 4, n_documents=5)
+    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
+                              chat="auto", seed=0, max_new_tokens=8)
+    assert all(row["correct"] for row in rows)
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    write_jsonl(path, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
+    return path
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _load(model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+
+
+def _mean_kl(student: Any, teacher: Any, pairs_path: Path, tok: Any) -> float:
+    examples = [train.encode_pair(r, tok) for r in train.read_pairs(str(pairs_path))]
+    with torch.no_grad():
+        return train.micro_kl(student, teacher,
+                              train.batch_tensors(examples, tok.pad_token_id, "cpu")).mean().item()
+
+
+def _cfg(pairs_file: Path, model_dir: Path, out: Path, **kw: Any) -> TrainConfig:
+    base = dict(pairs=str(pairs_file), model=str(model_dir), out=str(out), lr=1e-2, batch_size=4,
+                epochs=4, warmup_ratio=0.25)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_r1_steps_lower_the_kl(pairs_file: Path, sharp_model_dir: Path, sharp_model: Any,
+                               tok: Any, tmp_path: Path) -> None:
+    frozen = copy.deepcopy(sharp_model)
+    before = _mean_kl(frozen, frozen, pairs_file, tok)
+    summary = train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "run"))
+    assert summary["steps"] == 12 * 4 // 4 and summary["examples"] == 12
+    assert summary["adv_position"] == 0
+    trained = _load(tmp_path / "run" / "model")
+    after = _mean_kl(trained, frozen, pairs_file, tok)
+    assert before > 0.03
+    assert after < 0.5 * before
+    # The starting weights are untouched (the teacher is a copy, the fixture model is not trained).
+    for p, q in zip(frozen.parameters(), sharp_model.parameters()):
+        assert torch.equal(p, q)
+    log = _log(tmp_path / "run")
+    assert [row["step"] for row in log] == list(range(1, 13))
+    assert log[0]["kl_mean"] == pytest.approx(_first_batch_kl(pairs_file, sharp_model, tok),
+                                              abs=1e-6)
+    assert set(log[0]) == {"step", "lr", "loss", "kl_mean", "kl_by_position",
+                           "weight_by_position"}
+    # The folder is a normal Hugging Face checkpoint with its tokenizer.
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "run" / "model")) == len(tok)
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text()) == summary
+
+
+def _first_batch_kl(pairs_file: Path, model: Any, tok: Any) -> float:
+    """KL of the first optimizer batch, rebuilt from train.main's seeded shuffle (seed 0)."""
+    import random
+
+    examples = [train.encode_pair(r, tok) for r in train.read_pairs(str(pairs_file))]
+    perm = list(range(len(examples)))
+    random.Random(0).shuffle(perm)
+    batch = train.batch_tensors([examples[i] for i in perm[:4]], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        return train.micro_kl(model, model, batch).mean().item()
+
+
+@pytest.mark.parametrize("grad_accum", [2, 4])
+def test_grad_accum_gives_the_same_training(pairs_file: Path, sharp_model_dir: Path,
+                                            tmp_path: Path, grad_accum: int) -> None:
+    a = train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "a", epochs=1))
+    b = train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "b", epochs=1,
+                        grad_accum=grad_accum))
+    assert a["steps"] == b["steps"] == 3
+    log_a, log_b = _log(tmp_path / "a"), _log(tmp_path / "b")
+    assert log_a[0]["loss"] == pytest.approx(log_b[0]["loss"], abs=1e-5)
+    for ra, rb in zip(log_a, log_b):
+        assert ra["loss"] == pytest.approx(rb["loss"], abs=1e-5)
+        assert ra["weight_by_position"] == pytest.approx(rb["weight_by_position"], abs=1e-5)
+    ma, mb = _load(tmp_path / "a" / "model"), _load(tmp_path / "b" / "model")
+    diff = max((p - q).abs().max().item() for p, q in zip(ma.parameters(), mb.parameters()))
+    assert diff < 1e-5
+    # Not vacuous: training moved the weights well beyond that tolerance.
+    start = _load(sharp_model_dir)
+    moved = max((p - q).abs().max().item() for p, q in zip(ma.parameters(), start.parameters()))
+    assert moved > 1e-3
+
+
+def test_read_pairs_errors(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "bad.jsonl", [{**pair_row("a", "b", "c")}, {"student_prompt": "x"}])
+    with pytest.raises(DataError) as info:
+        train.read_pairs(str(tmp_path / "bad.jsonl"))
+    assert info.value.line == 2 and info.value.field == "teacher_prompt"
+    write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(DataError, match="no training pairs"):
+        train.read_pairs(str(tmp_path / "empty.jsonl"))
+
+
+def test_several_advantageous_positions_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    rows = [pair_row("a", "b", "Oslo"), {**pair_row("a", "b", "Oslo"), "adv_position": 3}]
+    write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError, match=r"several advantageous positions \[0, 3\]"):
+        train.main(TrainConfig(pairs=str(tmp_path / "p.jsonl"), model=str(tiny_model_dir),
+                               out=str(tmp_path / "out")))
+
+
+def test_train_config_validation() -> None:
+    with pytest.raises(ConfigError, match="--batch-size 6 is not divisible by --grad-accum 4"):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ConfigError, match="--formula: 'nope'"):
+        TrainConfig(formula="nope")
+    with pytest.raises(ConfigError, match="--warmup-ratio"):
+        TrainConfig(warmup_ratio=1.0)
+    with pytest.raises(ConfigError, match="--lr: must be > 0"):
+        TrainConfig(lr=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+
+def test_temperature_is_used(pairs_file: Path, sharp_model_dir: Path, tmp_path: Path) -> None:
+    train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "t1", epochs=1 / 3))
+    train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "t2", epochs=1 / 3, temperature=2.0))
+    assert _log(tmp_path / "t1")[0]["kl_mean"] != pytest.approx(_log(tmp_path / "t2")[0]["kl_mean"])
+
+
+def test_logged_lr_is_the_lr_of_that_step(pairs_file: Path, sharp_model_dir: Path,
+                                          tmp_path: Path) -> None:
+    # 12 pairs, batch 3: 4 steps; warm-up round(0.5 * 4) = 2 steps; factors 0.5, 1, 1, 0.55.
+    train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "lr", epochs=1, batch_size=3,
+                    warmup_ratio=0.5, lr=1e-3, min_lr_ratio=0.1))
+    lrs = [row["lr"] for row in _log(tmp_path / "lr")]
+    assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.55e-3])
+
+
+def test_log_every_zero_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="--log-every"):
+        TrainConfig(log_every=0)
