@@ -294,3 +294,118 @@ def test_logged_lr_is_the_lr_of_that_step(pairs_file: Path, sharp_model_dir: Pat
 def test_log_every_zero_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="--log-every"):
         TrainConfig(log_every=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, resume and non-finite losses (the real SIGKILL test is tests/test_resume.py)
+# ---------------------------------------------------------------------------------------------
+
+class Crash(Exception):
+    """Stands in for a kill in the middle of a step."""
+
+
+def _failing_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, *, nan: bool = False) -> None:
+    """Make the ``at_call``-th weighted loss (one per step without accumulation) crash or be NaN."""
+    real = train.weighted_loss
+    calls = {"n": 0}
+
+    def loss(kl: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            if not nan:
+                raise Crash
+            return real(kl, weights) * float("nan")
+        return real(kl, weights)
+
+    monkeypatch.setattr(train, "weighted_loss", loss)
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return dict(_load(model_dir).state_dict())
+
+
+def test_resume_after_a_crash_gives_the_same_weights_and_log(
+        pairs_file: Path, sharp_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    full = train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "full", save_every=3))
+    out = tmp_path / "crashed"
+    cfg = _cfg(pairs_file, sharp_model_dir, out, save_every=3)
+    _failing_loss(monkeypatch, at_call=9)            # dies in step 9: checkpoint at 6, log to 8
+    with pytest.raises(Crash):
+        train.main(cfg)
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 6 and not (out / "model").exists()
+    assert [row["step"] for row in _log(out)] == list(range(1, 9))
+    monkeypatch.undo()
+    # Resuming with other values of fields that do not change results is allowed.
+    assert train.main(TrainConfig(**{**cfg.__dict__, "save_every": 5})) == {
+        **full, "model": str(out / "model"), "log": str(out / "log.jsonl")}
+    assert _log(out) == _log(tmp_path / "full")       # steps 7, 8 logged once, none missing
+    a, b = _weights(tmp_path / "full" / "model"), _weights(out / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
+    # A finished run is not trained again.
+    monkeypatch.setattr("pos2distill.modeling.load_causal_lm",
+                        lambda *a, **k: pytest.fail("a finished run must not load the model"))
+    assert train.main(cfg)["steps"] == 12
+
+
+def test_a_checkpoint_of_another_config_is_refused(pairs_file: Path, sharp_model_dir: Path,
+                                                    tmp_path: Path) -> None:
+    import shutil
+
+    train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "a", epochs=1))
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "checkpoint", tmp_path / "b" / "checkpoint")
+    with pytest.raises(ConfigError, match="checkpoint of a different config"):
+        train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "b", epochs=1, lr=2e-2))
+
+
+def test_optimizer_state_is_never_unpickled(pairs_file: Path, sharp_model_dir: Path,
+                                            tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = _cfg(pairs_file, sharp_model_dir, out, epochs=1)
+    train.main(cfg)
+    (out / "train_summary.json").unlink()             # pretend it was killed before the end
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": _Evil(marker)}, out / "checkpoint" / "optimizer.pt")
+    with pytest.raises(ConfigError, match="unreadable checkpoint"):
+        train.main(cfg)
+    assert not marker.exists()
+
+
+class _Evil:
+    """Unpickling this runs code: exactly what weights_only=True must refuse."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
+        pairs_file: Path, sharp_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        grad_accum: int) -> None:
+    from pos2distill.errors import TrainingError
+
+    out = tmp_path / "run"
+    # With accumulation the first weighted loss of a step is the one checked (then one per micro-batch).
+    _failing_loss(monkeypatch, at_call=1 + 4 * (1 + grad_accum) if grad_accum > 1 else 5, nan=True)
+    with pytest.raises(TrainingError) as info:
+        train.main(_cfg(pairs_file, sharp_model_dir, out, save_every=2, grad_accum=grad_accum))
+    message = str(info.value)
+    assert message.startswith("step 5: the loss is nan; training stopped")
+    assert "last good checkpoint (step 4)" in message and str(out / "checkpoint") in message
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+    assert [row["step"] for row in _log(out)] == [1, 2, 3, 4]
+    assert not (out / "model").exists()
+
+
+def test_save_every_is_validated() -> None:
+    assert TrainConfig(save_every=0).save_every == 0
+    with pytest.raises(ConfigError, match="--save-every: must be >= 0"):
+        TrainConfig(save_every=-1)

@@ -152,6 +152,8 @@ class TrainConfig:
     dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
     device: str = _f("cpu", "Torch device.")
     log_every: int = _f(1, "Write a log row every N optimizer steps.")
+    save_every: int = _f(50, "Optimizer steps between checkpoints in OUT/checkpoint (0 = only at "
+                         "the end); re-running the same command resumes from the last one.")
     trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
@@ -172,6 +174,7 @@ class TrainConfig:
             raise ConfigError(f"--min-lr-ratio: must be in [0, 1], got {self.min_lr_ratio}")
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check_positive("log-every", self.log_every)
+        _check_positive("save-every", self.save_every, allow_zero=True)
 
 
 @dataclass

@@ -23,3 +23,8 @@ class DataError(Pos2DistillError):
 
 class ConfigError(Pos2DistillError):
     """A flag or config value is invalid: names the flag or key."""
+
+
+class TrainingError(Pos2DistillError):
+    """Training cannot go on (a non-finite loss or gradient): names the step and the last good
+    checkpoint, which stays on disk."""

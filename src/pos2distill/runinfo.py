@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,11 +39,42 @@ def input_checksums(paths: Iterable[str]) -> dict[str, str]:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move the complete folder ``src`` to ``dst``, replacing what is there, by renames only.
+
+    A folder cannot be renamed over a non-empty one, so the old ``dst`` first moves aside to
+    ``.old-NAME``; a kill between the two renames leaves the old folder there, which
+    :func:`recover_dir` puts back. Either way ``dst`` is never half-written.
+    """
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(".old-" + dst.name)
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(dst: str | os.PathLike) -> Path | None:
+    """``dst`` after an interrupted :func:`replace_dir` (None when there is none)."""
+    dst = Path(dst)
+    old = dst.with_name(".old-" + dst.name)
+    if not dst.exists() and old.exists():
+        os.replace(old, dst)
+    return dst if dst.exists() else None
 
 
 def fingerprint(cfg: Any, *, ignore: Iterable[str] = ()) -> str:

@@ -13,6 +13,12 @@ Only those R positions go through the output head (``logits_to_keep``), never [B
 Weights with gradient accumulation: the position-aware weights group the whole optimizer batch
 (the paper's "batch"), so with ``--grad-accum > 1`` a no-grad pass computes every micro-batch's
 per-example KL first, then a second pass backpropagates with those weights.
+
+Checkpoints: every ``--save-every`` optimizer steps, and after the last one, ``OUT/checkpoint`` is
+replaced atomically by the student weights, optimizer, scheduler and RNG states and the data order.
+Re-running the same command continues from it and ends with the same weights as an uninterrupted run;
+log rows written after the checkpoint are dropped and written again. A non-finite loss stops training
+before the optimizer step, so the last checkpoint on disk is always a good one.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import copy
 import json
 import logging
 import math
+import pickle
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,7 +37,7 @@ from typing import Any, Sequence
 import torch
 
 from pos2distill.config import TrainConfig
-from pos2distill.errors import ConfigError, DataError
+from pos2distill.errors import ConfigError, DataError, TrainingError
 from pos2distill.losses import per_example_kl, position_weights, weighted_loss
 from pos2distill.prompts import encode_prompt
 from pos2distill.records import iter_jsonl
@@ -128,11 +136,99 @@ def _by_position(values: torch.Tensor, positions: torch.Tensor) -> dict[str, flo
     return {str(int(p)): float(values[positions == p].mean()) for p in positions.unique()}
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: OUT/checkpoint holds everything a resumed run needs to continue bit for bit.
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINT = "checkpoint"
+#: Config fields that do not change the trained weights (a run may resume with other values).
+RESUME_IGNORES = ("out", "device", "log_every", "save_every")
+
+
+def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
+                    sched: Any, state: dict[str, Any]) -> Path:
+    """Write ``out/checkpoint`` after optimizer step ``step``: student weights (safetensors),
+    optimizer and scheduler state, torch and python RNG states, and ``state`` (fingerprint, data
+    order). Everything goes to a temporary folder first, which then replaces the old checkpoint
+    (:func:`~pos2distill.runinfo.replace_dir`), so a kill never leaves a half-written checkpoint."""
+    from safetensors.torch import save_model
+
+    from pos2distill.runinfo import replace_dir
+
+    final = out / CHECKPOINT
+    tmp = out / (".tmp-" + CHECKPOINT)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_model(student, str(tmp / "model.safetensors"))  # handles tied weights
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    version, internal, gauss = random.getstate()
+    (tmp / "trainer_state.json").write_text(json.dumps(
+        {**state, "step": step, "python_rng": [version, list(internal), gauss]}))
+    replace_dir(tmp, final)
+    return final
+
+
+def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sched: Any,
+                    fingerprint: str, order: list[int], device: str) -> int:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its step.
+
+    A checkpoint of another config or data order is refused. The optimizer file is read with
+    ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles.
+    """
+    from safetensors.torch import load_model
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("trainer_state.json is not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path} is a checkpoint of a different config; choose another --out "
+                          "or delete it")
+    if state.get("order") != order:
+        raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
+                          "another --out or delete it")
+    try:
+        load_model(student, path / "model.safetensors", device=device)
+        blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["torch_rng"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        return int(state["step"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
+                          "over") from None
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows of steps up to ``step`` (those the checkpoint has seen); a resumed run
+    appends the rest, so no step is missing or logged twice. A torn last line is dropped."""
+    from pos2distill.runinfo import write_text_atomic
+
+    keep = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith("\n") or not isinstance(row, dict) or row.get("step", 0) > step:
+                break
+            keep.append(line)
+    write_text_atomic(path, "".join(keep))
+
+
 def main(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
-    from pos2distill.runinfo import start_run, write_json_atomic
+    from pos2distill.runinfo import fingerprint, recover_dir, replace_dir, start_run, write_json_atomic
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
@@ -142,8 +238,12 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         raise DataError(f"pairs use several advantageous positions {sorted(advs)}; expected one",
                         path=cfg.pairs, field="adv_position")
     adv = advs.pop()
-    start_run(out, cfg, inputs=[cfg.pairs, resolve_model_path(cfg.model)], stage="train",
-              ignore=("out", "device", "log_every"))
+    resumed = start_run(out, cfg, inputs=[cfg.pairs, resolve_model_path(cfg.model)], stage="train",
+                        ignore=RESUME_IGNORES)
+    summary_path, model_dir, log_path = out / "train_summary.json", out / "model", out / "log.jsonl"
+    if resumed and summary_path.exists() and model_dir.is_dir():
+        log.info("%s is complete; nothing to do", out)
+        return json.loads(summary_path.read_text())
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples = [encode_pair(r, tokenizer) for r in rows]
     student = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
@@ -168,11 +268,28 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         opt, lambda s: lr_lambda(s, total=total, warmup=warmup, min_ratio=cfg.min_lr_ratio)
         if warmup else lr_lambda(s + 1, total=total, warmup=1, min_ratio=cfg.min_lr_ratio))
     micro = cfg.batch_size // cfg.grad_accum
+
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "log.jsonl"
-    bar = tqdm(total=total, desc="train r1", unit="step")
-    with open(log_path, "w", encoding="utf-8") as log_file:
-        for step in range(total):
+    fp = fingerprint(cfg, ignore=RESUME_IGNORES)
+    state = {"fingerprint": fp, "seed": cfg.seed, "total": total, "order": order}
+    start = 0
+    checkpoint = recover_dir(out / CHECKPOINT)
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, student=student, opt=opt, sched=sched, fingerprint=fp,
+                                order=order, device=cfg.device)
+        log.info("resuming from %s at step %d of %d", checkpoint, start, total)
+    saved = start if checkpoint is not None else None  # step of the last good checkpoint
+    truncate_log(log_path, start)
+
+    def stop(step: int, what: str, value: float) -> TrainingError:
+        kept = (f"the last good checkpoint (step {saved}) stays in {out / CHECKPOINT}"
+                if saved is not None else "no checkpoint was written yet")
+        return TrainingError(f"step {step}: {what} is {value}; training stopped and {kept}. "
+                             "Lower --lr (or check the pairs) and train into a new --out")
+
+    with tqdm(total=total, initial=start, desc="train r1", unit="step") as bar, \
+            open(log_path, "a", encoding="utf-8") as log_file:
+        for step in range(start, total):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             batches = [batch_tensors([examples[i] for i in idx[k:k + micro]], tokenizer.pad_token_id,
                                      cfg.device) for k in range(0, len(idx), micro)]
@@ -183,7 +300,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                                            anchor_weight=cfg.anchor_weight, formula=cfg.formula)
                 loss = weighted_loss(kl, weights)
                 if not torch.isfinite(loss):
-                    raise ConfigError(f"step {step + 1}: loss is {loss.item()}; lower --lr")
+                    raise stop(step + 1, "the loss", loss.item())
                 loss.backward()
                 kl_all = kl.detach()
             else:
@@ -192,11 +309,15 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                 weights = position_weights(kl_all, positions, anchor_position=adv,
                                            anchor_weight=cfg.anchor_weight, formula=cfg.formula)
                 loss = weighted_loss(kl_all, weights)
+                if not torch.isfinite(loss):
+                    raise stop(step + 1, "the loss", loss.item())
                 for k, b in enumerate(batches):
                     w = weights[k * micro:(k + 1) * micro]
                     weighted_loss(micro_kl(student, teacher, b, temperature=cfg.temperature), w).backward()
             if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+                if not torch.isfinite(norm):
+                    raise stop(step + 1, "the gradient norm", norm.item())
             lr = sched.get_last_lr()[0]  # the lr this step used
             opt.step()
             sched.step()
@@ -210,12 +331,19 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                     "kl_by_position": _by_position(kl_all, positions),
                     "weight_by_position": _by_position(weights, positions)}) + "\n")
                 log_file.flush()
-    bar.close()
-    model_dir = out / "model"
+            # The log row is written first: a checkpoint at step s implies log rows up to s.
+            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
+                save_checkpoint(out, step=step + 1, student=student, opt=opt, sched=sched,
+                                state=state)
+                saved = step + 1
     student.eval()
-    student.save_pretrained(model_dir, safe_serialization=True)
-    tokenizer.save_pretrained(model_dir)
+    tmp_model = out / ".tmp-model"
+    if tmp_model.exists():
+        shutil.rmtree(tmp_model)
+    student.save_pretrained(tmp_model, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_model)
+    replace_dir(tmp_model, model_dir)
     summary = {"steps": total, "examples": len(examples), "adv_position": adv,
                "model": str(model_dir), "log": str(log_path)}
-    write_json_atomic(out / "train_summary.json", summary)
+    write_json_atomic(summary_path, summary)
     return summary
