@@ -133,6 +133,14 @@ def open_text(path: str | os.PathLike, mode: str = "rt") -> io.TextIOBase:
     return open(path, mode, encoding="utf-8")
 
 
+def _has_unpaired_surrogate(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, parsed_object)`` for each non-blank line; 1-based line numbers."""
     p = Path(path)
@@ -144,10 +152,17 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 if not raw.strip():
                     continue
                 try:
-                    yield n, json.loads(raw)
+                    obj = json.loads(raw)
                 except json.JSONDecodeError as e:
                     raise DataError(f"malformed JSON ({e.msg} at column {e.colno})",
                                     path=str(path), line=n) from None
+                except RecursionError:
+                    raise DataError("JSON nested too deeply", path=str(path), line=n) from None
+                if "\\ud" in raw.lower() and _has_unpaired_surrogate(obj):
+                    # Valid JSON but not valid Unicode: it would fail later, when written out.
+                    raise DataError("unpaired surrogate escape (\\ud800 to \\udfff): the text is not "
+                                    "valid Unicode", path=str(path), line=n)
+                yield n, obj
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read ({e})", path=str(path)) from None
 
