@@ -18,13 +18,15 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def tiny_llama(tokenizer: Any, *, seed: int = 0, initializer_range: float = 0.02) -> Any:
+def tiny_llama(tokenizer: Any, *, seed: int = 0, initializer_range: float = 0.02,
+               max_position_embeddings: int = 512) -> Any:
     """A 2-layer, 32-wide random Llama over ``tokenizer``'s vocabulary, in eval mode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=512, initializer_range=initializer_range,
+                      max_position_embeddings=max_position_embeddings,
+                      initializer_range=initializer_range,
                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
@@ -57,6 +59,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any, tiny_mode
     """A Hugging Face model folder (config, weights, tokenizer) the CLI accepts via --model."""
     path = tmp_path_factory.mktemp("tiny-random-llama")
     tiny_model.save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+SHORT_CONTEXT = 64
+
+
+@pytest.fixture(scope="session")
+def short_context_model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
+    """Like ``tiny_model_dir`` with a 64-token context: a synthetic prompt with 4 documents
+    (56 tokens) fits with 4 new tokens, one with 5 documents (61 tokens) does not."""
+    path = tmp_path_factory.mktemp("short-context-llama")
+    tiny_llama(tok, max_position_embeddings=SHORT_CONTEXT).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

@@ -125,3 +125,39 @@ def test_synthetic_n_documents_out_of_range(n: str, tmp_path: Path, tiny_model_d
                      "--limit", "1", "--out", str(tmp_path / "p")])
     assert code == 2
     assert "--n-documents" in capsys.readouterr().err
+
+
+def _save_not_causal(kind: str, path: Path, tok: object) -> None:
+    from transformers import (BertConfig, BertModel, LlamaConfig, LlamaForSequenceClassification,
+                              T5Config)
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    if kind == "bert-config":
+        BertConfig(**small).save_pretrained(path)
+    elif kind == "bert-weights":
+        BertModel(BertConfig(**small)).save_pretrained(path)
+    elif kind == "classifier":
+        LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), num_key_value_heads=2,
+                                                   **small)).save_pretrained(path)
+    else:
+        T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(path)
+    tok.save_pretrained(path)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("bert-config", "bert: an encoder"), ("bert-weights", "bert: saved as BertModel"),
+    ("classifier", "llama: saved as LlamaForSequenceClassification"),
+    ("t5", "t5: an encoder-decoder model")])
+@pytest.mark.parametrize("command", ["probe", "teach"])
+def test_model_that_is_not_a_causal_lm(command: str, kind: str, reason: str, tmp_path: Path,
+                                       tok: object, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / kind
+    _save_not_causal(kind, model, tok)
+    out = tmp_path / ("p" if command == "probe" else "t.jsonl")
+    assert cli.main(["-q", command, "--model", str(model), "--limit", "1", "--n-documents", "3",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"pos2distill {command}: error: --model: {model} is not a causal "
+                          f"language model ({reason}")
+    assert not out.exists()

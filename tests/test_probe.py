@@ -211,3 +211,41 @@ def test_resume_after_a_half_written_row(tiny_model_dir: Path, tmp_path: Path) -
     (out / probe.ROWS).write_text(text)
     probe.main(cfg)
     assert sorted(map(json.dumps, _rows(out))) == sorted(map(json.dumps, rows))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts longer than the model's context (--too-long)
+# ---------------------------------------------------------------------------------------------
+
+def long_and_short_records() -> list[Record]:
+    """Two 4-document questions: the first fits the 64-token test model with 4 new tokens (56
+    prompt tokens), the second has a long last distractor (65 tokens) and fits without it."""
+    short, other = synthetic.generate("test", 2, n_documents=4)
+    docs = other.documents[:-1] + (Document(other.documents[-1].title, "Lima " * 10),)
+    return [short, Record(id=other.id, question=other.question, answers=other.answers,
+                          documents=docs, gold=other.gold)]
+
+
+def test_probe_too_long_fail_skip_truncate(short_context_model_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "mixed.jsonl"
+    write_records(data, long_and_short_records())
+    base = dict(model=str(short_context_model_dir), data=str(data), positions="all",
+                max_new_tokens=4)
+
+    with pytest.raises(ConfigError, match=r"synth-test-0-1' with its gold at position 1: the "
+                                          r"prompt has 65 tokens, more than the 60 that fit"):
+        probe.main(ProbeConfig(**base, out=str(tmp_path / "fail")))
+    assert not (tmp_path / "fail").exists()                   # refused before writing anything
+
+    skip = probe.main(ProbeConfig(**base, out=str(tmp_path / "skip"), too_long="skip"))
+    assert sorted({r["id"] for r in _rows(tmp_path / "skip")}) == ["synth-test-0-0"]
+    assert skip["too_long"] == {"policy": "skip", "max_prompt_tokens": 60, "skipped": 4,
+                                "truncated": 0}
+
+    cut = probe.main(ProbeConfig(**base, out=str(tmp_path / "cut"), too_long="truncate"))
+    # The long question loses its last distractor: the gold still fits at positions 1 to 3, not 4.
+    assert sorted((r["id"], r["position"]) for r in _rows(tmp_path / "cut")) == \
+           [("synth-test-0-0", p) for p in range(4)] + [("synth-test-0-1", p) for p in range(3)]
+    assert cut["too_long"] == {"policy": "truncate", "max_prompt_tokens": 60, "skipped": 1,
+                               "truncated": 3}
+    assert [r["count"] for r in cut["by_position"]] == [2, 2, 2, 1]

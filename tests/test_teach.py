@@ -126,3 +126,39 @@ def _tok(model_dir: Path) -> Any:
     from pos2distill.modeling import load_tokenizer
 
     return load_tokenizer(str(model_dir))
+
+
+def test_teach_too_long_fail_skip_truncate(short_context_model_dir: Path, tmp_path: Path,
+                                           oracle_hf: Any, tok: Any,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from test_probe import long_and_short_records
+
+    from pos2distill import cli, pairs
+
+    data = tmp_path / "mixed.jsonl"
+    write_jsonl(data, [r.to_dict() for r in long_and_short_records()])
+    args = ["-q", "teach", "--model", str(short_context_model_dir), "--data", str(data),
+            "--max-new-tokens", "4"]
+
+    assert cli.main([*args, "--out", str(tmp_path / "fail.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prompt has 65 tokens" in err and "--too-long" in err
+    assert list(tmp_path.iterdir()) == [data]                 # nothing written
+
+    out = tmp_path / "skip.jsonl"
+    result = teach.main(TeachConfig(model=str(short_context_model_dir), data=str(data),
+                                    max_new_tokens=4, out=str(out), too_long="skip"))
+    assert result == {"kept": 1, "total": 1, "skipped": 1, "adv_position": 0, "out": str(out)}
+    assert [row["id"] for row in teach.read_teacher_rows(out)] == ["synth-test-0-0"]
+
+    out = tmp_path / "cut.jsonl"
+    result = teach.main(TeachConfig(model=str(short_context_model_dir), data=str(data),
+                                    max_new_tokens=4, out=str(out), too_long="truncate"))
+    assert result == {"kept": 2, "total": 2, "truncated": 1, "adv_position": 0, "out": str(out)}
+    short, cut = teach.read_teacher_rows(out)
+    assert (short["dropped_distractors"], cut["dropped_distractors"]) == (0, 1)
+    # The stored record is the one the teacher saw (3 documents), so the pairs use it too.
+    assert len(cut["record"]["documents"]) == 3
+    assert "Lima Lima" not in cut["teacher_prompt"]
+    rows = pairs.make_pairs([cut], tok, K=2, anchors=1, seed=0)
+    assert sorted(row["position"] for row in rows) == [0, 1, 2]

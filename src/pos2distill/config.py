@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from pos2distill.context import TOO_LONG
 from pos2distill.errors import ConfigError
 from pos2distill.losses import WEIGHT_FORMULAS
 from pos2distill.prompts import TEMPLATES
@@ -38,6 +39,11 @@ def _check_choice(flag: str, value: Any, choices: typing.Iterable[Any]) -> None:
 def _check_positive(flag: str, value: float, *, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"--{flag}: must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+_TOO_LONG_HELP = ("A prompt longer than the model's context minus --max-new-tokens: fail; skip "
+                  "(count and report); truncate (drop distractors from the end of the question's "
+                  "list until it fits, the gold keeping its position; skipped when impossible).")
 
 
 @dataclass
@@ -79,12 +85,14 @@ class ProbeConfig(ModelOptions, DataOptions):
     positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
     batch_size: int = _f(64, "Prompts per generation batch.")
     max_new_tokens: int = _f(32, "Tokens generated per answer.")
+    too_long: str = _f("fail", _TOO_LONG_HELP)
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         _check_positive("batch-size", self.batch_size)
         _check_positive("max-new-tokens", self.max_new_tokens)
+        _check_choice("too-long", self.too_long, TOO_LONG)
 
 
 @dataclass
@@ -98,6 +106,7 @@ class TeachConfig(ModelOptions, DataOptions):
     probe: str = _f("", "Probe folder (or its summary.json) for --advantageous auto.")
     batch_size: int = _f(64, "Prompts per generation batch.")
     max_new_tokens: int = _f(32, "Tokens generated per answer.")
+    too_long: str = _f("fail", _TOO_LONG_HELP)
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
@@ -105,6 +114,8 @@ class TeachConfig(ModelOptions, DataOptions):
         if self.advantageous == "auto" and not self.probe:
             raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
         _check_positive("batch-size", self.batch_size)
+        _check_positive("max-new-tokens", self.max_new_tokens)
+        _check_choice("too-long", self.too_long, TOO_LONG)
 
 
 @dataclass

@@ -46,17 +46,58 @@ def load_tokenizer(spec: str, *, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+def check_causal_lm(config: Any, path: str) -> None:
+    """Refuse a config that is not a decoder-only causal LM: encoder-decoder models, encoders
+    (BERT and the like load as ``*LMHeadModel`` but attend both ways), heads other than a language
+    model head (a classifier checkpoint), and model types with no causal-LM class."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    causal = {name for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+              for name in ((v,) if isinstance(v, str) else v)}
+    model_type = getattr(config, "model_type", None) or "unknown type"
+    architectures = list(getattr(config, "architectures", None) or [])
+    remote = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if getattr(config, "is_encoder_decoder", False):
+        reason = "an encoder-decoder model"
+    elif architectures and not any(a in causal or a.endswith(("ForCausalLM", "LMHeadModel"))
+                                   for a in architectures):
+        reason = f"saved as {', '.join(architectures)}"
+    elif model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        reason = "an encoder: it attends in both directions"
+    elif model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not remote:
+        reason = "transformers has no causal-LM class for it"
+    else:
+        return
+    raise ConfigError(f"--model: {path} is not a causal language model ({model_type}: {reason}); "
+                      "give a decoder-only model folder such as Llama, Qwen or Mistral")
+
+
+def load_config(spec: str, *, trust_remote_code: bool = False) -> Any:
+    """The model's config, checked to be a causal LM (cheap: no weights are read)."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(spec)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"--model: cannot read the config of {path}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    check_causal_lm(config, path)
+    return config
+
+
 def load_causal_lm(spec: str, *, dtype: str = "float32", device: str = "cpu",
                    trust_remote_code: bool = False) -> Any:
     """An ``AutoModelForCausalLM`` from a local folder, in eval mode on ``device``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    config = load_config(spec, trust_remote_code=trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=True,
-                                            trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype],
                                                      trust_remote_code=trust_remote_code)
     except ValueError as e:

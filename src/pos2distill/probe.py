@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from pos2distill.config import ProbeConfig
+from pos2distill.context import fit_prompt
 from pos2distill.generation import Generator
 from pos2distill.metrics import aggregate_by_key, best_subspan_em, summarize
-from pos2distill.positions import parse_positions, place_gold, rng_for
-from pos2distill.prompts import render_prompt
+from pos2distill.positions import parse_positions
 from pos2distill.records import Record, read_append_log
 
 log = logging.getLogger(__name__)
@@ -27,11 +27,25 @@ ROWS, SUMMARY, TABLE, PLOT = "rows.jsonl", "summary.json", "table.md", "accuracy
 
 
 def probe_prompts(records: Sequence[Record], positions: Sequence[int], tokenizer: Any, *,
-                  template: str, chat: str, seed: int) -> list[tuple[Record, int, str]]:
-    """(record, position, prompt) for every question at every position."""
-    return [(r, p, render_prompt(place_gold(r, p, rng_for(seed, r.id, p)), tokenizer,
-                                 template=template, chat=chat))  # type: ignore[arg-type]
-            for r in records for p in positions]
+                  template: str, chat: str, seed: int, max_tokens: int | None = None,
+                  too_long: str = "fail",
+                  counts: dict[str, int] | None = None) -> list[tuple[Record, int, str]]:
+    """(record, position, prompt) for every question at every position, made to fit
+    ``max_tokens`` by the ``too_long`` policy (:func:`pos2distill.context.fit_prompt`); ``counts``,
+    when given, receives how many prompts were skipped and truncated."""
+    items, skipped, truncated = [], 0, 0
+    for r in records:
+        for p in positions:
+            fitted = fit_prompt(r, p, tokenizer, template=template, chat=chat, seed=seed,
+                                max_tokens=max_tokens, too_long=too_long)
+            if fitted is None:
+                skipped += 1
+                continue
+            truncated += fitted.dropped > 0
+            items.append((r, p, fitted.prompt))
+    if counts is not None:
+        counts.update(skipped=skipped, truncated=truncated)
+    return items
 
 
 def score_rows(items: Sequence[tuple[Record, int, str]], predictions: Sequence[str]) -> list[dict]:
@@ -88,7 +102,9 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
 
     from pos2distill.data import load_data
     from pos2distill.generation import HFGenerator
-    from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
+    from pos2distill.context import prompt_budget
+    from pos2distill.errors import ConfigError
+    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer, resolve_model_path
     from pos2distill.plots import plot_accuracy_by_position
     from pos2distill.prompts import use_chat
     from pos2distill.records import open_text
@@ -98,15 +114,26 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
     records = load_data(cfg)
     n_docs = len(records[0].documents)
     positions = parse_positions(cfg.positions, n_docs)
+    # Everything that can refuse the run does so before anything is written.
+    config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    budget = prompt_budget(config, tokenizer, cfg.max_new_tokens)
+    counts: dict[str, int] = {}
+    all_items = probe_prompts(records, positions, tokenizer, template=cfg.template, chat=cfg.chat,
+                              seed=cfg.seed, max_tokens=budget, too_long=cfg.too_long,
+                              counts=counts)
+    if not all_items:
+        raise ConfigError(f"--too-long {cfg.too_long}: no prompt fits the model's context "
+                          f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
+    if counts["skipped"] or counts["truncated"]:
+        log.warning("%d prompts longer than %d tokens were skipped, %d truncated (--too-long %s)",
+                    counts["skipped"], budget, counts["truncated"], cfg.too_long)
     inputs = [cfg.data, resolve_model_path(cfg.model)]
     start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
               ignore=("out", "batch_size", "device"))
     done = {(r["id"], r["position"]) for r in read_rows(out / ROWS)}
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
-    items = [it for it in probe_prompts(records, positions, tokenizer, template=cfg.template,
-                                        chat=cfg.chat, seed=cfg.seed)
-             if (it[0].id, it[1]) not in done]
+    items = [it for it in all_items if (it[0].id, it[1]) not in done]
     if done:
         log.info("resuming: %d of %d rows already in %s", len(done), len(done) + len(items), out)
     if items:
@@ -126,6 +153,8 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
         bar.close()
     rows = read_rows(out / ROWS)
     summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs, **summarize_rows(rows)}
+    if counts["skipped"] or counts["truncated"]:
+        summary["too_long"] = {"policy": cfg.too_long, "max_prompt_tokens": budget, **counts}
     write_json_atomic(out / SUMMARY, summary)
     (out / TABLE).write_text(markdown_table(summary))
     plot_accuracy_by_position(

@@ -15,27 +15,45 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pos2distill.config import TeachConfig
+from pos2distill.context import Fitted, fit_prompt
 from pos2distill.generation import Generator
 from pos2distill.metrics import best_subspan_em
-from pos2distill.positions import place_gold, resolve_position, rng_for
-from pos2distill.prompts import render_prompt
+from pos2distill.positions import resolve_position
 from pos2distill.records import Record, iter_jsonl, read_append_log
 
 log = logging.getLogger(__name__)
 
 
+def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, adv_position: int,
+                    template: str, chat: str, seed: int, max_tokens: int | None = None,
+                    too_long: str = "fail") -> list[Fitted]:
+    """The teacher prompt of every record that fits ``max_tokens`` under the ``too_long`` policy
+    (:func:`pos2distill.context.fit_prompt`); skipped records are left out."""
+    fitted = (fit_prompt(r, adv_position, tokenizer, template=template, chat=chat, seed=seed,
+                         max_tokens=max_tokens, too_long=too_long) for r in records)
+    return [f for f in fitted if f is not None]
+
+
+def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *, adv_position: int,
+                   template: str, chat: str, max_new_tokens: int) -> list[dict[str, Any]]:
+    """One row per prompt (kept or not): the record it shows (fewer distractors when truncated),
+    teacher prompt, response, correctness."""
+    responses = generator.generate([f.prompt for f in prompts], max_new_tokens=max_new_tokens)
+    return [{"id": f.record.id, "record": f.record.to_dict(), "adv_position": adv_position,
+             "template": template, "chat": chat, "teacher_prompt": f.prompt,
+             "dropped_distractors": f.dropped, "response": resp,
+             "correct": best_subspan_em(resp, f.record.answers) == 1.0}
+            for f, resp in zip(prompts, responses)]
+
+
 def teacher_rows(records: Sequence[Record], generator: Generator, tokenizer: Any, *,
-                 adv_position: int, template: str, chat: str, seed: int,
-                 max_new_tokens: int) -> list[dict[str, Any]]:
-    """One row per record (kept or not): record, teacher prompt, response, correctness."""
-    prompts = [render_prompt(place_gold(r, adv_position, rng_for(seed, r.id, adv_position)),
-                             tokenizer, template=template, chat=chat)  # type: ignore[arg-type]
-               for r in records]
-    responses = generator.generate(prompts, max_new_tokens=max_new_tokens)
-    return [{"id": r.id, "record": r.to_dict(), "adv_position": adv_position, "template": template,
-             "chat": chat,
-             "teacher_prompt": p, "response": resp, "correct": best_subspan_em(resp, r.answers) == 1.0}
-            for r, p, resp in zip(records, prompts, responses)]
+                 adv_position: int, template: str, chat: str, seed: int, max_new_tokens: int,
+                 max_tokens: int | None = None, too_long: str = "fail") -> list[dict[str, Any]]:
+    """One row per record that fits (kept or not): record, teacher prompt, response, correctness."""
+    prompts = teacher_prompts(records, tokenizer, adv_position=adv_position, template=template,
+                              chat=chat, seed=seed, max_tokens=max_tokens, too_long=too_long)
+    return answer_prompts(prompts, generator, adv_position=adv_position, template=template,
+                          chat=chat, max_new_tokens=max_new_tokens)
 
 
 def resolve_advantageous(cfg: TeachConfig, n_documents: int) -> int:
@@ -65,9 +83,11 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     """Write the kept teacher rows to ``cfg.out``; returns counts."""
     from tqdm.auto import tqdm
 
+    from pos2distill.context import prompt_budget
     from pos2distill.data import load_data
+    from pos2distill.errors import ConfigError
     from pos2distill.generation import HFGenerator
-    from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
+    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer, resolve_model_path
     from pos2distill.prompts import use_chat
     from pos2distill.records import open_text, write_jsonl
     from pos2distill.runinfo import start_run
@@ -76,6 +96,18 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     partial = out.with_name(out.name + ".partial")
     records = load_data(cfg)
     adv = resolve_advantageous(cfg, len(records[0].documents))
+    # Everything that can refuse the run (--too-long fail included) does so before anything is
+    # written, so a corrected command is not refused as a different config.
+    config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    budget = prompt_budget(config, tokenizer, cfg.max_new_tokens)
+    prompts = teacher_prompts(records, tokenizer, adv_position=adv, template=cfg.template,
+                              chat=cfg.chat, seed=cfg.seed, max_tokens=budget,
+                              too_long=cfg.too_long)
+    if not prompts:
+        raise ConfigError(f"--too-long {cfg.too_long}: no teacher prompt fits the model's context "
+                          f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
     inputs = [p for p in (cfg.data, resolve_model_path(cfg.model), cfg.probe) if p and Path(p).exists()]
     resumed = start_run(out, cfg, inputs=inputs, stage="teach", ignore=("out", "batch_size", "device"))
     if resumed and out.exists() and not partial.exists():
@@ -83,22 +115,21 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
         log.info("%s is complete (%d rows); nothing to do", out, len(rows))
         return {"kept": len(rows), "total": len(records), "adv_position": adv, "out": str(out)}
     done = {row["id"] for row in read_append_log(partial)}
-    todo = [r for r in records if r.id not in done]
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    todo = [f for f in prompts if f.record.id not in done]
     if todo:
         model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                trust_remote_code=cfg.trust_remote_code)
-        bar = tqdm(total=len(records), initial=len(done), desc="teach", unit="question")
+        bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="teach",
+                   unit="question")
         generator = HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size,
                                 progress=bar.update)
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk = cfg.batch_size * 4
         with open_text(partial, "at") as f:
             for start in range(0, len(todo), chunk):
-                rows = teacher_rows(todo[start:start + chunk], generator, tokenizer,
-                                    adv_position=adv, template=cfg.template, chat=cfg.chat,
-                                    seed=cfg.seed, max_new_tokens=cfg.max_new_tokens)
+                rows = answer_prompts(todo[start:start + chunk], generator, adv_position=adv,
+                                      template=cfg.template, chat=cfg.chat,
+                                      max_new_tokens=cfg.max_new_tokens)
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
@@ -107,8 +138,17 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     all_rows = sorted(read_append_log(partial), key=lambda row: order[row["id"]])
     kept = [row for row in all_rows if row["correct"]]
     write_jsonl(out, kept)
-    partial.unlink()
+    partial.unlink(missing_ok=True)
     log.info("teacher correct on %d of %d questions at position %d", len(kept), len(all_rows), adv)
+    result = {"kept": len(kept), "total": len(all_rows), "adv_position": adv, "out": str(out)}
+    skipped = len(records) - len(all_rows)
+    if skipped:
+        log.warning("%d questions whose prompt does not fit %d tokens were skipped (--too-long %s)",
+                    skipped, budget, cfg.too_long)
+        result["skipped"] = skipped
+    truncated = sum(1 for row in all_rows if row.get("dropped_distractors"))
+    if truncated:
+        result["truncated"] = truncated
     if not kept:
         log.warning("the teacher answered no question correctly: nothing to distil")
-    return {"kept": len(kept), "total": len(all_rows), "adv_position": adv, "out": str(out)}
+    return result
