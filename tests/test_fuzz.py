@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from pos2distill.positions import place_gold
 from pos2distill.prompts import TEMPLATES, user_message
 from pos2distill.records import Record, write_records
 
-FUZZ = settings(max_examples=300, deadline=None,
+# POS2DISTILL_FUZZ_EXAMPLES=5000 for a longer hunt than the fast suite's.
+FUZZ = settings(max_examples=int(os.environ.get("POS2DISTILL_FUZZ_EXAMPLES", 300)), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 DEEP = "__DEEP__"   # replaced by a deeply nested array after json.dumps
@@ -176,3 +178,20 @@ def test_unpaired_surrogate_is_a_data_error(tmp_path: Path) -> None:
     path.write_text(json.dumps(line) + "\n")
     with pytest.raises(Pos2DistillError, match=r"s\.jsonl:1: .*unpaired surrogate"):
         load_records(path)
+
+
+@FUZZ
+@given(spec=st.text(max_size=12) | st.lists(st.integers(-3, 30), max_size=4),
+       n=st.integers(1, 25))
+def test_position_parsers_raise_only_typed_errors(spec: Any, n: int) -> None:
+    from pos2distill.positions import parse_positions, resolve_position
+
+    try:
+        assert all(0 <= p < n for p in parse_positions(spec, n))
+    except Pos2DistillError:
+        pass
+    if isinstance(spec, str):
+        try:
+            assert 0 <= resolve_position(spec, n) < n
+        except Pos2DistillError:
+            pass

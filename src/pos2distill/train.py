@@ -227,7 +227,7 @@ def truncate_log(path: Path, step: int) -> None:
 def main(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
+    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer, resolve_model_path
     from pos2distill.runinfo import fingerprint, recover_dir, replace_dir, start_run, write_json_atomic
 
     torch.manual_seed(cfg.seed)
@@ -238,6 +238,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         raise DataError(f"pairs use several advantageous positions {sorted(advs)}; expected one",
                         path=cfg.pairs, field="adv_position")
     adv = advs.pop()
+    load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)  # not a causal LM: refuse now
     resumed = start_run(out, cfg, inputs=[cfg.pairs, resolve_model_path(cfg.model)], stage="train",
                         ignore=RESUME_IGNORES)
     summary_path, model_dir, log_path = out / "train_summary.json", out / "model", out / "log.jsonl"
