@@ -81,7 +81,7 @@ def short_context_model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any) 
 # ---------------------------------------------------------------------------------------------
 
 _TITLE = re.compile(r"^- Title: (\S+)$", re.MULTILINE)
-_QUESTION = re.compile(r"Question: Where does (\S+) live\?")
+_QUESTION = re.compile(r"Question: Which city is home to (\w+)")
 
 
 def first_title(prompt: str) -> str:

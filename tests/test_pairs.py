@@ -26,7 +26,7 @@ def titles(prompt: str) -> list[str]:
 def teacher_rows_for(tok: Any, adv: int, n: int = 4, n_documents: int = N_DOCS) -> list[dict]:
     records = synthetic.generate("train", n, n_documents=n_documents)
     # The fake answers every question (with a second line, which pairs must drop).
-    answer = {f"Where does {r.question.split()[2]} live?": r.answers[0] for r in records}
+    answer = {r.question: r.answers[0] for r in records}
 
     def reply(prompt: str) -> str:
         question = next(q for q in answer if q in prompt)

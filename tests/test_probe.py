@@ -24,7 +24,7 @@ def test_probe_prompts_put_gold_at_each_position(records: list[Record], tok: Any
     items = probe.probe_prompts(records, [0, 2, 4], tok, template="authors", chat="auto", seed=0)
     assert [(r.id, p) for r, p, _ in items] == [(r.id, p) for r in records for p in (0, 2, 4)]
     for record, position, prompt in items:
-        subject = record.question.split()[2]
+        subject = record.question.split()[-1]
         titles = [line[len("- Title: "):] for line in prompt.splitlines()
                   if line.startswith("- Title: ")]
         assert len(titles) == 5 and titles.index(subject) == position
@@ -51,7 +51,7 @@ def test_run_probe_with_a_first_position_biased_fake(records: list[Record], tok:
         assert row["correct"] == (1.0 if position == 0 else 0.0)
         assert row["prediction"].splitlines()[0] == (record.answers[0] if position == 0
                                                      else "I do not know")
-        assert (first_title(prompt) == record.question.split()[2]) == (position == 0)
+        assert (first_title(prompt) == record.question.split()[-1]) == (position == 0)
 
     summary = probe.summarize_rows(rows)
     assert [(s["position"], s["accuracy"], s["count"]) for s in summary["by_position"]] == \

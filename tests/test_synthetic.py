@@ -17,7 +17,7 @@ from pos2distill.prompts import encode_prompt, render_prompt
 
 
 def subject(record: Any) -> str:
-    m = re.fullmatch(r"Where does (\w+) live\?", record.question)
+    m = re.fullmatch(r"Which city is home to (\w+)", record.question)
     assert m, record.question
     return m.group(1)
 

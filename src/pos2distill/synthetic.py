@@ -50,7 +50,7 @@ def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id
     # Short documents keep a 20-document prompt near 140 tokens, so the demo runs in minutes on a CPU.
     documents = tuple(Document(title=p, text=rng.choice(CITIES)) for p in people)
     answer = documents[0].text
-    return Record(id=record_id, question=f"Where does {subject} live?", answers=(answer,),
+    return Record(id=record_id, question=f"Which city is home to {subject}", answers=(answer,),
                   documents=documents, gold=(0,), task="qa")
 
 

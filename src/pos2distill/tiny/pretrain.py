@@ -8,7 +8,12 @@ only from what their data contains (no rule in code favours any position):
    in-context lookup needs. The repeat distances are drawn mostly short or long and rarely in
    between, so the circuit is reliable at the distances of the first and last documents of a prompt
    and weaker at those of the middle documents.
-2. **Lookup.** Synthetic multi-document questions rendered with the package's own prompt template and
+2. **Delayed recall.** A random sequence of distinct name/city tokens, then several queries, each a
+   token of the sequence followed by the token that ends a question in the chat template
+   (``<|assistant|>``); the target is the token that followed the queried one. This
+   teaches the model to carry the asked name to the answer position. Queried tokens sit at short or
+   long distances, rarely in between, as in the copy stage.
+3. **Lookup.** Synthetic multi-document questions rendered with the package's own prompt template and
    chat template, loss on the answer and EOS. The gold position is drawn from a U-shaped
    distribution (documents at the start and end of a context are the ones pretraining corpora most
    often make relevant), so middle positions are rare, as in real pretraining data.
@@ -49,11 +54,15 @@ class PretrainConfig:
     batch_size: int = 32
     lr: float = 2e-3
     copy_steps: int = 600
+    recall_steps: int = 400
     lookup_steps: int = 1500
+    warmup_steps: int = 100
     # Copy stage: repeat length (= distance) drawn from "short", "long" or, rarely, "middle".
     copy_short: tuple[int, int] = (4, 24)
     copy_long: tuple[int, int] = (120, 200)
     copy_middle_fraction: float = 0.05
+    # Recall stage: queries per sequence.
+    recall_queries: int = 8
     # Lookup stage: probability mass of the first / last `edge` positions; the rest is uniform over
     # the middle.
     edge: int = 3
@@ -88,6 +97,30 @@ def _copy_batch(rng: random.Random, cfg: PretrainConfig, content_ids: list[int],
         s = [rng.choice(content_ids) for _ in range(length)]
         seqs.append([bos] + s + s)
         masks.append([0] * (1 + length) + [1] * length)
+    return seqs, masks
+
+
+def _recall_batch(rng: random.Random, cfg: PretrainConfig, content_ids: list[int],
+                  tail_ids: list[int], bos: int) -> tuple[list[list[int]], list[list[int]]]:
+    seqs, masks = [], []
+    length = min(cfg.copy_long[1], len(content_ids) - 1)
+    for _ in range(cfg.batch_size):
+        s = rng.sample(content_ids, length)
+        seq, mask = [bos] + s, [0] * (1 + length)
+        for _ in range(cfg.recall_queries):
+            u = rng.random()
+            if u < cfg.copy_middle_fraction:
+                lo, hi = cfg.copy_short[1], cfg.copy_long[0]
+            elif u < (1 + cfg.copy_middle_fraction) / 2:
+                lo, hi = cfg.copy_short
+            else:
+                lo, hi = cfg.copy_long
+            # The distance from the query's answer position back to the queried token.
+            i = max(0, min(length - 2, length - rng.randint(lo, hi)))
+            seq += [s[i]] + tail_ids + [s[i + 1]]
+            mask += [0] * (1 + len(tail_ids)) + [1]
+        seqs.append(seq)
+        masks.append(mask)
     return seqs, masks
 
 
@@ -159,9 +192,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
                         pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(mconf)
     content_ids = tokenizer.convert_tokens_to_ids(list(synthetic.NAMES) + list(synthetic.CITIES))
-    total = cfg.copy_steps + cfg.lookup_steps
+    total = cfg.copy_steps + cfg.recall_steps + cfg.lookup_steps
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    warm = max(1, total // 20)
+    warm = max(1, cfg.warmup_steps)
+    tail_ids = tokenizer.convert_tokens_to_ids(["<|assistant|>"])
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))))
     train = synthetic.generate("train", 20000, seed=cfg.seed, n_documents=cfg.n_documents)
@@ -174,6 +208,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     for step in range(total):
         if step < cfg.copy_steps:
             seqs, masks = _copy_batch(rng, cfg, content_ids, tokenizer.bos_token_id)
+        elif step < cfg.copy_steps + cfg.recall_steps:
+            seqs, masks = _recall_batch(rng, cfg, content_ids, tail_ids, tokenizer.bos_token_id)
         else:
             seqs, masks = [], []
             for _ in range(cfg.batch_size):
@@ -185,7 +221,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         loss = _step(model, opt, sched, *_pad(seqs, masks, tokenizer.pad_token_id))
         if (step + 1) % 50 == 0:
             log.info("step %d loss %.4f (%.0fs)", step + 1, loss, time.time() - t0)
-        if step >= cfg.copy_steps and ((step + 1 - cfg.copy_steps) % cfg.eval_every == 0 or step + 1 == total):
+        first_lookup = cfg.copy_steps + cfg.recall_steps
+        if step >= first_lookup and ((step + 1 - first_lookup) % cfg.eval_every == 0 or step + 1 == total):
             acc = first_token_accuracy(model, tokenizer, test, eval_positions)
             log.info("step %d accuracy by position: %s", step + 1,
                      " ".join(f"{acc[p]:.2f}" for p in eval_positions))

@@ -15,11 +15,12 @@ PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM = (
     "<|pad|>", "<|unk|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
 SPECIALS = (PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM)
 
-# One user turn per message; the assistant's answer ends with <|end|>, which is also EOS.
+# Each turn opens with its role's token; an assistant turn ends with <|end|>, which is also EOS.
+# (A user turn needs no closing token: the next role token closes it.)
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n"
-    "{{ message['content'] }}<|end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    "{{ message['content'] }}{% if message['role'] == 'assistant' %}<|end|>{% endif %}{{ '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 
