@@ -49,46 +49,55 @@ def _tokens(tok: Any, prompt: str) -> int:
     return len(encode_prompt(tok, prompt, chat=True))
 
 
+def _full(record: Record, tok: Any) -> int:
+    """Tokens of the untruncated 6-document prompt (5 tokens per document)."""
+    return _tokens(tok, render_prompt(place_gold(record, 0, rng_for(0, record.id, 0)), tok))
+
+
 def test_a_prompt_that_fits_is_the_usual_one(record: Record, tok: Any) -> None:
     expected = render_prompt(place_gold(record, 2, rng_for(7, record.id, 2)), tok)
-    for max_tokens in (None, 66):
+    for max_tokens in (None, _full(record, tok)):
         fitted = fit_prompt(record, 2, tok, template="authors", chat="auto", seed=7,
                             max_tokens=max_tokens, too_long="fail")
         assert fitted == Fitted(record, expected, 0)
 
 
 def test_too_long_fail_names_the_question_and_the_fix(record: Record, tok: Any) -> None:
+    full = _full(record, tok)
     with pytest.raises(ConfigError) as info:
-        fit_prompt(record, 2, tok, template="authors", chat="auto", seed=0, max_tokens=60,
+        fit_prompt(record, 2, tok, template="authors", chat="auto", seed=0, max_tokens=full - 6,
                    too_long="fail")
     assert str(info.value).startswith(f"question {record.id!r} with its gold at position 3: the "
-                                      "prompt has 66 tokens, more than the 60 that fit")
+                                      f"prompt has {full} tokens, more than the {full - 6} that fit")
     assert "--too-long skip or truncate" in str(info.value)
 
 
 def test_too_long_skip(record: Record, tok: Any) -> None:
-    assert fit_prompt(record, 2, tok, template="authors", chat="auto", seed=0, max_tokens=60,
-                      too_long="skip") is None
+    assert fit_prompt(record, 2, tok, template="authors", chat="auto", seed=0,
+                      max_tokens=_full(record, tok) - 6, too_long="skip") is None
 
 
 def test_too_long_truncate_keeps_the_gold_position(record: Record, tok: Any) -> None:
-    # 5 tokens per document: 6 documents make 66 tokens, 4 make 56 (fits 60), 5 make 61.
+    # 5 tokens per document: with a budget of full - 6, five documents are one token too many
+    # and four (full - 10) fit.
+    full = _full(record, tok)
+    budget = full - 6
     for position in range(4):
         fitted = fit_prompt(record, position, tok, template="authors", chat="auto", seed=0,
-                            max_tokens=60, too_long="truncate")
+                            max_tokens=budget, too_long="truncate")
         assert fitted is not None and fitted.dropped == 2
         assert fitted.record == keep_distractors(record, 3)       # the last two distractors go
         placed = place_gold(fitted.record, position, rng_for(0, record.id, position))
         assert placed.gold == (position,)
         assert fitted.prompt == render_prompt(placed, tok)
-        assert _tokens(tok, fitted.prompt) == 56
+        assert _tokens(tok, fitted.prompt) == full - 10
     # Positions 5 and 6 (1-based) need 4 and 5 distractors before the gold: they cannot fit.
     for position in (4, 5):
         assert fit_prompt(record, position, tok, template="authors", chat="auto", seed=0,
-                          max_tokens=60, too_long="truncate") is None
-    # Even the gold alone does not fit 40 tokens.
-    assert fit_prompt(record, 0, tok, template="authors", chat="auto", seed=0, max_tokens=40,
-                      too_long="truncate") is None
+                          max_tokens=budget, too_long="truncate") is None
+    # Even the gold alone does not fit 20 tokens fewer than the full prompt.
+    assert fit_prompt(record, 0, tok, template="authors", chat="auto", seed=0,
+                      max_tokens=full - 26, too_long="truncate") is None
 
 
 def test_unknown_policy(record: Record, tok: Any) -> None:

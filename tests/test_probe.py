@@ -28,7 +28,7 @@ def test_probe_prompts_put_gold_at_each_position(records: list[Record], tok: Any
         titles = [line[len("- Title: "):] for line in prompt.splitlines()
                   if line.startswith("- Title: ")]
         assert len(titles) == 5 and titles.index(subject) == position
-        assert prompt.startswith("<|bos|><|user|>\n") and prompt.endswith("<|assistant|>\n")
+        assert prompt.startswith("<|bos|><|user|>\n") and prompt.endswith(record.question)
     # Same seed: same prompts (the same distractor orders for every model compared).
     again = probe.probe_prompts(records, [0, 2, 4], tok, template="authors", chat="auto", seed=0)
     assert [p for *_, p in again] == [p for *_, p in items]
@@ -218,8 +218,8 @@ def test_resume_after_a_half_written_row(tiny_model_dir: Path, tmp_path: Path) -
 # ---------------------------------------------------------------------------------------------
 
 def long_and_short_records() -> list[Record]:
-    """Two 4-document questions: the first fits the 64-token test model with 4 new tokens (56
-    prompt tokens), the second has a long last distractor (65 tokens) and fits without it."""
+    """Two 4-document questions: the first fits the 64-token test model with 4 new tokens (55
+    prompt tokens), the second has a long last distractor (64 tokens) and fits without it."""
     short, other = synthetic.generate("test", 2, n_documents=4)
     docs = other.documents[:-1] + (Document(other.documents[-1].title, "Lima " * 10),)
     return [short, Record(id=other.id, question=other.question, answers=other.answers,
@@ -233,7 +233,7 @@ def test_probe_too_long_fail_skip_truncate(short_context_model_dir: Path, tmp_pa
                 max_new_tokens=4)
 
     with pytest.raises(ConfigError, match=r"synth-test-0-1' with its gold at position 1: the "
-                                          r"prompt has 65 tokens, more than the 60 that fit"):
+                                          r"prompt has 64 tokens, more than the 60 that fit"):
         probe.main(ProbeConfig(**base, out=str(tmp_path / "fail")))
     assert not (tmp_path / "fail").exists()                   # refused before writing anything
 

@@ -61,8 +61,7 @@ AUTHORS_CHAT = (
     "- Title: Peru\n"
     "Lima is the capital.\n"
     "\n"
-    "Question: What is the capital of Norway?\n"
-    "<|assistant|>\n"
+    "Question: What is the capital of Norway?"
 )
 
 
@@ -111,7 +110,7 @@ def test_golden_chat_string(tok: Any) -> None:
     # chat=off with a chat tokenizer gives the plain text.
     assert render_prompt(RECORD, tok, template="authors", chat="off") == AUTHORS_PLAIN
     litm_chat = render_prompt(RECORD, tok, template="litm", chat="on")
-    assert litm_chat == "<|bos|><|user|>\n" + LITM_PLAIN + "\n<|assistant|>\n"
+    assert litm_chat == "<|bos|><|user|>\n" + LITM_PLAIN
 
 
 def test_chat_on_without_template_is_a_config_error() -> None:
@@ -146,7 +145,7 @@ def test_encode_prompt_with_the_tiny_tokenizer(tok: Any) -> None:
     ids = encode_prompt(tok, AUTHORS_CHAT, chat=True)
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
     assert tok.convert_ids_to_tokens(ids[:2]) == ["<|bos|>", "<|user|>"]
-    assert tok.convert_ids_to_tokens(ids[-1:]) == ["<|assistant|>"]
+    assert ids == tok(AUTHORS_CHAT, add_special_tokens=False)["input_ids"]
     # This word-level tokenizer has no post-processor: plain encoding adds nothing either.
     plain = encode_prompt(tok, AUTHORS_PLAIN, chat=False)
     assert plain == tok(AUTHORS_PLAIN, add_special_tokens=False)["input_ids"]

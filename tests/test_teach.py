@@ -142,7 +142,7 @@ def test_teach_too_long_fail_skip_truncate(short_context_model_dir: Path, tmp_pa
 
     assert cli.main([*args, "--out", str(tmp_path / "fail.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "prompt has 65 tokens" in err and "--too-long" in err
+    assert err.count("\n") == 1 and "prompt has 64 tokens" in err and "--too-long" in err
     assert list(tmp_path.iterdir()) == [data]                 # nothing written
 
     out = tmp_path / "skip.jsonl"

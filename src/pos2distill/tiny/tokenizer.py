@@ -15,12 +15,13 @@ PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM = (
     "<|pad|>", "<|unk|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
 SPECIALS = (PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM)
 
-# Each turn opens with its role's token; an assistant turn ends with <|end|>, which is also EOS.
-# (A user turn needs no closing token: the next role token closes it.)
+# A completion-style chat format: a user turn opens with <|user|> and the assistant's reply follows
+# it directly, ending with <|end|> (also EOS). With no token between the question and the answer,
+# a 4-layer model learns the lookup as plain induction (see pos2distill.tiny.pretrain).
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n"
-    "{{ message['content'] }}{% if message['role'] == 'assistant' %}<|end|>{% endif %}{{ '\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %} {{ message['content'] }}<|end|>\n"
+    "{% else %}<|{{ message['role'] }}|>\n{{ message['content'] }}{% endif %}{% endfor %}"
 )
 
 
