@@ -1,0 +1,59 @@
+"""The tiny model's pretraining recipe: data builders and a two-step smoke run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pos2distill import synthetic
+from pos2distill.tiny.pretrain import PretrainConfig, _copy_examples, _recall_examples, pretrain
+from pos2distill.tiny.tokenizer import build_tokenizer
+
+
+def _content(tok) -> list[int]:
+    return tok.convert_tokens_to_ids(list(synthetic.NAMES) + list(synthetic.CITIES))
+
+
+def test_copy_examples_repeat_with_loss_on_the_repeat() -> None:
+    tok = build_tokenizer()
+    seqs, masks = _copy_examples(random.Random(0), PretrainConfig(), 20, _content(tok), 2)
+    for seq, mask in zip(seqs, masks):
+        n = (len(seq) - 1) // 2
+        assert seq[0] == 2 and seq[1:1 + n] == seq[1 + n:]
+        assert mask == [0] * (1 + n) + [1] * n
+
+
+def test_recall_answers_are_what_followed_the_query_at_chosen_distances() -> None:
+    tok = build_tokenizer()
+    cfg = PretrainConfig(copy_middle_fraction=0.0)
+    seqs, masks = _recall_examples(random.Random(1), cfg, 10, _content(tok), 2)
+    length = cfg.copy_long[1]
+    distances = []
+    for seq, mask in zip(seqs, masks):
+        assert len(set(seq[1:1 + length])) == length           # distinct keys: no ambiguity
+        for j in range(1 + length, len(seq), 2):
+            first = seq.index(seq[j])
+            assert seq[j + 1] == seq[first + 1] and mask[j + 1] == 1 and mask[j] == 0
+            distances.append(j - first)
+    # Short or long, never in between when the middle fraction is 0.
+    assert all(d <= cfg.copy_short[1] + 1 or d >= cfg.copy_long[0] - 1 for d in distances)
+    assert any(d <= cfg.copy_short[1] for d in distances) and any(d >= cfg.copy_long[0] for d in distances)
+
+
+def test_position_probs_sum_to_one_and_favour_the_edges() -> None:
+    probs = PretrainConfig(edge=3, edge_mass=0.8).position_probs()
+    assert abs(sum(probs) - 1) < 1e-12 and len(probs) == 20
+    assert probs[0] == probs[19] > probs[10]
+
+
+def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
+    cfg = PretrainConfig(out=str(tmp_path / "m"), layers=1, hidden=16, heads=2, intermediate=32,
+                         batch_size=2, copy_steps=2, lookup_steps=2, eval_every=2,
+                         eval_per_position=1, n_documents=4)
+    out = pretrain(cfg)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 1 and tok.chat_template
+    assert (out / "pretrain_config.json").exists()
