@@ -3,7 +3,8 @@
 probe (base model) → teach → pairs → train R1 → probe (trained model) → report, each stage the same
 function its subcommand runs, writing into one folder. Ends with ``summary.json``:
 ``{"before": S, "after": S, "config": {...}}``,
-``S = {"accuracy_by_position": {"0": acc, ...}, "mean", "gap", "n_per_position"}``.
+``S = {"accuracy_by_position": {"0": acc, ...}, "mean", "gap", "n_per_position"}``, plus the counts
+``teacher_kept``, ``pairs`` and ``train_steps``.
 """
 
 from __future__ import annotations

@@ -76,18 +76,21 @@ class PretrainConfig:
                 (1 - self.edge_mass) / (n - 2 * e) for i in range(n)]
 
 
+def _draw_distance(rng: random.Random, cfg: PretrainConfig) -> int:
+    """Short or long (equally likely), in between with probability ``copy_middle_fraction``."""
+    u = rng.random()
+    if u < cfg.copy_middle_fraction:
+        return rng.randint(cfg.copy_short[1], cfg.copy_long[0])
+    if u < (1 + cfg.copy_middle_fraction) / 2:
+        return rng.randint(*cfg.copy_short)
+    return rng.randint(*cfg.copy_long)
+
+
 def _copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
                    bos: int) -> Batch:
     seqs, masks = [], []
     for _ in range(n):
-        u = rng.random()
-        if u < cfg.copy_middle_fraction:
-            lo, hi = cfg.copy_short[1], cfg.copy_long[0]
-        elif u < (1 + cfg.copy_middle_fraction) / 2:
-            lo, hi = cfg.copy_short
-        else:
-            lo, hi = cfg.copy_long
-        length = rng.randint(lo, hi)
+        length = _draw_distance(rng, cfg)
         s = [rng.choice(content_ids) for _ in range(length)]
         seqs.append([bos] + s + s)
         masks.append([0] * (1 + length) + [1] * length)
@@ -106,15 +109,8 @@ def _recall_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_id
         s = rng.sample(content_ids, length)
         seq, mask = [bos] + s, [0] * (1 + length)
         for _ in range(cfg.recall_queries):
-            u = rng.random()
-            if u < cfg.copy_middle_fraction:
-                lo, hi = cfg.copy_short[1], cfg.copy_long[0]
-            elif u < (1 + cfg.copy_middle_fraction) / 2:
-                lo, hi = cfg.copy_short
-            else:
-                lo, hi = cfg.copy_long
             # Distance from the query to the token it must recall, measured back from the query.
-            i = min(length - 2, max(0, len(seq) - 1 - rng.randint(lo, hi)))
+            i = min(length - 2, max(0, len(seq) - 1 - _draw_distance(rng, cfg)))
             seq += [s[i], s[i + 1]]
             mask += [0, 1]
         seqs.append(seq)
