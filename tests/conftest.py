@@ -54,13 +54,18 @@ def sharp_model(tok: Any) -> Any:
     return tiny_llama(tok, initializer_range=0.2)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any, tiny_model: Any) -> Path:
+def save_model_dir(tmp_path_factory: pytest.TempPathFactory, name: str, model: Any,
+                   tok: Any) -> Path:
     """A Hugging Face model folder (config, weights, tokenizer) the CLI accepts via --model."""
-    path = tmp_path_factory.mktemp("tiny-random-llama")
-    tiny_model.save_pretrained(path, safe_serialization=True)
+    path = tmp_path_factory.mktemp(name)
+    model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any, tiny_model: Any) -> Path:
+    return save_model_dir(tmp_path_factory, "tiny-random-llama", tiny_model, tok)
 
 
 SHORT_CONTEXT = 64

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import FakeGenerator
+from conftest import FakeGenerator, save_model_dir
 from pos2distill import pairs, synthetic, teach, train
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError
@@ -143,10 +143,7 @@ def test_micro_kl_matches_hand_alignment(sharp_model: Any, tok: Any) -> None:
 
 @pytest.fixture(scope="module")
 def sharp_model_dir(tmp_path_factory: pytest.TempPathFactory, sharp_model: Any, tok: Any) -> Path:
-    path = tmp_path_factory.mktemp("sharp-random-llama")
-    sharp_model.save_pretrained(path, safe_serialization=True)
-    tok.save_pretrained(path)
-    return path
+    return save_model_dir(tmp_path_factory, "sharp-random-llama", sharp_model, tok)
 
 
 @pytest.fixture(scope="module")

@@ -78,25 +78,32 @@ class DataOptions:
 
 
 @dataclass
-class ProbeConfig(ModelOptions, DataOptions):
-    """Accuracy by gold position: batched greedy generation at every requested position."""
-
-    out: str = _f("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
-    positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+class GenerationOptions:
     batch_size: int = _f(64, "Prompts per generation batch.")
     max_new_tokens: int = _f(32, "Tokens generated per answer.")
     too_long: str = _f("fail", _TOO_LONG_HELP)
 
     def __post_init__(self) -> None:
-        ModelOptions.__post_init__(self)
-        DataOptions.__post_init__(self)
         _check_positive("batch-size", self.batch_size)
         _check_positive("max-new-tokens", self.max_new_tokens)
         _check_choice("too-long", self.too_long, TOO_LONG)
 
 
 @dataclass
-class TeachConfig(ModelOptions, DataOptions):
+class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
+    """Accuracy by gold position: batched greedy generation at every requested position."""
+
+    out: str = _f("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
+    positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+
+    def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
+        DataOptions.__post_init__(self)
+        GenerationOptions.__post_init__(self)
+
+
+@dataclass
+class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
     """Teacher responses at the advantageous position, kept only when correct."""
 
     data: str = _f("synthetic:train", DataOptions.__dataclass_fields__["data"].metadata["help"])
@@ -104,18 +111,13 @@ class TeachConfig(ModelOptions, DataOptions):
     advantageous: str = _f("first", "Advantageous gold position: first, last, an integer, or auto "
                            "(the best position of --probe).")
     probe: str = _f("", "Probe folder (or its summary.json) for --advantageous auto.")
-    batch_size: int = _f(64, "Prompts per generation batch.")
-    max_new_tokens: int = _f(32, "Tokens generated per answer.")
-    too_long: str = _f("fail", _TOO_LONG_HELP)
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
+        GenerationOptions.__post_init__(self)
         if self.advantageous == "auto" and not self.probe:
             raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
-        _check_positive("batch-size", self.batch_size)
-        _check_positive("max-new-tokens", self.max_new_tokens)
-        _check_choice("too-long", self.too_long, TOO_LONG)
 
 
 @dataclass

@@ -55,6 +55,8 @@ class PretrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     copy_steps: int = 600
+    # Stage 1 task: "repeat" (a sequence then itself) or "recall" (one-token associative recall).
+    warmup_task: str = "repeat"
     lookup_steps: int = 1500
     lookup_lr: float = 1e-3
     # Copy stage: repeat length (= distance) drawn from "short", "long" or, rarely, "middle".
@@ -203,8 +205,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
 
     copy_rng = random.Random(f"{cfg.seed}|copy")
+    if cfg.warmup_task not in ("repeat", "recall"):
+        raise ValueError(f"--warmup-task must be repeat or recall, got {cfg.warmup_task!r}")
+    warmup = _copy_examples if cfg.warmup_task == "repeat" else _recall_examples
     _train_stage(model, "copy", cfg.copy_steps, cfg.lr, cfg,
-                 lambda: _copy_examples(copy_rng, cfg, cfg.batch_size, content_ids, bos), pad)
+                 lambda: warmup(copy_rng, cfg, cfg.batch_size, content_ids, bos), pad)
 
     rng = random.Random(f"{cfg.seed}|lookup")
     train = synthetic.generate("train", 20000, seed=cfg.seed, n_documents=cfg.n_documents)
