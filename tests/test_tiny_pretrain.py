@@ -57,3 +57,16 @@ def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers == 1 and tok.chat_template
     assert (out / "pretrain_config.json").exists()
+
+
+def test_doc_copy_examples_repeat_document_shaped_pairs() -> None:
+    from pos2distill.tiny.pretrain import _doc_copy_examples
+
+    tok = build_tokenizer()
+    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    seqs, masks = _doc_copy_examples(random.Random(0), PretrainConfig(), 10, _content(tok), 2, struct)
+    for seq, mask in zip(seqs, masks):
+        n = (len(seq) - 1) // 2
+        assert seq[1:1 + n] == seq[1 + n:] and n % 5 == 0
+        assert all(seq[1 + i:4 + i] == struct for i in range(0, n, 5))
+        assert mask == [0] * (1 + n) + [1] * n

@@ -55,7 +55,8 @@ class PretrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 100
     copy_steps: int = 600
-    # Stage 1 task: "repeat" (a sequence then itself) or "recall" (one-token associative recall).
+    # Stage 1 task: "repeat" (a sequence then itself), "recall" (one-token associative recall) or
+    # "docs" (a repeat of document-shaped pairs).
     warmup_task: str = "repeat"
     lookup_steps: int = 1500
     lookup_lr: float = 1e-3
@@ -96,6 +97,21 @@ def _copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids:
         s = [rng.choice(content_ids) for _ in range(length)]
         seqs.append([bos] + s + s)
         masks.append([0] * (1 + length) + [1] * length)
+    return seqs, masks
+
+
+def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
+                       bos: int, struct_ids: list[int]) -> Batch:
+    """A contiguous repeat of document-shaped pairs (``- Title : NAME CITY``), so the circuit
+    forms with the prompt's structural tokens present. Distances are drawn as for the copy task."""
+    seqs, masks = [], []
+    for _ in range(n):
+        k = max(1, _draw_distance(rng, cfg) // (len(struct_ids) + 2))
+        s: list[int] = []
+        for _ in range(k):
+            s += struct_ids + [rng.choice(content_ids), rng.choice(content_ids)]
+        seqs.append([bos] + s + s)
+        masks.append([0] * (1 + len(s)) + [1] * len(s))
     return seqs, masks
 
 
@@ -205,9 +221,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
 
     copy_rng = random.Random(f"{cfg.seed}|copy")
-    if cfg.warmup_task not in ("repeat", "recall"):
-        raise ValueError(f"--warmup-task must be repeat or recall, got {cfg.warmup_task!r}")
-    warmup = _copy_examples if cfg.warmup_task == "repeat" else _recall_examples
+    struct_ids = tokenizer.convert_tokens_to_ids(["-", "Title", ":"])
+    warmups = {"repeat": _copy_examples, "recall": _recall_examples,
+               "docs": lambda *a: _doc_copy_examples(*a, struct_ids)}
+    if cfg.warmup_task not in warmups:
+        raise ValueError(f"--warmup-task must be one of {', '.join(warmups)}, got {cfg.warmup_task!r}")
+    warmup = warmups[cfg.warmup_task]
     _train_stage(model, "copy", cfg.copy_steps, cfg.lr, cfg,
                  lambda: warmup(copy_rng, cfg, cfg.batch_size, content_ids, bos), pad)
 
