@@ -1,0 +1,22 @@
+"""The shipped tiny model: a plain Hugging Face folder, small, with a chat template."""
+
+from __future__ import annotations
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pos2distill import synthetic
+from pos2distill.positions import place_gold, rng_for
+from pos2distill.prompts import encode_prompt, render_prompt
+from pos2distill.tiny import TINY_MODEL_DIR
+
+
+def test_shipped_model_loads_and_is_small() -> None:
+    weights = TINY_MODEL_DIR / "model.safetensors"
+    assert weights.stat().st_size <= 10 * 2**20
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL_DIR, local_files_only=True)
+    assert model.config.model_type == "llama" and tok.chat_template
+    record = synthetic.generate("test", 1)[0]
+    prompt = render_prompt(place_gold(record, 0, rng_for(0, record.id, 0)), tok)
+    ids = encode_prompt(tok, prompt, chat=True)
+    assert tok.unk_token_id not in ids and len(ids) < model.config.max_position_embeddings
