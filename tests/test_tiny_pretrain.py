@@ -70,3 +70,22 @@ def test_doc_copy_examples_repeat_document_shaped_pairs() -> None:
         assert seq[1:1 + n] == seq[1 + n:] and n % 5 == 0
         assert all(seq[1 + i:4 + i] == struct for i in range(0, n, 5))
         assert mask == [0] * (1 + n) + [1] * n
+
+
+def test_doc_copy_prefix_puts_repeats_late_without_a_second_match() -> None:
+    from pos2distill.tiny.pretrain import _doc_copy_examples
+
+    tok = build_tokenizer()
+    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    cfg = PretrainConfig(prefix_max=100)
+    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 40, _content(tok), 2, struct)
+    prefixes = []
+    for seq, mask in zip(seqs, masks):
+        n = sum(mask)                                   # loss on the repeat only
+        start = len(seq) - 2 * n                        # where the first copy starts
+        prefix, first, second = seq[1:start], seq[start:start + n], seq[start + n:]
+        assert first == second and mask == [0] * (len(seq) - n) + [1] * n
+        assert len(prefix) % 5 == 0 and len(prefix) <= cfg.prefix_max
+        assert not set(prefix) & (set(first) - set(struct))   # one match per looked-up token
+        prefixes.append(len(prefix))
+    assert min(prefixes) < 30 and max(prefixes) > 70

@@ -33,7 +33,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from pos2distill import prompts, synthetic
 from pos2distill.positions import place_gold
-from pos2distill.tiny import TINY_MODEL_DIR
 from pos2distill.tiny.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ Batch = tuple[list[list[int]], list[list[int]]]
 
 @dataclass
 class PretrainConfig:
-    out: str = str(TINY_MODEL_DIR)
+    out: str = "runs/tiny-llama"  # never the shipped folder by accident: copy it there by hand
     init: str = ""  # start from this model folder instead of random weights (experiments)
     seed: int = 0
     layers: int = 4
@@ -64,6 +63,9 @@ class PretrainConfig:
     copy_short: tuple[int, int] = (4, 25)
     copy_long: tuple[int, int] = (85, 115)
     copy_middle_fraction: float = 0.05
+    # "docs" warm-up: up to this many tokens of other document pairs (no loss) before the repeat, so
+    # repeats of every distance also occur late in a sequence, where a prompt's last documents sit.
+    prefix_max: int = 0
     recall_queries: int = 8
     # Lookup stage: share of copy examples in each batch; mass of the first and last `edge`
     # gold positions (the rest is spread evenly over the middle).
@@ -105,13 +107,19 @@ def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_
     """A contiguous repeat of document-shaped pairs (``- Title : NAME CITY``), so the circuit
     forms with the prompt's structural tokens present. Distances are drawn as for the copy task."""
     seqs, masks = [], []
+    width = len(struct_ids) + 2
     for _ in range(n):
-        k = max(1, _draw_distance(rng, cfg) // (len(struct_ids) + 2))
+        k = max(1, _draw_distance(rng, cfg) // width)
         s: list[int] = []
         for _ in range(k):
             s += struct_ids + [rng.choice(content_ids), rng.choice(content_ids)]
-        seqs.append([bos] + s + s)
-        masks.append([0] * (1 + len(s)) + [1] * len(s))
+        # Prefix tokens never occur in the repeat, so every lookup has exactly one match.
+        prefix: list[int] = []
+        others = [t for t in content_ids if t not in set(s)]
+        for _ in range(rng.randint(0, cfg.prefix_max // width) if cfg.prefix_max else 0):
+            prefix += struct_ids + [rng.choice(others), rng.choice(others)]
+        seqs.append([bos] + prefix + s + s)
+        masks.append([0] * (1 + len(prefix) + len(s)) + [1] * len(s))
     return seqs, masks
 
 
