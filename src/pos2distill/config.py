@@ -64,7 +64,8 @@ class ModelOptions:
 @dataclass
 class DataOptions:
     data: str = _f("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
-                   "key-value or our own format), or synthetic:train / synthetic:test.")
+                   "key-value or our own format), or synthetic:train / synthetic:test, or "
+                   "synthetic-reasoning:train / synthetic-reasoning:test (two-hop).")
     data_format: str = _f("auto", "Data format: auto, records, litm, authors, kv.")
     n_documents: int = _f(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")
