@@ -18,6 +18,7 @@ import yaml
 
 from pos2distill.context import TOO_LONG
 from pos2distill.errors import ConfigError
+from pos2distill.loaders import FORMATS
 from pos2distill.losses import WEIGHT_FORMULAS
 from pos2distill.prompts import TEMPLATES
 
@@ -66,14 +67,14 @@ class DataOptions:
     data: str = _f("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
                    "key-value or our own format), or synthetic:train / synthetic:test, or "
                    "synthetic-reasoning:train / synthetic-reasoning:test (two-hop).")
-    data_format: str = _f("auto", "Data format: auto, records, litm, authors, kv.")
+    data_format: str = _f("auto", f"Data format: auto, {', '.join(FORMATS)}.")
     n_documents: int = _f(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")
     limit: int = _f(0, "Use only the first N questions (0 = all).")
     seed: int = _f(0, "Seed for distractor orders and data building.")
 
     def __post_init__(self) -> None:
-        _check_choice("data-format", self.data_format, ("auto", "records", "litm", "authors", "kv"))
+        _check_choice("data-format", self.data_format, ("auto",) + FORMATS)
         _check_positive("n-documents", self.n_documents)
         _check_positive("limit", self.limit, allow_zero=True)
 
