@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_result(command: str, result: Any) -> None:
     if command == "demo":
         print(f"\nreport: {result['report']}\nplot:   {result['plot']}\nsummary: {result['summary']}")
+    elif command == "probe" and result.get("task") == "reasoning":
+        groups = "  ".join(f"{g} {v['mean']:.3f}" for g, v in result["by_group"].items())
+        print(f"mean {result['mean']:.3f}  GAP {result['gap']:.3f}  {groups}  best hop positions "
+              f"{result['best_configuration']} (0-based)")
     elif command == "probe":
         print(f"mean {result['mean']:.3f}  GAP {result['gap']:.3f}  "
               f"best position {result['best_position'] + 1} (1-based)")

@@ -18,6 +18,9 @@ import yaml
 
 from pos2distill.context import TOO_LONG
 from pos2distill.errors import ConfigError
+
+#: ``--task`` values: retrieval (R1: one gold document) and reasoning (R2: multi-hop with CoT).
+TASKS = ("retrieval", "reasoning")
 from pos2distill.loaders import FORMATS
 from pos2distill.losses import WEIGHT_FORMULAS
 from pos2distill.methods import METHOD_NAMES, get_method
@@ -51,13 +54,19 @@ _TOO_LONG_HELP = ("A prompt longer than the model's context minus --max-new-toke
 @dataclass
 class ModelOptions:
     model: str = _f("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
-    template: str = _f("authors", f"Prompt template: {', '.join(TEMPLATES)}.")
+    task: str = _f("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
+                   "hop documents at position pairs, reasoning EM: Pos2Distill-R2).")
+    template: str = _f("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
+                       "--task reasoning, authors otherwise).")
     chat: str = _f("auto", "Use the tokenizer's chat template: auto (when it has one), on, off.")
     dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
     device: str = _f("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
     trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        if self.template == "auto":
+            self.template = "reasoning" if self.task == "reasoning" else "authors"
         _check_choice("template", self.template, TEMPLATES)
         _check_choice("chat", self.chat, ("auto", "on", "off"))
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -98,6 +107,9 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
 
     out: str = _f("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
     positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+    configurations: str = _f("all", "--task reasoning: hop position pairs, 0-based (first hop, "
+                             "second hop): all (the paper's 12, scaled to the document count), "
+                             "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
@@ -111,14 +123,18 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
 
     data: str = _f("synthetic:train", DataOptions.__dataclass_fields__["data"].metadata["help"])
     out: str = _f("runs/teach.jsonl", "Output JSONL: one row per kept question.")
-    advantageous: str = _f("first", "Advantageous gold position: first, last, an integer, or auto "
-                           "(the best position of --probe).")
+    advantageous: str = _f("default", "Advantageous gold position: first, last, an integer, or "
+                           "auto (the best of --probe); default first. --task reasoning: the hop "
+                           "pair, like 18,19, last (the last two documents, the default), first "
+                           "(the first two), or auto (the best configuration of --probe).")
     probe: str = _f("", "Probe folder (or its summary.json) for --advantageous auto.")
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
+        if self.advantageous == "default":
+            self.advantageous = "last" if self.task == "reasoning" else "first"
         if self.advantageous == "auto" and not self.probe:
             raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
 
@@ -135,6 +151,10 @@ class PairsConfig:
     seed: int = _f(0, "Seed for position draws and distractor orders.")
     first_line: bool = _f(True, "Distil only the first line of the teacher's response "
                           "(short-answer retrieval).")
+    configurations: str = _f("any", "Reasoning teacher rows (R2): the hop position pairs the K "
+                             "are drawn from: any (every ordered pair but the advantageous one), "
+                             "or a --configurations spec of `probe`. R2 has no anchors: --anchors "
+                             "and --first-line apply to retrieval rows only.")
 
     def __post_init__(self) -> None:
         _check_positive("K", self.K, allow_zero=True)

@@ -17,7 +17,17 @@ SYNTHETIC_DEFAULT_SIZE = 1000
 
 def load_data(opts: DataOptions) -> list[Record]:
     """Records for ``opts.data``; single-document (oracle) QA files are turned into
-    ``opts.n_documents``-document sets with other questions' gold passages as distractors."""
+    ``opts.n_documents``-document sets with other questions' gold passages as distractors. With
+    ``--task reasoning`` only questions with exactly two hop documents are kept."""
+    records = _load(opts)
+    if getattr(opts, "task", "retrieval") == "reasoning":
+        from pos2distill.reasoning import two_hop_records
+
+        return two_hop_records(records)
+    return records
+
+
+def _load(opts: DataOptions) -> list[Record]:
     if opts.data.startswith("synthetic-reasoning"):
         _, _, split = opts.data.partition(":")
         split = split or "test"
