@@ -230,11 +230,13 @@ class ReportConfig:
 
 @dataclass
 class DemoConfig:
-    """The whole R1 pipeline on the embedded default: probe → teach → pairs → train → probe → report."""
+    """The whole pipeline on the embedded default: probe → teach → pairs → train → probe → report,
+    for retrieval (R1), reasoning (R2, plus the R2 model on retrieval) or both (plus the cross-task
+    table)."""
 
     out: str = _f("runs/demo", "Output folder.")
     model: str = _f("tiny", "Model (default: the embedded tiny model).")
-    n_test: int = _f(100, "Held-out questions, each probed at every position.")
+    n_test: int = _f(100, "Held-out questions, each probed at every position (configuration).")
     n_train: int = _f(400, "Training questions given to the teacher.")
     K: int = _f(4, "Trivial positions per question.")
     anchors: int = _f(1, "Anchor copies per question.")
@@ -243,11 +245,20 @@ class DemoConfig:
     batch_size: int = _f(32, "Examples per optimizer step.")
     formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
     seed: int = _f(0, "Seed for everything.")
+    task: str = _f("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
+                   "model on retrieval) or both (both chains and the cross-task table).")
+    r2_lr: float = _f(1e-3, "R2: peak learning rate.")
+    r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
+    r2_max_new_tokens: int = _f(32, "R2: tokens generated per chain-of-thought.")
 
     def __post_init__(self) -> None:
         _check_positive("n-test", self.n_test)
         _check_positive("n-train", self.n_train)
         _check_choice("formula", self.formula, WEIGHT_FORMULAS)
+        _check_choice("task", self.task, ("retrieval", "reasoning", "both"))
+        _check_positive("r2-lr", self.r2_lr)
+        _check_positive("r2-epochs", self.r2_epochs)
+        _check_positive("r2-max-new-tokens", self.r2_max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------
