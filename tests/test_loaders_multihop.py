@@ -220,3 +220,13 @@ def test_2wiki_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing") as info:
         load_2wiki(write_jsonl(tmp_path / "w.jsonl", [missing]))
     assert info.value.field == "evidences"
+
+
+def test_iter_rows_array_too_deep_or_bad_unicode(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[\n" + "[" * 100000 + "]" * 100000 + "\n]")
+    with pytest.raises(DataError, match="deep.json:2: JSON nested too deeply"):
+        list(iter_rows(path))
+    path.write_text('[\n{"a": "\\ud800"}\n]')
+    with pytest.raises(DataError, match="deep.json:2: unpaired surrogate"):
+        list(iter_rows(path))

@@ -18,7 +18,8 @@ from typing import Any
 
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.metrics import normalize_answer
-from pos2distill.records import Document, Record, iter_jsonl, open_text, read_records
+from pos2distill.records import (Document, Record, _has_unpaired_surrogate, iter_jsonl, open_text,
+                                 read_records)
 
 logger = logging.getLogger(__name__)
 
@@ -226,10 +227,16 @@ def iter_rows(path: PathLike) -> Iterator[tuple[int, Any]]:
             return
         line += text.count("\n", pos_line, i)
         pos_line = i
+        start = i
         try:
             obj, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise DataError(f"malformed JSON ({e.msg})", path=p, line=e.lineno) from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply", path=p, line=line) from None
+        if "\\ud" in text[start:i].lower() and _has_unpaired_surrogate(obj):
+            raise DataError("unpaired surrogate escape (\\ud800 to \\udfff): the text is not "
+                            "valid Unicode", path=p, line=line)
         yield line, obj
         i = skip(i)
         if i < len(text) and text[i] == ",":
