@@ -153,3 +153,49 @@ def oracle_hf(monkeypatch: pytest.MonkeyPatch) -> type[OracleHFGenerator]:
     OracleHFGenerator.instances = []
     monkeypatch.setattr("pos2distill.generation.HFGenerator", OracleHFGenerator)
     return OracleHFGenerator
+
+
+# ---------------------------------------------------------------------------------------------
+# A reasoning oracle: right only when the two hop documents are adjacent and in order
+
+_REASONING_Q = re.compile(r"Question: Where does (\w+)'s manager work\?")
+_DOC = re.compile(r"^- Title: (\w+)\n(.*)$", re.MULTILINE)
+
+
+def reasoning_oracle_answer(prompt: str) -> str:
+    """Parses a synthetic ``reasoning`` prompt. Hops adjacent and in order (connected): the
+    reference chain-of-thought (plus a tail the metric must ignore); reversed: a chain with a wrong
+    answer; apart and in order (disconnected): no "the answer is" at all."""
+    from pos2distill.synthetic import reasoning_cot
+
+    m = _REASONING_Q.search(prompt)
+    assert m, f"not a synthetic reasoning question: {prompt!r}"
+    docs = _DOC.findall(prompt)
+    titles = [t for t, _ in docs]
+    x = m.group(1)
+    i1 = titles.index(x)
+    y = re.fullmatch(rf"{x}'s manager is (\w+)\.", docs[i1][1]).group(1)  # type: ignore[union-attr]
+    i2 = titles.index(y)
+    z = re.fullmatch(rf"{y} works in (\w+)\.", docs[i2][1]).group(1)  # type: ignore[union-attr]
+    if i2 == i1 + 1:
+        return reasoning_cot(x, y, z) + "\nQuestion: more"
+    if i2 < i1:
+        return f"{x}'s manager is {y}. The answer is: Atlantis"
+    return f"{x}'s manager is {y}."
+
+
+class ReasoningOracleHFGenerator(OracleHFGenerator):
+    """Like :class:`OracleHFGenerator`, answering retrieval prompts like :func:`oracle_answer`
+    and reasoning prompts like :func:`reasoning_oracle_answer`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.answer = lambda p: (reasoning_oracle_answer(p) if _REASONING_Q.search(p)
+                                 else oracle_answer(p))
+
+
+@pytest.fixture
+def reasoning_oracle_hf(monkeypatch: pytest.MonkeyPatch) -> type[ReasoningOracleHFGenerator]:
+    OracleHFGenerator.instances = []
+    monkeypatch.setattr("pos2distill.generation.HFGenerator", ReasoningOracleHFGenerator)
+    return ReasoningOracleHFGenerator

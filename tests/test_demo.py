@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import OracleHFGenerator
+from conftest import OracleHFGenerator, ReasoningOracleHFGenerator
 from pos2distill import demo
 from pos2distill.config import DemoConfig
 from pos2distill.errors import ConfigError
@@ -109,3 +109,78 @@ def test_demo_with_the_real_generator_on_a_random_model(tiny_model_dir: Path,
                              n_train=8, epochs=1, batch_size=4))
     summary = json.loads((tmp_path / "demo" / "probe_before" / "summary.json").read_text())
     assert len(summary["by_position"]) == 20
+
+
+# ---------------------------------------------------------------------------------------------
+# --task reasoning | both (R2, cross-task), with the reasoning oracle (right only when the hops
+# are adjacent and in order, i.e. in the "connected" configurations and at the last two documents)
+
+S2_KEYS = {"accuracy_by_configuration", "accuracy_by_group", "mean", "gap", "n_per_configuration"}
+PAPER_KEYS = ["0,1", "5,6", "12,13", "17,18", "0,8", "5,13", "6,14", "8,16", "8,0", "13,5", "14,6",
+              "16,8"]
+
+
+def test_demo_reasoning_end_to_end(tiny_model_dir: Path, tmp_path: Path,
+                                   reasoning_oracle_hf: Any) -> None:
+    cfg = DemoConfig(model=str(tiny_model_dir), out=str(tmp_path / "demo"), task="reasoning",
+                     n_test=2, n_train=6, epochs=1, r2_epochs=1, batch_size=4)
+    result = demo.main(cfg)
+    out = tmp_path / "demo"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"before", "after", "config", "cross_task", "teacher_kept", "pairs",
+                            "train_steps"}
+    for side in ("before", "after"):
+        s = summary[side]
+        assert set(s) == S2_KEYS and list(s["accuracy_by_configuration"]) == PAPER_KEYS
+        assert s["accuracy_by_configuration"] == {k: (1.0 if k in PAPER_KEYS[:4] else 0.0)
+                                                  for k in PAPER_KEYS}
+        assert s["accuracy_by_group"] == {"connected": 1.0, "disconnected": 0.0, "reversed": 0.0}
+        assert s["gap"] == 1.0 and s["n_per_configuration"] == 2
+    assert summary["teacher_kept"] == 6 and summary["pairs"] == 6 * 4
+    assert summary["train_steps"] == 24 // 4
+    assert summary["config"]["reasoning_train"]["method"] == "r2"
+    assert summary["config"]["reasoning_teach"]["advantageous"] == "last"
+    assert set(summary["config"]) == {"demo", "probe_before", "reasoning_probe_before",
+                                      "reasoning_teach", "reasoning_pairs", "reasoning_train",
+                                      "reasoning_probe_after", "reasoning_report",
+                                      "r2_on_retrieval"}
+    cross = summary["cross_task"]
+    assert set(cross["models"]) == {"base", "r2"}
+    assert cross["models"]["r2"]["trained_on"] == "reasoning"
+    # The retrieval oracle answers only with the gold first: 1 of 20 positions, for both models.
+    assert cross["models"]["r2"]["retrieval"] == {"mean": pytest.approx(0.05), "gap": 1.0,
+                                                  "mean_delta": 0.0, "gap_delta": 0.0}
+    assert cross["models"]["base"]["reasoning"]["mean"] == pytest.approx(4 / 12)
+    table = (out / "cross_task.md").read_text()
+    assert "| base model | 0.050 | 1.000 | 0.333 | 1.000 |" in table
+    assert result["cross_task"] == str(out / "cross_task.md")
+    assert result["report"] == str(out / "reasoning" / "report" / "report.md")
+    for path in ("reasoning/teach.jsonl", "reasoning/pairs.jsonl", "reasoning/train/log.jsonl",
+                 "reasoning/train/model/model.safetensors", "reasoning/probe_after/rows.jsonl",
+                 "reasoning/report/accuracy_by_configuration.png", "cross/r2_on_retrieval/summary.json",
+                 "probe_before/summary.json"):
+        assert (out / path).is_file(), path
+    # Generators in order: base retrieval probe, base reasoning probe, teacher, R2 model on
+    # reasoning, R2 model on retrieval. The teacher is the base model; the R2 model was trained.
+    gens = ReasoningOracleHFGenerator.instances
+    assert len(gens) == 5
+    params = [list(g.model.parameters()) for g in gens]
+    assert all(torch.equal(a, b) for a, b in zip(params[1], params[2]))
+    assert any(not torch.equal(a, b) for a, b in zip(params[1], params[3]))
+    assert all(torch.equal(a, b) for a, b in zip(params[3], params[4]))
+
+
+def test_demo_both_tasks(tiny_model_dir: Path, tmp_path: Path, reasoning_oracle_hf: Any) -> None:
+    cfg = DemoConfig(model=str(tiny_model_dir), out=str(tmp_path / "demo"), task="both",
+                     n_test=1, n_train=4, epochs=1, r2_epochs=1, batch_size=4)
+    demo.main(cfg)
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary) == {"retrieval", "reasoning", "cross_task", "config"}
+    assert set(summary["retrieval"]["before"]) == S_KEYS
+    assert set(summary["reasoning"]["after"]) == S2_KEYS
+    assert list(summary["cross_task"]["models"]) == ["base", "r1", "r2"]
+    assert summary["cross_task"]["models"]["r1"]["trained_on"] == "retrieval"
+    assert {"reasoning", "retrieval"} <= set(summary["cross_task"]["models"]["r1"])
+    table = (tmp_path / "demo" / "cross_task.md").read_text()
+    assert "after R1 (trained on retrieval)" in table and "after R2 (trained on reasoning)" in table
+    assert (tmp_path / "demo" / "cross" / "r1_on_reasoning" / "summary.json").is_file()

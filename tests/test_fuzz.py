@@ -61,6 +61,25 @@ def valid_ish(draw: Any) -> dict[str, Any]:
     if kind == "authors":
         return {"question": draw(texts), "answers": answers,
                 "gold_document": _docs(draw, 1)[0], "distractors": _docs(draw, n)}
+    if kind == "musique":
+        paragraphs = [{"idx": i, "title": d["title"], "paragraph_text": d["text"],
+                       "is_supporting": draw(st.booleans())} for i, d in enumerate(_docs(draw, n))]
+        hops = [{"paragraph_support_idx": draw(st.integers(-1, 4))}
+                for _ in range(draw(st.integers(0, 3)))]
+        return {"id": draw(texts), "question": draw(texts), "paragraphs": paragraphs,
+                "question_decomposition": hops, "answer": draw(texts),
+                "answer_aliases": answers, "answerable": draw(st.booleans())}
+    if kind in ("hotpotqa", "2wiki"):
+        docs = _docs(draw, n)
+        context = [[d["title"], [d["text"]]] for d in docs]
+        facts = [[draw(st.sampled_from([d["title"] for d in docs] + ["?"])), 0]
+                 for _ in range(draw(st.integers(0, 3)))]
+        row = {"_id": draw(texts), "question": draw(texts), "answer": draw(texts),
+               "context": context, "supporting_facts": facts,
+               "type": draw(st.sampled_from(["bridge", "comparison", "x"]))}
+        if kind == "2wiki":
+            row["evidences"] = [[draw(texts), "r", draw(texts)] for _ in range(n)]
+        return row
     pairs = [[draw(texts), draw(texts)] for _ in range(n)]
     key, value = (pairs[0] if pairs and draw(st.booleans()) else (draw(texts), draw(texts)))
     return {"ordered_kv_records": pairs, "key": key, "value": value}

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from pos2distill.metrics import (PositionStats, aggregate_by_key, best_subspan_em, first_line,
+from pos2distill.metrics import (cot_through_answer, extract_answer, reasoning_em,
+                                 PositionStats, aggregate_by_key, best_subspan_em, first_line,
                                  normalize_answer, summarize)
 
 
@@ -136,3 +137,49 @@ def test_aggregate_then_summarize() -> None:
     assert summary["mean"] == pytest.approx(0.5)
     assert summary["gap"] == 1.0
     assert (summary["best_position"], summary["worst_position"]) == (0, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reasoning: the answer after the last "the answer is", exact match over answer and aliases
+
+@pytest.mark.parametrize("text, expected", [
+    ("Kavo's manager is Dilu. Dilu works in Lima. The answer is: Lima", "Lima"),
+    ("the answer is Lima.", "Lima."),
+    ("THE ANSWER IS:Lima", "Lima"),
+    ("The answer is: Oslo. Wait, no: the answer is: Lima", "Lima"),   # the last marker wins
+    ("The answer is:\n\n  Lima  \nQuestion: next", "Lima"),           # marker alone on its line
+    ("The answer is: Lima\nThe end", "Lima"),
+    ("Lima", None),                                                     # no marker
+    ("The answer is:", ""),
+])
+def test_extract_answer(text: str, expected: str | None) -> None:
+    assert extract_answer(text) == expected
+
+
+@pytest.mark.parametrize("text, answers, expected", [
+    ("... The answer is: Lima", ("Lima",), 1.0),
+    ("... The answer is: lima!", ("Lima",), 1.0),                     # case and punctuation
+    ('... the answer is "The Lima."', ("Lima",), 1.0),                # articles, quotes
+    ("... The answer is: City of Kings", ("Lima", "City of Kings"), 1.0),   # an alias
+    ("... The answer is: Lima, Peru", ("Lima",), 0.0),                # exact, not a substring
+    ("Lima is where she works.", ("Lima",), 0.0),                      # no marker
+    ("The answer is: Oslo ... the answer is: Lima", ("Oslo",), 0.0),  # only the last counts
+    ("The answer is:", ("Lima",), 0.0),
+    ("The answer is: the", ("the",), 0.0),                            # empty after normalising
+])
+def test_reasoning_em(text: str, answers: tuple[str, ...], expected: float) -> None:
+    assert reasoning_em(text, answers) == expected
+
+
+def test_reasoning_em_rejects_a_bare_string() -> None:
+    with pytest.raises(TypeError):
+        reasoning_em("The answer is: Lima", "Lima")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("A. B. The answer is: Lima<junk after>\nmore text", "A. B. The answer is: Lima<junk after>"),
+    ("A. The answer is:\n Lima\nmore", "A. The answer is:\n Lima"),
+    ("  no marker at all \n", "no marker at all"),
+])
+def test_cot_through_answer(text: str, expected: str) -> None:
+    assert cot_through_answer(text) == expected

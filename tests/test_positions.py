@@ -8,7 +8,9 @@ from collections import Counter
 import pytest
 
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.positions import parse_positions, place_gold, resolve_position, rng_for
+from pos2distill.positions import (HOP_GROUPS, configuration_key, hop_group, paper_configurations,
+                                   parse_configurations, parse_positions, place_gold, place_hops,
+                                   resolve_position, rng_for)
 from pos2distill.records import Document, Record
 
 
@@ -138,3 +140,78 @@ def test_resolve_position(spec: object, expected: int) -> None:
 def test_resolve_position_errors(spec: object) -> None:
     with pytest.raises(ConfigError, match="advantageous position"):
         resolve_position(spec, 20)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Several hops
+
+
+def make_hop_record(n: int, gold: tuple[int, ...] = (0, 1)) -> Record:
+    docs = tuple(Document(f"T{i}", f"text {i}") for i in range(n))
+    return Record(id="h", question="where?", answers=("x",), documents=docs, gold=gold,
+                  task="multihop")
+
+
+@pytest.mark.parametrize("n", [20, 10, 6])
+def test_place_hops_every_configuration(n: int) -> None:
+    record = make_hop_record(n, gold=(3, 1))
+    pairs = paper_configurations(n) + [(n - 1, 0), (0, n - 1), (n - 2, n - 1)]
+    for pair in pairs:
+        placed = place_hops(record, pair, rng_for(0, record.id, pair))
+        assert placed.gold == pair
+        # The first hop (dataset index 3) at pair[0], the second (index 1) at pair[1].
+        assert placed.documents[pair[0]] == record.documents[3]
+        assert placed.documents[pair[1]] == record.documents[1]
+        assert Counter(placed.documents) == Counter(record.documents)
+        assert set(placed.distractors) == set(record.distractors)
+        assert placed.task == "multihop" and placed.answers == record.answers
+
+
+def test_place_hops_is_seeded() -> None:
+    record = make_hop_record(20)
+    a = place_hops(record, (8, 0), rng_for(0, "h", (8, 0)))
+    assert place_hops(record, (8, 0), rng_for(0, "h", (8, 0))) == a
+    assert place_hops(record, (8, 0), rng_for(1, "h", (8, 0))) != a
+
+
+@pytest.mark.parametrize("pair, message", [((0,), "2 hop documents but 1"), ((3, 3), "repeat"),
+                                           ((0, 20), "outside")])
+def test_place_hops_errors(pair: tuple[int, ...], message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        place_hops(make_hop_record(20), pair, random.Random(0))
+
+
+def test_paper_configurations() -> None:
+    pairs = paper_configurations(20)
+    assert pairs == [(0, 1), (5, 6), (12, 13), (17, 18), (0, 8), (5, 13), (6, 14), (8, 16),
+                     (8, 0), (13, 5), (14, 6), (16, 8)]
+    assert [hop_group(p) for p in pairs] == ["connected"] * 4 + ["disconnected"] * 4 + ["reversed"] * 4
+    assert configuration_key((8, 0)) == "8,0"
+    for n in (4, 6, 10, 30, 40):
+        scaled = paper_configurations(n)
+        assert len(set(scaled)) == len(scaled)
+        assert all(0 <= a < n and 0 <= b < n and a != b for a, b in scaled)
+        assert {hop_group(p) for p in scaled} == set(HOP_GROUPS)
+    # Scaled configurations keep their group when there is room for it.
+    for n in (10, 30, 40):
+        groups = [hop_group(p) for p in paper_configurations(n)]
+        assert groups == ["connected"] * 4 + ["disconnected"] * 4 + ["reversed"] * 4
+    assert paper_configurations(40)[0] == (0, 1) and paper_configurations(40)[3][1] <= 39
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("all", paper_configurations(20)),
+    ("connected", [(0, 1), (5, 6), (12, 13), (17, 18)]),
+    ("Reversed, connected", [(8, 0), (13, 5), (14, 6), (16, 8), (0, 1), (5, 6), (12, 13), (17, 18)]),
+    ("0,1;5,6 8,0", [(0, 1), (5, 6), (8, 0)]),
+    ("18,19;18,19", [(18, 19)]),
+])
+def test_parse_configurations(spec: str, expected: list[tuple[int, int]]) -> None:
+    assert parse_configurations(spec, 20) == expected
+
+
+@pytest.mark.parametrize("spec, message", [("", "empty"), ("0,1,2", "not a pair"), ("3,3", "same"),
+                                           ("0,20", "outside"), ("middle", "not a pair")])
+def test_parse_configurations_errors(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_configurations(spec, 20)

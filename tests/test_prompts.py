@@ -150,3 +150,28 @@ def test_encode_prompt_with_the_tiny_tokenizer(tok: Any) -> None:
     plain = encode_prompt(tok, AUTHORS_PLAIN, chat=False)
     assert plain == tok(AUTHORS_PLAIN, add_special_tokens=False)["input_ids"]
     assert tok.bos_token_id not in plain
+
+
+REASONING_RECORD = Record(id="r", question="Where does Kavo's manager work?", answers=("Lima",),
+                          documents=(Document("Dilu", "Dilu works in Lima."),
+                                     Document("Kavo", "Kavo's manager is Dilu.")),
+                          gold=(1, 0), task="multihop")
+REASONING_CHAT = (
+    "<|bos|><|user|>\n"
+    "Answer the question using only the provided documents (some of which might be irrelevant). "
+    'List the relevant facts, reason step by step, and finish with "The answer is:" followed by '
+    "the answer.\n"
+    "- Title: Dilu\n"
+    "Dilu works in Lima.\n"
+    "- Title: Kavo\n"
+    "Kavo's manager is Dilu.\n"
+    "\n"
+    "Question: Where does Kavo's manager work?"
+)
+
+
+def test_golden_reasoning_string(tok: Any) -> None:
+    # Instruction first, question last: the chain-of-thought starts right after the question.
+    assert render_prompt(REASONING_RECORD, tok, template="reasoning") == REASONING_CHAT
+    plain = render_prompt(REASONING_RECORD, tok, template="reasoning", chat="off")
+    assert plain == REASONING_CHAT.removeprefix("<|bos|><|user|>\n") + "\nAnswer:"

@@ -97,3 +97,102 @@ def test_every_name_and_city_is_one_token(tok: Any) -> None:
     for word in synthetic.NAMES + synthetic.CITIES:
         assert tok.convert_tokens_to_ids(word) != tok.unk_token_id, word
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The two-hop reasoning set
+
+_REASONING_Q = re.compile(r"Where does (\w+)'s manager work\?")
+_MANAGER = re.compile(r"(\w+)'s manager is (\w+)\.")
+_WORKS = re.compile(r"(\w+) works in (\w+)\.")
+
+
+def test_generate_reasoning_is_deterministic() -> None:
+    a = synthetic.generate_reasoning("train", 30, seed=3)
+    assert synthetic.generate_reasoning("train", 30, seed=3) == a
+    assert synthetic.generate_reasoning("train", 10, seed=3) == a[:10]
+    assert synthetic.generate_reasoning("train", 30, seed=4) != a
+    assert synthetic.generate_reasoning("train", 30, seed=3, n_documents=10) != a
+    assert synthetic.generate_reasoning("test", 30, seed=3) != a
+    assert a[0].id == "synth-reasoning-train-3-0"
+
+
+@pytest.mark.parametrize("split", synthetic.SPLITS)
+@pytest.mark.parametrize("n_documents", [2, 8, 20])
+def test_reasoning_record_structure(split: str, n_documents: int) -> None:
+    for record in synthetic.generate_reasoning(split, 100, seed=1, n_documents=n_documents):
+        assert len(record.documents) == n_documents and record.task == "multihop"
+        m = _REASONING_Q.fullmatch(record.question)
+        assert m
+        x = m.group(1)
+        assert x in (synthetic.TEST_NAMES if split == "test" else synthetic.TRAIN_NAMES)
+        managers: dict[str, str] = {}
+        cities: dict[str, str] = {}
+        for d in record.documents:
+            mm, mw = _MANAGER.fullmatch(d.text), _WORKS.fullmatch(d.text)
+            assert (mm is None) != (mw is None), d.text
+            if mm:
+                assert mm.group(1) == d.title and d.title not in managers
+                managers[d.title] = mm.group(2)
+            else:
+                assert mw.group(1) == d.title and d.title not in cities  # type: ignore[union-attr]
+                assert mw.group(2) in synthetic.CITIES  # type: ignore[union-attr]
+                cities[d.title] = mw.group(2)  # type: ignore[union-attr]
+        # Complete chains: every manager has a workplace, every worker is someone's manager.
+        assert set(managers.values()) == set(cities) and len(managers) == n_documents // 2
+        # Nobody appears in two chains, so X and Y have exactly one role each.
+        names = list(managers) + list(cities)
+        assert len(set(names)) == n_documents
+        y = managers[x]
+        hop1, hop2 = (record.documents[g] for g in record.gold)
+        assert hop1.text == f"{x}'s manager is {y}." and hop1.title == x
+        assert hop2.text == f"{y} works in {cities[y]}." and hop2.title == y
+        assert record.answers == (cities[y],)
+        assert synthetic.record_cot(record) == (f"{x}'s manager is {y}. {y} works in {cities[y]}. "
+                                                f"The answer is: {cities[y]}")
+
+
+def test_reasoning_test_subjects_never_train_subjects() -> None:
+    def subjects(split: str, n: int) -> set[str]:
+        return {_REASONING_Q.fullmatch(r.question).group(1)  # type: ignore[union-attr]
+                for r in synthetic.generate_reasoning(split, n)}
+
+    test, train = subjects("test", 500), subjects("train", 2000)
+    assert test <= set(synthetic.TEST_NAMES) and train <= set(synthetic.TRAIN_NAMES)
+    assert len(test) > 40 and len(train) > 140
+
+
+def test_generate_reasoning_errors() -> None:
+    with pytest.raises(ValueError, match="split"):
+        synthetic.generate_reasoning("dev", 1)
+    with pytest.raises(ValueError, match="even"):
+        synthetic.generate_reasoning("test", 1, n_documents=7)
+
+
+def test_load_data_synthetic_reasoning() -> None:
+    records = load_data(ProbeConfig(data="synthetic-reasoning:train", limit=5, n_documents=6,
+                                    seed=2))
+    assert records == synthetic.generate_reasoning("train", 5, seed=2, n_documents=6)
+    with pytest.raises(ConfigError, match="synthetic-reasoning:train or"):
+        load_data(ProbeConfig(data="synthetic-reasoning:dev", limit=3))
+    with pytest.raises(ConfigError, match="even"):
+        load_data(ProbeConfig(data="synthetic-reasoning:test", limit=3, n_documents=5))
+    with pytest.raises(ConfigError, match="synthetic:train or"):
+        load_data(ProbeConfig(data="synthetic-foo", limit=3))
+
+
+@pytest.mark.parametrize("chat", ["auto", "off"])
+def test_tokenizer_covers_reasoning_prompts_and_cot(tok: Any, chat: str) -> None:
+    from pos2distill.positions import place_hops
+
+    for k, record in enumerate(synthetic.generate_reasoning("test", 6, seed=1)):
+        pair = [(0, 1), (8, 0), (19, 3)][k % 3]
+        placed = place_hops(record, pair, rng_for(0, record.id, pair))
+        prompt = render_prompt(placed, tok, template="reasoning", chat=chat)  # type: ignore[arg-type]
+        ids = encode_prompt(tok, prompt, chat=chat != "off")
+        assert tok.unk_token_id not in ids
+        assert "".join(tok.decode(ids).split()) == "".join(prompt.split())
+        cot = synthetic.record_cot(placed)
+        cot_ids = tok(cot, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in cot_ids
+        assert "".join(tok.decode(cot_ids).split()) == "".join(cot.split())

@@ -25,7 +25,7 @@ def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
         "pairs": (PairsConfig, pairs.main, "Training pairs: K trivial positions + anchors."),
         "train": (TrainConfig, train.main, "Train with Pos2Distill-R1 (frozen teacher)."),
         "report": (ReportConfig, report.main, "Before/after tables and plots from two probes."),
-        "demo": (DemoConfig, demo.main, "The whole R1 pipeline on the embedded tiny model."),
+        "demo": (DemoConfig, demo.main, "The whole R1 (and/or R2) pipeline on the embedded model."),
     }
 
 
@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_result(command: str, result: Any) -> None:
     if command == "demo":
         print(f"\nreport: {result['report']}\nplot:   {result['plot']}\nsummary: {result['summary']}")
+        if "cross_task" in result:
+            print(f"cross-task: {result['cross_task']}")
+    elif command == "probe" and result.get("task") == "reasoning":
+        groups = "  ".join(f"{g} {v['mean']:.3f}" for g, v in result["by_group"].items())
+        print(f"mean {result['mean']:.3f}  GAP {result['gap']:.3f}  {groups}  best hop positions "
+              f"{result['best_configuration']} (0-based)")
     elif command == "probe":
         print(f"mean {result['mean']:.3f}  GAP {result['gap']:.3f}  "
               f"best position {result['best_position'] + 1} (1-based)")

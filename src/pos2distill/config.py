@@ -18,7 +18,12 @@ import yaml
 
 from pos2distill.context import TOO_LONG
 from pos2distill.errors import ConfigError
+
+#: ``--task`` values: retrieval (R1: one gold document) and reasoning (R2: multi-hop with CoT).
+TASKS = ("retrieval", "reasoning")
+from pos2distill.loaders import FORMATS
 from pos2distill.losses import WEIGHT_FORMULAS
+from pos2distill.methods import METHOD_NAMES, get_method
 from pos2distill.prompts import TEMPLATES
 
 C = TypeVar("C")
@@ -49,13 +54,19 @@ _TOO_LONG_HELP = ("A prompt longer than the model's context minus --max-new-toke
 @dataclass
 class ModelOptions:
     model: str = _f("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
-    template: str = _f("authors", f"Prompt template: {', '.join(TEMPLATES)}.")
+    task: str = _f("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
+                   "hop documents at position pairs, reasoning EM: Pos2Distill-R2).")
+    template: str = _f("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
+                       "--task reasoning, authors otherwise).")
     chat: str = _f("auto", "Use the tokenizer's chat template: auto (when it has one), on, off.")
     dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
     device: str = _f("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
     trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        if self.template == "auto":
+            self.template = "reasoning" if self.task == "reasoning" else "authors"
         _check_choice("template", self.template, TEMPLATES)
         _check_choice("chat", self.chat, ("auto", "on", "off"))
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
@@ -64,15 +75,16 @@ class ModelOptions:
 @dataclass
 class DataOptions:
     data: str = _f("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
-                   "key-value or our own format), or synthetic:train / synthetic:test.")
-    data_format: str = _f("auto", "Data format: auto, records, litm, authors, kv.")
+                   "key-value or our own format), or synthetic:train / synthetic:test, or "
+                   "synthetic-reasoning:train / synthetic-reasoning:test (two-hop).")
+    data_format: str = _f("auto", f"Data format: auto, {', '.join(FORMATS)}.")
     n_documents: int = _f(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")
     limit: int = _f(0, "Use only the first N questions (0 = all).")
     seed: int = _f(0, "Seed for distractor orders and data building.")
 
     def __post_init__(self) -> None:
-        _check_choice("data-format", self.data_format, ("auto", "records", "litm", "authors", "kv"))
+        _check_choice("data-format", self.data_format, ("auto",) + FORMATS)
         _check_positive("n-documents", self.n_documents)
         _check_positive("limit", self.limit, allow_zero=True)
 
@@ -95,6 +107,9 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
 
     out: str = _f("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
     positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+    configurations: str = _f("all", "--task reasoning: hop position pairs, 0-based (first hop, "
+                             "second hop): all (the paper's 12, scaled to the document count), "
+                             "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
@@ -108,14 +123,18 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
 
     data: str = _f("synthetic:train", DataOptions.__dataclass_fields__["data"].metadata["help"])
     out: str = _f("runs/teach.jsonl", "Output JSONL: one row per kept question.")
-    advantageous: str = _f("first", "Advantageous gold position: first, last, an integer, or auto "
-                           "(the best position of --probe).")
+    advantageous: str = _f("default", "Advantageous gold position: first, last, an integer, or "
+                           "auto (the best of --probe); default first. --task reasoning: the hop "
+                           "pair, like 18,19, last (the last two documents, the default), first "
+                           "(the first two), or auto (the best configuration of --probe).")
     probe: str = _f("", "Probe folder (or its summary.json) for --advantageous auto.")
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
+        if self.advantageous == "default":
+            self.advantageous = "last" if self.task == "reasoning" else "first"
         if self.advantageous == "auto" and not self.probe:
             raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
 
@@ -132,6 +151,10 @@ class PairsConfig:
     seed: int = _f(0, "Seed for position draws and distractor orders.")
     first_line: bool = _f(True, "Distil only the first line of the teacher's response "
                           "(short-answer retrieval).")
+    configurations: str = _f("any", "Reasoning teacher rows (R2): the hop position pairs the K "
+                             "are drawn from: any (every ordered pair but the advantageous one), "
+                             "or a --configurations spec of `probe`. R2 has no anchors: --anchors "
+                             "and --first-line apply to retrieval rows only.")
 
     def __post_init__(self) -> None:
         _check_positive("K", self.K, allow_zero=True)
@@ -142,14 +165,18 @@ class PairsConfig:
 
 @dataclass
 class TrainConfig:
-    """Pos2Distill-R1 training (teacher = the frozen starting model)."""
+    """Training on pairs: Pos2Distill-R1 (teacher = the frozen starting model), its ablations and
+    the baselines, chosen by --method (see pos2distill.methods)."""
 
     pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
     model: str = _f("tiny", "Starting model (student init and frozen teacher).")
     out: str = _f("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
-    method: str = _f("r1", "Training method: r1.")
-    formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
-    anchor_weight: float = _f(1.0, "λ, the weight of anchor examples (paper: 1).")
+    method: str = _f("r1", f"Training method: {', '.join(METHOD_NAMES)} (sft/seqkd/r2: "
+                     "cross-entropy, no teacher model; kl: uniform weights, no anchors; kl+align: "
+                     "position-aware weights, no anchors; r1: weights + anchors).")
+    formula: str = _f("pos2distill", "Position-aware weights of r1 and kl+align: "
+                      f"{', '.join(WEIGHT_FORMULAS)}.")
+    anchor_weight: float = _f(1.0, "λ, the weight of anchor examples in r1 (paper: 1).")
     temperature: float = _f(1.0, "Softmax temperature of the KL.")
     lr: float = _f(3e-6, "Peak learning rate (paper: 3e-6 for 7B; tiny models want ~1e-3).")
     epochs: float = _f(1.0, "Passes over the pairs.")
@@ -170,8 +197,9 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, ("r1",))
+        _check_choice("method", self.method, METHOD_NAMES)
         _check_choice("formula", self.formula, WEIGHT_FORMULAS)
+        get_method(self.method).resolve_formula(self.formula)  # kl+align refuses uniform
         _check_positive("anchor-weight", self.anchor_weight, allow_zero=True)
         _check_positive("temperature", self.temperature)
         _check_positive("lr", self.lr)
@@ -202,11 +230,13 @@ class ReportConfig:
 
 @dataclass
 class DemoConfig:
-    """The whole R1 pipeline on the embedded default: probe → teach → pairs → train → probe → report."""
+    """The whole pipeline on the embedded default: probe → teach → pairs → train → probe → report,
+    for retrieval (R1), reasoning (R2, plus the R2 model on retrieval) or both (plus the cross-task
+    table)."""
 
     out: str = _f("runs/demo", "Output folder.")
     model: str = _f("tiny", "Model (default: the embedded tiny model).")
-    n_test: int = _f(100, "Held-out questions, each probed at every position.")
+    n_test: int = _f(100, "Held-out questions, each probed at every position (configuration).")
     n_train: int = _f(400, "Training questions given to the teacher.")
     K: int = _f(4, "Trivial positions per question.")
     anchors: int = _f(1, "Anchor copies per question.")
@@ -215,11 +245,20 @@ class DemoConfig:
     batch_size: int = _f(32, "Examples per optimizer step.")
     formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
     seed: int = _f(0, "Seed for everything.")
+    task: str = _f("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
+                   "model on retrieval) or both (both chains and the cross-task table).")
+    r2_lr: float = _f(1e-3, "R2: peak learning rate.")
+    r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
+    r2_max_new_tokens: int = _f(32, "R2: tokens generated per chain-of-thought.")
 
     def __post_init__(self) -> None:
         _check_positive("n-test", self.n_test)
         _check_positive("n-train", self.n_train)
         _check_choice("formula", self.formula, WEIGHT_FORMULAS)
+        _check_choice("task", self.task, ("retrieval", "reasoning", "both"))
+        _check_positive("r2-lr", self.r2_lr)
+        _check_positive("r2-epochs", self.r2_epochs)
+        _check_positive("r2-max-new-tokens", self.r2_max_new_tokens)
 
 
 # ---------------------------------------------------------------------------------------------

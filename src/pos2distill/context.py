@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pos2distill.errors import ConfigError
-from pos2distill.positions import place_gold, rng_for
+from pos2distill.positions import place_gold, place_hops, rng_for
 from pos2distill.prompts import encode_prompt, render_prompt, use_chat
 from pos2distill.records import Record
 
@@ -75,17 +75,21 @@ class Fitted:
     dropped: int = 0
 
 
-def fit_prompt(record: Record, position: int, tokenizer: Any, *, template: str, chat: str,
-               seed: int, copy: int = 0, max_tokens: int | None, too_long: str) -> Fitted | None:
+def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, *, template: str,
+               chat: str, seed: int, copy: int = 0, max_tokens: int | None,
+               too_long: str) -> Fitted | None:
     """The prompt of ``record`` with its gold at ``position`` (distractor order from
     ``rng_for(seed, record.id, position, copy)``), made to fit ``max_tokens`` by the ``too_long``
-    policy. None means skipped."""
+    policy. None means skipped. A tuple ``position`` places the hop documents, one position per
+    hop (:func:`pos2distill.positions.place_hops`)."""
     if too_long not in TOO_LONG:
         raise ConfigError(f"--too-long: {too_long!r} is not one of {', '.join(TOO_LONG)}")
     chat_on = use_chat(tokenizer, chat)  # type: ignore[arg-type]
 
     def render(r: Record) -> str:
-        placed = place_gold(r, position, rng_for(seed, r.id, position, copy))
+        rng = rng_for(seed, r.id, position, copy)
+        placed = (place_hops(r, position, rng) if isinstance(position, tuple)
+                  else place_gold(r, position, rng))
         return render_prompt(placed, tokenizer, template=template, chat=chat)  # type: ignore[arg-type]
 
     def length(prompt: str) -> int:
@@ -98,16 +102,21 @@ def fit_prompt(record: Record, position: int, tokenizer: Any, *, template: str, 
     if n <= max_tokens:
         return Fitted(record, prompt)
     if too_long == "fail":
-        raise ConfigError(f"question {record.id!r} with its gold at position {position + 1}: the "
+        where = (f"its hops at positions {', '.join(str(p + 1) for p in position)}"
+                 if isinstance(position, tuple) else f"its gold at position {position + 1}")
+        raise ConfigError(f"question {record.id!r} with {where}: the "
                           f"prompt has {n} tokens, more than the {max_tokens} that fit the model's "
                           "context with --max-new-tokens; use --too-long skip or truncate, fewer "
                           "--n-documents, or a model with a longer context")
     if too_long == "skip":
         return None
-    # truncate: the largest number of distractors (at least `position`, so the gold keeps its
-    # place) whose prompt fits; prompts grow with every document, so a binary search finds it.
-    n_distractors = len(record.documents) - 1
-    lo, hi, best = position, n_distractors - 1, None
+    # truncate: the largest number of distractors (at least enough to fill the slots before the
+    # last gold position, so every gold keeps its place) whose prompt fits; prompts grow with
+    # every document, so a binary search finds it.
+    n_gold = len(record.gold)
+    n_distractors = len(record.documents) - n_gold
+    last = max(position) if isinstance(position, tuple) else position
+    lo, hi, best = last + 1 - n_gold, n_distractors - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
         shorter = keep_distractors(record, mid)

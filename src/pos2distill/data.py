@@ -17,11 +17,32 @@ SYNTHETIC_DEFAULT_SIZE = 1000
 
 def load_data(opts: DataOptions) -> list[Record]:
     """Records for ``opts.data``; single-document (oracle) QA files are turned into
-    ``opts.n_documents``-document sets with other questions' gold passages as distractors."""
+    ``opts.n_documents``-document sets with other questions' gold passages as distractors. With
+    ``--task reasoning`` only questions with exactly two hop documents are kept."""
+    records = _load(opts)
+    if getattr(opts, "task", "retrieval") == "reasoning":
+        from pos2distill.reasoning import two_hop_records
+
+        return two_hop_records(records)
+    return records
+
+
+def _load(opts: DataOptions) -> list[Record]:
+    if opts.data.startswith("synthetic-reasoning"):
+        _, _, split = opts.data.partition(":")
+        split = split or "test"
+        if opts.data.partition(":")[0] != "synthetic-reasoning" or split not in synthetic.SPLITS:
+            raise ConfigError(f"--data: {opts.data!r}: use synthetic-reasoning:train or "
+                              "synthetic-reasoning:test")
+        if not 2 <= opts.n_documents <= synthetic.N_NAMES or opts.n_documents % 2:
+            raise ConfigError(f"--n-documents: the synthetic reasoning set has an even number of "
+                              f"documents from 2 to {synthetic.N_NAMES}, got {opts.n_documents}")
+        return synthetic.generate_reasoning(split, opts.limit or SYNTHETIC_DEFAULT_SIZE,
+                                            seed=opts.seed, n_documents=opts.n_documents)
     if opts.data.startswith("synthetic"):
         _, _, split = opts.data.partition(":")
         split = split or "test"
-        if split not in synthetic.SPLITS:
+        if opts.data.partition(":")[0] != "synthetic" or split not in synthetic.SPLITS:
             raise ConfigError(f"--data: {opts.data!r}: use synthetic:train or synthetic:test")
         if not 2 <= opts.n_documents <= synthetic.N_NAMES:
             raise ConfigError(f"--n-documents: the synthetic set has 2 to {synthetic.N_NAMES} "

@@ -1,10 +1,19 @@
-"""``pos2distill demo``: the whole R1 pipeline on the embedded default, on a CPU in minutes.
+"""``pos2distill demo``: the whole pipeline on the embedded default, on a CPU in minutes.
 
-probe (base model) → teach → pairs → train R1 → probe (trained model) → report, each stage the same
-function its subcommand runs, writing into one folder. Ends with ``summary.json``:
-``{"before": S, "after": S, "config": {...}}``,
+``--task retrieval`` (default): probe (base model) → teach → pairs → train R1 → probe (trained
+model) → report, each stage the same function its subcommand runs, writing into one folder. Ends
+with ``summary.json``: ``{"before": S, "after": S, "config": {...}}``,
 ``S = {"accuracy_by_position": {"0": acc, ...}, "mean", "gap", "n_per_position"}``, plus the counts
 ``teacher_kept``, ``pairs`` and ``train_steps``.
+
+``--task reasoning``: the same chain for R2 on the synthetic two-hop set (teacher at the last two
+documents, ``train --method r2``) in ``OUT/reasoning/``, then the cross-task probe of the R2 model on
+retrieval (next to the base model's). ``summary.json`` has the same shape with
+``S = {"accuracy_by_configuration": {"0,1": em, "8,0": em, ...}, "accuracy_by_group", "mean",
+"gap", "n_per_configuration"}`` and a ``cross_task`` block (:mod:`pos2distill.crosstask`).
+
+``--task both``: both chains, and each trained model on the other task:
+``{"retrieval": {"before", "after", counts}, "reasoning": {...}, "cross_task": {...}, "config"}``.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pos2distill import pairs, probe, report, teach, train
+from pos2distill import crosstask, pairs, probe, report, teach, train
 from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
                                 TrainConfig)
 from pos2distill.runinfo import write_json_atomic
@@ -49,23 +58,112 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
+def configuration_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy_by_configuration": {c["configuration"]: c["accuracy"]
+                                          for c in summary["by_configuration"]},
+            "accuracy_by_group": {g: v["mean"] for g, v in summary["by_group"].items()},
+            "mean": summary["mean"], "gap": summary["gap"],
+            "n_per_configuration": summary["n_per_configuration"]}
+
+
+def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
+    """R2 on the synthetic two-hop set, in ``OUT/reasoning``, plus the cross-task probes."""
+    out = Path(cfg.out)
+    r = out / "reasoning"
+    common = {"seed": cfg.seed}
+    probe_common = dict(task="reasoning", data="synthetic-reasoning:test", limit=cfg.n_test,
+                        max_new_tokens=cfg.r2_max_new_tokens, **common)
+    return {
+        "reasoning_probe_before": ProbeConfig(model=cfg.model, out=str(r / "probe_before"),
+                                              **probe_common),
+        "reasoning_teach": TeachConfig(task="reasoning", model=cfg.model,
+                                       data="synthetic-reasoning:train", limit=cfg.n_train,
+                                       max_new_tokens=cfg.r2_max_new_tokens,
+                                       out=str(r / "teach.jsonl"), **common),
+        "reasoning_pairs": PairsConfig(teach=str(r / "teach.jsonl"), out=str(r / "pairs.jsonl"),
+                                       model=cfg.model, K=cfg.K, anchors=0, **common),
+        "reasoning_train": TrainConfig(method="r2", pairs=str(r / "pairs.jsonl"), model=cfg.model,
+                                       out=str(r / "train"), lr=cfg.r2_lr, epochs=cfg.r2_epochs,
+                                       batch_size=cfg.batch_size, **common),
+        "reasoning_probe_after": ProbeConfig(model=str(r / "train" / "model"),
+                                             out=str(r / "probe_after"), **probe_common),
+        "reasoning_report": ReportConfig(before=str(r / "probe_before"),
+                                         after=str(r / "probe_after"), out=str(r / "report"),
+                                         title="embedded tiny model: R2"),
+        # Cross-task: the R2 model on retrieval, the R1 model on reasoning.
+        "r2_on_retrieval": ProbeConfig(model=str(r / "train" / "model"), data="synthetic:test",
+                                       limit=cfg.n_test, out=str(out / "cross" / "r2_on_retrieval"),
+                                       **common),
+        "r1_on_reasoning": ProbeConfig(model=str(out / "train" / "model"),
+                                       out=str(out / "cross" / "r1_on_reasoning"), **probe_common),
+    }
+
+
 def main(cfg: DemoConfig) -> dict[str, Any]:
-    stages = stage_configs(cfg)
-    steps = [("probe the base model", probe.main, "probe_before"),
-             ("teacher responses at the first position", teach.main, "teach"),
-             ("training pairs", pairs.main, "pairs"),
-             ("train Pos2Distill-R1", train.main, "train"),
-             ("probe the trained model", probe.main, "probe_after"),
-             ("report", report.main, "report")]
+    stages = {**stage_configs(cfg), **reasoning_stage_configs(cfg)}
+    r1_steps = [("probe the base model", probe.main, "probe_before"),
+                ("teacher responses at the first position", teach.main, "teach"),
+                ("training pairs", pairs.main, "pairs"),
+                ("train Pos2Distill-R1", train.main, "train"),
+                ("probe the trained model", probe.main, "probe_after"),
+                ("report", report.main, "report")]
+    r2_steps = [("reasoning: probe the base model", probe.main, "reasoning_probe_before"),
+                ("reasoning: teacher chain-of-thought at the last two documents", teach.main,
+                 "reasoning_teach"),
+                ("reasoning: training pairs", pairs.main, "reasoning_pairs"),
+                ("train Pos2Distill-R2", train.main, "reasoning_train"),
+                ("reasoning: probe the trained model", probe.main, "reasoning_probe_after"),
+                ("reasoning: report", report.main, "reasoning_report")]
+    cross_r2 = ("cross-task: the R2 model on retrieval", probe.main, "r2_on_retrieval")
+    cross_r1 = ("cross-task: the R1 model on reasoning", probe.main, "r1_on_reasoning")
+    if cfg.task == "retrieval":
+        steps = r1_steps
+    elif cfg.task == "reasoning":
+        steps = [r1_steps[0]] + r2_steps + [cross_r2]
+    else:
+        steps = r1_steps + r2_steps + [cross_r1, cross_r2]
     results = {}
     for k, (what, fn, name) in enumerate(steps, start=1):
         log.info("[%d/%d] %s", k, len(steps), what)
         results[name] = fn(stages[name])
-    summary = {"before": position_summary(results["probe_before"]),
-               "after": position_summary(results["probe_after"]),
-               "config": {"demo": dataclasses.asdict(cfg),
-                          **{name: dataclasses.asdict(c) for name, c in stages.items()}},
-               "teacher_kept": results["teach"]["kept"], "pairs": results["pairs"]["pairs"],
-               "train_steps": results["train"]["steps"]}
-    write_json_atomic(Path(cfg.out) / "summary.json", summary)
-    return {"summary": str(Path(cfg.out) / "summary.json"), **results["report"]}
+    used = [name for _, _, name in steps]
+    config = {"demo": dataclasses.asdict(cfg),
+              **{name: dataclasses.asdict(stages[name]) for name in used}}
+    out = Path(cfg.out)
+
+    def r1_block() -> dict[str, Any]:
+        return {"before": position_summary(results["probe_before"]),
+                "after": position_summary(results["probe_after"]),
+                "teacher_kept": results["teach"]["kept"], "pairs": results["pairs"]["pairs"],
+                "train_steps": results["train"]["steps"]}
+
+    def r2_block() -> dict[str, Any]:
+        return {"before": configuration_summary(results["reasoning_probe_before"]),
+                "after": configuration_summary(results["reasoning_probe_after"]),
+                "teacher_kept": results["reasoning_teach"]["kept"],
+                "pairs": results["reasoning_pairs"]["pairs"],
+                "train_steps": results["reasoning_train"]["steps"]}
+
+    if cfg.task == "retrieval":
+        summary = {**r1_block(), "config": config}
+        write_json_atomic(out / "summary.json", summary)
+        return {"summary": str(out / "summary.json"), **results["report"]}
+    probes = {"base": {"retrieval": results["probe_before"],
+                       "reasoning": results["reasoning_probe_before"]},
+              "r2": {"retrieval": results["r2_on_retrieval"],
+                     "reasoning": results["reasoning_probe_after"]}}
+    if cfg.task == "both":
+        probes["r1"] = {"retrieval": results["probe_after"],
+                        "reasoning": results["r1_on_reasoning"]}
+        probes = {m: probes[m] for m in ("base", "r1", "r2")}
+    block = crosstask.cross_task(probes)
+    (out / "cross_task.md").write_text(crosstask.markdown(block))
+    block["table"] = str(out / "cross_task.md")
+    if cfg.task == "reasoning":
+        summary = {**r2_block(), "cross_task": block, "config": config}
+    else:
+        summary = {"retrieval": r1_block(), "reasoning": r2_block(), "cross_task": block,
+                   "config": config}
+    write_json_atomic(out / "summary.json", summary)
+    return {"summary": str(out / "summary.json"), "cross_task": str(out / "cross_task.md"),
+            **results["reasoning_report"]}

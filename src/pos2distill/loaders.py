@@ -8,23 +8,25 @@ so a user can open the file at the right place. :func:`build_from_oracle` turns 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.metrics import normalize_answer
-from pos2distill.records import Document, Record, iter_jsonl, read_records
+from pos2distill.records import (Document, Record, _has_unpaired_surrogate, iter_jsonl, open_text,
+                                 read_records)
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
 #: The names accepted by :func:`load_records` (besides ``"auto"``).
-FORMATS = ("records", "litm", "authors", "kv")
+FORMATS = ("records", "litm", "authors", "kv", "musique", "hotpotqa", "2wiki")
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,8 +191,268 @@ def load_kv(path: PathLike) -> list[Record]:
     return records
 
 
+# --------------------------------------------------------------------------------------------
+# Multi-hop QA (MuSiQue, HotpotQA, 2WikiMultihopQA): several gold documents, in hop order.
+# --------------------------------------------------------------------------------------------
+
+def iter_rows(path: PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line, object)`` for a JSONL file, or for each item of a file holding one JSON array
+    (HotpotQA and 2WikiMultihopQA ship ``.json`` arrays); ``line`` is the 1-based line where the
+    item starts, so errors point into the file either way."""
+    p = str(path)
+    if not Path(p).exists():
+        raise DataError("file not found", path=p)
+    try:
+        with open_text(p) as f:
+            head = f.read(4096).lstrip()
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read ({e})", path=p) from None
+    if not head.startswith("["):
+        yield from iter_jsonl(p)
+        return
+    with open_text(p) as f:
+        text = f.read()
+    decoder = json.JSONDecoder()
+    i, line = text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
+    pos_line = text.index("[")  # `line` is the line of text[pos_line]
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        return i
+
+    while True:
+        i = skip(i)
+        if i < len(text) and text[i] == "]":
+            return
+        line += text.count("\n", pos_line, i)
+        pos_line = i
+        start = i
+        try:
+            obj, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise DataError(f"malformed JSON ({e.msg})", path=p, line=e.lineno) from None
+        except RecursionError:
+            raise DataError("JSON nested too deeply", path=p, line=line) from None
+        if "\\ud" in text[start:i].lower() and _has_unpaired_surrogate(obj):
+            raise DataError("unpaired surrogate escape (\\ud800 to \\udfff): the text is not "
+                            "valid Unicode", path=p, line=line)
+        yield line, obj
+        i = skip(i)
+        if i < len(text) and text[i] == ",":
+            i += 1
+        elif i >= len(text) or text[i] != "]":
+            bad = line + text.count("\n", pos_line, i)
+            raise DataError("malformed JSON array (expected ',' or ']')", path=p, line=bad)
+
+
+def _answer_and_aliases(obj: dict[str, Any], path: str, line: int, *,
+                        aliases: str | None) -> tuple[str, ...]:
+    answer = obj.get("answer")
+    if not isinstance(answer, str) or not answer.strip():
+        raise DataError("missing or not a non-empty string", path=path, line=line, field="answer")
+    out = [answer]
+    if aliases is not None and aliases in obj:
+        extra = obj[aliases]
+        if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+            raise DataError("must be a list of strings", path=path, line=line, field=aliases)
+        out += [a for a in extra if a.strip() and a not in out]
+    return tuple(out)
+
+
+def load_musique(path: PathLike) -> list[Record]:
+    """Load MuSiQue lines (``musique_ans`` or ``musique_full``).
+
+    Fields used: ``id``, ``question``, ``paragraphs`` (``idx``, ``title``, ``paragraph_text``,
+    ``is_supporting``), ``question_decomposition`` (the hops in order, each with
+    ``paragraph_support_idx``, the ``idx`` of its paragraph), ``answer``, ``answer_aliases`` and
+    ``answerable``. Unanswerable questions (``answerable: false``) are skipped and counted. The gold
+    documents are the hops' paragraphs in hop order (a paragraph supporting two hops counts once);
+    they must be exactly the paragraphs marked ``is_supporting``."""
+    p = str(path)
+    records: list[Record] = []
+    skipped = 0
+    for line, raw in iter_rows(path):
+        obj = _object(raw, p, line)
+        answerable = obj.get("answerable", True)
+        if not isinstance(answerable, bool):
+            raise DataError("must be true or false", path=p, line=line, field="answerable")
+        if not answerable:
+            skipped += 1
+            continue
+        rid = _nonempty_string(obj, "id", p, line)
+        question = _nonempty_string(obj, "question", p, line)
+        answers = _answer_and_aliases(obj, p, line, aliases="answer_aliases")
+        paragraphs = _nonempty_list(obj, "paragraphs", p, line)
+        documents: list[Document] = []
+        index_of: dict[int, int] = {}
+        supporting: set[int] = set()
+        for i, para in enumerate(paragraphs):
+            field = f"paragraphs[{i}]"
+            if not isinstance(para, dict):
+                raise DataError("must be an object", path=p, line=line, field=field)
+            idx = para.get("idx", i)
+            if not isinstance(idx, int) or isinstance(idx, bool) or idx in index_of:
+                raise DataError("must be an integer, unique in the question", path=p, line=line,
+                                field=f"{field}.idx")
+            text = para.get("paragraph_text")
+            if not isinstance(text, str):
+                raise DataError("missing or not a string", path=p, line=line,
+                                field=f"{field}.paragraph_text")
+            title = para.get("title") or ""
+            if not isinstance(title, str):
+                raise DataError("must be a string", path=p, line=line, field=f"{field}.title")
+            is_supporting = para.get("is_supporting", False)
+            if not isinstance(is_supporting, bool):
+                raise DataError("must be true or false", path=p, line=line,
+                                field=f"{field}.is_supporting")
+            index_of[idx] = i
+            if is_supporting:
+                supporting.add(i)
+            documents.append(Document(title=title, text=text))
+        hops = _nonempty_list(obj, "question_decomposition", p, line)
+        gold: list[int] = []
+        for k, hop in enumerate(hops):
+            field = f"question_decomposition[{k}].paragraph_support_idx"
+            support = hop.get("paragraph_support_idx") if isinstance(hop, dict) else None
+            if not isinstance(support, int) or isinstance(support, bool):
+                raise DataError("missing or not an integer", path=p, line=line, field=field)
+            if support not in index_of:
+                raise DataError(f"{support} is not the idx of any paragraph", path=p, line=line,
+                                field=field)
+            if index_of[support] not in gold:
+                gold.append(index_of[support])
+        if set(gold) != supporting:
+            raise DataError(f"the hops' paragraphs {sorted(gold)} differ from those marked "
+                            f"is_supporting {sorted(supporting)}", path=p, line=line,
+                            field="question_decomposition")
+        records.append(_record(p, line, id=rid, question=question, answers=answers,
+                               documents=tuple(documents), gold=tuple(gold), task="multihop"))
+    if skipped:
+        logger.info("skipped %d unanswerable MuSiQue questions in %s", skipped, p)
+    logger.info("loaded %d MuSiQue records from %s", len(records), p)
+    return records
+
+
+def _context(obj: dict[str, Any], path: str, line: int) -> list[Document]:
+    """HotpotQA / 2Wiki ``context``: ``[[title, [sentence, ...]], ...]``; the text is the
+    sentences joined by single spaces."""
+    context = _nonempty_list(obj, "context", path, line)
+    documents = []
+    for i, item in enumerate(context):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                and isinstance(item[1], list) and all(isinstance(s, str) for s in item[1])):
+            raise DataError("must be [title, [sentence, ...]]", path=path, line=line,
+                            field=f"context[{i}]")
+        documents.append(Document(title=item[0], text=" ".join(s.strip() for s in item[1]
+                                                               if s.strip())))
+    return documents
+
+
+def _supporting_titles(obj: dict[str, Any], documents: Sequence[Document], path: str,
+                       line: int) -> list[int]:
+    """Indices of the documents named by ``supporting_facts`` (``[[title, sent_id], ...]``), in
+    order of first mention."""
+    facts = _nonempty_list(obj, "supporting_facts", path, line)
+    index_of: dict[str, int] = {}
+    for i, d in enumerate(documents):
+        index_of.setdefault(d.title, i)
+    gold: list[int] = []
+    for k, fact in enumerate(facts):
+        if not (isinstance(fact, list) and len(fact) == 2 and isinstance(fact[0], str)
+                and isinstance(fact[1], int)):
+            raise DataError("must be [title, sentence index]", path=path, line=line,
+                            field=f"supporting_facts[{k}]")
+        if fact[0] not in index_of:
+            raise DataError(f"title {fact[0]!r} is not in context", path=path, line=line,
+                            field=f"supporting_facts[{k}]")
+        if index_of[fact[0]] not in gold:
+            gold.append(index_of[fact[0]])
+    return gold
+
+
+def _mentions(doc: Document, title: str) -> bool:
+    return bool(title) and title.lower() in doc.text.lower()
+
+
+def bridge_order(documents: Sequence[Document], gold: list[int]) -> list[int]:
+    """Hop order of two gold documents of a bridge question: the first hop mentions the bridge
+    entity, which is the second hop's title. Kept as given when that does not decide it."""
+    if len(gold) != 2:
+        return gold
+    a, b = gold
+    a_to_b = _mentions(documents[a], documents[b].title)
+    b_to_a = _mentions(documents[b], documents[a].title)
+    return [b, a] if b_to_a and not a_to_b else gold
+
+
+def load_hotpotqa(path: PathLike) -> list[Record]:
+    """Load HotpotQA (distractor setting; a ``.json`` array or JSONL).
+
+    Fields used: ``_id``, ``question``, ``answer``, ``context``, ``supporting_facts`` and ``type``.
+    HotpotQA does not give hop order: the gold documents are those named by ``supporting_facts``,
+    in order of first mention, except that for ``bridge`` questions the document that mentions the
+    other's title (the bridge entity) comes first. Comparison questions keep the given order."""
+    p = str(path)
+    records: list[Record] = []
+    for line, raw in iter_rows(path):
+        obj = _object(raw, p, line)
+        rid = _nonempty_string(obj, "_id", p, line)
+        question = _nonempty_string(obj, "question", p, line)
+        answers = _answer_and_aliases(obj, p, line, aliases=None)
+        kind = obj.get("type", "bridge")
+        if kind not in ("bridge", "comparison"):
+            raise DataError(f"{kind!r} is not bridge or comparison", path=p, line=line,
+                            field="type")
+        documents = _context(obj, p, line)
+        gold = _supporting_titles(obj, documents, p, line)
+        if kind == "bridge":
+            gold = bridge_order(documents, gold)
+        records.append(_record(p, line, id=rid, question=question, answers=answers,
+                               documents=tuple(documents), gold=tuple(gold), task="multihop"))
+    logger.info("loaded %d HotpotQA records from %s", len(records), p)
+    return records
+
+
+def load_2wiki(path: PathLike) -> list[Record]:
+    """Load 2WikiMultihopQA (a ``.json`` array or JSONL).
+
+    Fields used: ``_id``, ``question``, ``answer``, ``context``, ``supporting_facts``, ``type`` and
+    ``evidences`` (``[[subject, relation, object], ...]`` in reasoning order). The gold documents
+    are those named by ``supporting_facts``, ordered by the first evidence whose subject is their
+    title (documents no evidence starts from keep their supporting-facts order, after the others)."""
+    p = str(path)
+    records: list[Record] = []
+    for line, raw in iter_rows(path):
+        obj = _object(raw, p, line)
+        rid = _nonempty_string(obj, "_id", p, line)
+        question = _nonempty_string(obj, "question", p, line)
+        answers = _answer_and_aliases(obj, p, line, aliases=None)
+        documents = _context(obj, p, line)
+        gold = _supporting_titles(obj, documents, p, line)
+        evidences = _get(obj, "evidences", list, p, line)
+        subjects: list[str] = []
+        for k, ev in enumerate(evidences):
+            if not (isinstance(ev, list) and len(ev) == 3 and all(isinstance(x, str) for x in ev)):
+                raise DataError("must be [subject, relation, object]", path=p, line=line,
+                                field=f"evidences[{k}]")
+            subjects.append(ev[0])
+
+        def rank(g: int) -> tuple[int, int]:
+            title = documents[g].title
+            first = next((k for k, s in enumerate(subjects) if s == title), len(subjects))
+            return first, gold.index(g)
+
+        gold = sorted(gold, key=rank)
+        records.append(_record(p, line, id=rid, question=question, answers=answers,
+                               documents=tuple(documents), gold=tuple(gold), task="multihop"))
+    logger.info("loaded %d 2WikiMultihopQA records from %s", len(records), p)
+    return records
+
+
 _LOADERS: dict[str, Callable[[PathLike], list[Record]]] = {
-    "records": read_records, "litm": load_litm_qa, "authors": load_authors, "kv": load_kv}
+    "records": read_records, "litm": load_litm_qa, "authors": load_authors, "kv": load_kv,
+    "musique": load_musique, "hotpotqa": load_hotpotqa, "2wiki": load_2wiki}
 
 
 def detect_format(path: PathLike) -> str:
@@ -200,7 +462,7 @@ def detect_format(path: PathLike) -> str:
     ``"authors"``; ``ordered_kv_records`` → ``"kv"``. Raises :class:`DataError` otherwise.
     """
     p = str(path)
-    rows = iter_jsonl(path)
+    rows = iter_rows(path)
     try:
         first = next(rows, None)
     finally:
@@ -218,10 +480,18 @@ def detect_format(path: PathLike) -> str:
         return "authors"
     if "ordered_kv_records" in keys:
         return "kv"
+    if "question_decomposition" in keys or "paragraphs" in keys:
+        return "musique"
+    if "context" in keys and "evidences" in keys:
+        return "2wiki"
+    if "context" in keys and "supporting_facts" in keys:
+        return "hotpotqa"
     raise DataError(
         f"cannot detect the format from keys {sorted(keys)}; expected one of: "
         "records (documents + gold), litm (ctxs), authors (gold_document), "
-        "kv (ordered_kv_records). Pass the format explicitly if the keys are right.",
+        "kv (ordered_kv_records), musique (paragraphs + question_decomposition), "
+        "2wiki (context + evidences), hotpotqa (context + supporting_facts). "
+        "Pass the format explicitly if the keys are right.",
         path=p, line=line)
 
 

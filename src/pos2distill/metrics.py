@@ -63,6 +63,48 @@ def best_subspan_em(prediction: str, answers: Iterable[str]) -> float:
     return 0.0
 
 
+_ANSWER_MARKER = re.compile(r"the\s+answer\s+is\s*:?", re.IGNORECASE)
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a chain-of-thought: the rest of the line after the *last* "the answer
+    is" (case-insensitive, optional colon; when the marker ends its line, the next non-blank line).
+    None when there is no marker."""
+    matches = list(_ANSWER_MARKER.finditer(text))
+    if not matches:
+        return None
+    return first_line(text[matches[-1].end():])
+
+
+def reasoning_em(prediction: str, answers: Iterable[str]) -> float:
+    """Reasoning exact match (METHOD.md section 4): the answer after the last "the answer is"
+    (:func:`extract_answer`) equals, after :func:`normalize_answer`, one of ``answers`` (the answer
+    and its aliases). 0.0 without a marker or with an empty answer."""
+    if isinstance(answers, str):
+        raise TypeError("answers must be a collection of strings, not a single string")
+    extracted = extract_answer(prediction)
+    if extracted is None:
+        return 0.0
+    pred = normalize_answer(extracted)
+    return 1.0 if pred and any(pred == normalize_answer(a) for a in answers) else 0.0
+
+
+def cot_through_answer(text: str) -> str:
+    """A chain-of-thought cut after the line holding its last "the answer is" (what a model writes
+    after its answer is not part of the reasoning to distil); unchanged without a marker."""
+    matches = list(_ANSWER_MARKER.finditer(text))
+    if not matches:
+        return text.strip()
+    end = matches[-1].end()
+    rest = text[end:]
+    lines = rest.split("\n")
+    # The answer is on the marker's line, or on the next non-blank one.
+    keep = 0
+    while keep < len(lines) - 1 and not lines[keep].strip():
+        keep += 1
+    return (text[:end] + "\n".join(lines[:keep + 1])).strip()
+
+
 @dataclass(frozen=True)
 class PositionStats:
     """Accuracy at one gold position (or any other integer key).

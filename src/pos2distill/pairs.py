@@ -3,7 +3,8 @@
 For each kept teacher row: K distinct trivial positions (any position but the advantageous one)
 plus ``anchors`` copies at the advantageous position. Every copy gets its own distractor order
 (different from the teacher's); the teacher side stays the stored teacher prompt, and the target is
-the teacher's response (its first line by default).
+the teacher's response (its first line by default). Every row also carries the record's gold
+``answers`` (in the record's order): ``train --method sft`` trains on the first of them.
 """
 
 from __future__ import annotations
@@ -32,10 +33,18 @@ def draw_positions(rng: random.Random, n_documents: int, adv_position: int, K: i
 
 
 def make_pairs(teacher_rows: Sequence[dict[str, Any]], tokenizer: Any, *, K: int, anchors: int,
-               seed: int, use_first_line: bool = True) -> list[dict[str, Any]]:
-    """One row per (question, student position); ``anchor`` marks the advantageous copies."""
+               seed: int, use_first_line: bool = True,
+               configurations: str = "any") -> list[dict[str, Any]]:
+    """One row per (question, student position); ``anchor`` marks the advantageous copies.
+    Reasoning teacher rows get R2 pairs instead (:func:`pos2distill.reasoning.make_pairs`)."""
+    from pos2distill import reasoning
+
     pairs = []
     for row in teacher_rows:
+        if row.get("task") == "reasoning":
+            pairs += reasoning.make_pairs(row, tokenizer, K=K, seed=seed,
+                                          configurations=configurations)
+            continue
         record = Record.from_dict(row["record"])
         adv = int(row["adv_position"])
         n = len(record.documents)
@@ -50,7 +59,8 @@ def make_pairs(teacher_rows: Sequence[dict[str, Any]], tokenizer: Any, *, K: int
                           "anchor": pos == adv, "adv_position": adv,
                           "student_prompt": render_prompt(placed, tokenizer, template=row["template"],
                                                           chat="on" if chat else "off"),
-                          "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response})
+                          "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response,
+                          "answers": list(record.answers)})
     return pairs
 
 
@@ -68,7 +78,9 @@ def main(cfg: PairsConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model)
     start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
     pairs = make_pairs(rows, tokenizer, K=cfg.K, anchors=cfg.anchors, seed=cfg.seed,
-                       use_first_line=cfg.first_line)
+                       use_first_line=cfg.first_line, configurations=cfg.configurations)
+    if not pairs:
+        raise ConfigError("no training pairs: reasoning rows need --K > 0 (R2 has no anchors)")
     write_jsonl(cfg.out, pairs)
     log.info("%d pairs from %d questions -> %s", len(pairs), len(rows), cfg.out)
     return {"pairs": len(pairs), "questions": len(rows), "out": str(Path(cfg.out))}

@@ -9,6 +9,7 @@ compared.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.records import Record
@@ -85,3 +86,121 @@ def resolve_position(spec: str | int, n_documents: int) -> int:
     if not 0 <= p < n_documents:
         raise ConfigError(f"advantageous position {spec} outside 0..{n_documents - 1}")
     return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Several gold ("hop") documents: position pairs and the named configurations (METHOD.md section 3)
+
+HOP_GROUPS = ("connected", "disconnected", "reversed")
+
+# The paper's 12 configurations for 20 documents, 0-based (first hop, second hop).
+PAPER_CONFIGURATIONS: dict[str, tuple[tuple[int, int], ...]] = {
+    "connected": ((0, 1), (5, 6), (12, 13), (17, 18)),
+    "disconnected": ((0, 8), (5, 13), (6, 14), (8, 16)),
+    "reversed": ((8, 0), (13, 5), (14, 6), (16, 8)),
+}
+PAPER_N_DOCUMENTS = 20
+
+
+def place_hops(record: Record, positions: tuple[int, ...] | list[int], rng: random.Random) -> Record:
+    """Return ``record`` with its k-th gold (hop) document at ``positions[k]`` and the distractors,
+    in an order drawn from ``rng``, in the other slots. The result's ``gold`` is ``tuple(positions)``
+    (hop order kept, so a reversed placement has ``gold[0] > gold[1]``)."""
+    n = len(record.documents)
+    positions = tuple(positions)
+    if len(positions) != len(record.gold):
+        raise DataError(f"record {record.id!r} has {len(record.gold)} hop documents but "
+                        f"{len(positions)} positions were given", field="position")
+    if len(set(positions)) != len(positions):
+        raise DataError(f"record {record.id!r}: hop positions {positions} repeat a position",
+                        field="position")
+    bad = [p for p in positions if not 0 <= p < n]
+    if bad:
+        raise DataError(f"record {record.id!r}: hop positions {bad} are outside its {n} documents "
+                        f"(valid: 0 to {n - 1})", field="position")
+    distractors = list(record.distractors)
+    rng.shuffle(distractors)
+    slots: list[Any] = [None] * n
+    for g, p in zip(record.gold, positions):
+        slots[p] = record.documents[g]
+    it = iter(distractors)
+    documents = tuple(d if d is not None else next(it) for d in slots)
+    return Record(id=record.id, question=record.question, answers=record.answers,
+                  documents=documents, gold=positions, task=record.task)
+
+
+def hop_group(pair: tuple[int, ...]) -> str:
+    """``connected`` (second hop right after the first), ``reversed`` (second hop before the
+    first) or ``disconnected`` (in order, with documents between them)."""
+    pre, post = pair[0], pair[-1]
+    if post < pre:
+        return "reversed"
+    return "connected" if post == pre + 1 else "disconnected"
+
+
+def configuration_key(pair: tuple[int, ...]) -> str:
+    """``"0,1"``: the key a configuration has in tables and summary.json (0-based)."""
+    return ",".join(str(p) for p in pair)
+
+
+def paper_configurations(n_documents: int, groups: tuple[str, ...] = HOP_GROUPS
+                         ) -> list[tuple[int, int]]:
+    """The named configurations of METHOD.md section 3 for ``n_documents`` documents.
+
+    Exactly the paper's pairs for 20 documents. For other counts each position is scaled by
+    ``(n-1)/19`` (connected pairs: the first hop by ``(n-2)/18``, the second right after it), so
+    the pairs keep their place in the context and their group; pairs that collide after scaling are
+    kept once, in order."""
+    if n_documents < 2:
+        raise ConfigError(f"two hops need at least 2 documents, got {n_documents}")
+    out: list[tuple[int, int]] = []
+    for group in groups:
+        for pre, post in PAPER_CONFIGURATIONS[group]:
+            if n_documents == PAPER_N_DOCUMENTS:
+                pair = (pre, post)
+            elif group == "connected":
+                a = round(pre * (n_documents - 2) / (PAPER_N_DOCUMENTS - 2))
+                pair = (a, a + 1)
+            else:
+                scale = (n_documents - 1) / (PAPER_N_DOCUMENTS - 1)
+                a, b = round(pre * scale), round(post * scale)
+                if a == b:  # too few documents to keep them apart: keep the order
+                    a, b = (a, a + 1) if a + 1 < n_documents else (a - 1, a)
+                    if group == "reversed":
+                        a, b = b, a
+                pair = (a, b)
+            if pair not in out:
+                out.append(pair)
+    return out
+
+
+def parse_configurations(spec: str, n_documents: int) -> list[tuple[int, int]]:
+    """Hop position pairs from a ``--configurations`` option.
+
+    ``all`` (the 12 named configurations, scaled to ``n_documents``), a group name or several
+    (``connected,reversed``), or an explicit list of 0-based pairs separated by ``;`` or spaces:
+    ``0,1;5,6;8,0`` (the first number is the first hop's position)."""
+    text = spec.strip().lower()
+    if not text:
+        raise ConfigError("--configurations: empty")
+    names = [t.strip() for t in text.split(",")]
+    if text == "all":
+        return paper_configurations(n_documents)
+    if all(name in HOP_GROUPS for name in names):
+        return paper_configurations(n_documents, tuple(names))
+    pairs: list[tuple[int, int]] = []
+    for part in text.replace(";", " ").split():
+        try:
+            pre, post = (int(x) for x in part.split(","))
+        except ValueError:
+            raise ConfigError(f"--configurations: {part!r} is not a pair like 0,8; use all, "
+                              f"{', '.join(HOP_GROUPS)}, or pairs like '0,1;5,6;8,0'") from None
+        if pre == post:
+            raise ConfigError(f"--configurations: {part!r} puts both hops at the same position")
+        bad = [p for p in (pre, post) if not 0 <= p < n_documents]
+        if bad:
+            raise ConfigError(f"--configurations: {part!r}: {bad} outside 0..{n_documents - 1} "
+                              f"(the data has {n_documents} documents)")
+        if (pre, post) not in pairs:
+            pairs.append((pre, post))
+    return pairs

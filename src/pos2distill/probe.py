@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 ROWS, SUMMARY, TABLE, PLOT = "rows.jsonl", "summary.json", "table.md", "accuracy_by_position.png"
 
 
-def probe_prompts(records: Sequence[Record], positions: Sequence[int], tokenizer: Any, *,
+def probe_prompts(records: Sequence[Record], positions: Sequence[Any], tokenizer: Any, *,
                   template: str, chat: str, seed: int, max_tokens: int | None = None,
                   too_long: str = "fail",
                   counts: dict[str, int] | None = None) -> list[tuple[Record, int, str]]:
-    """(record, position, prompt) for every question at every position, made to fit
+    """(record, position, prompt) for every question at every position (an int, or a tuple of
+    hop positions for multi-hop records), made to fit
     ``max_tokens`` by the ``too_long`` policy (:func:`pos2distill.context.fit_prompt`); ``counts``,
     when given, receives how many prompts were skipped and truncated."""
     items, skipped, truncated = [], 0, 0
@@ -54,13 +55,14 @@ def score_rows(items: Sequence[tuple[Record, int, str]], predictions: Sequence[s
             for (r, p, _), pred in zip(items, predictions)]
 
 
-def run_probe(items: Sequence[tuple[Record, int, str]], generator: Generator, *,
-              max_new_tokens: int, chunk: int, on_rows: Callable[[list[dict]], None]) -> None:
+def run_probe(items: Sequence[tuple[Record, Any, str]], generator: Generator, *,
+              max_new_tokens: int, chunk: int, on_rows: Callable[[list[dict]], None],
+              score: Callable[[Sequence, Sequence[str]], list[dict]] = score_rows) -> None:
     """Generate and score in chunks, handing each chunk's rows to ``on_rows`` (for appending)."""
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         preds = generator.generate([prompt for _, _, prompt in part], max_new_tokens=max_new_tokens)
-        on_rows(score_rows(part, preds))
+        on_rows(score(part, preds))
 
 
 def summarize_rows(rows: Iterable[dict]) -> dict[str, Any]:
@@ -98,6 +100,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def main(cfg: ProbeConfig) -> dict[str, Any]:
     """Run the probe described by ``cfg``; returns the summary."""
+    if cfg.task == "reasoning":
+        from pos2distill.reasoning import probe_main
+
+        return probe_main(cfg)
     from tqdm.auto import tqdm
 
     from pos2distill.data import load_data

@@ -7,7 +7,9 @@ already in prompt order (see :mod:`pos2distill.positions`):
   line, a blank line, ``Question: {question}`` (the Pos2Distill paper's prompt);
 - ``litm``: the lost-in-the-middle layout, ``Document [k](Title: {title}) {text}`` lines and a final
   ``Answer:``;
-- ``kv``: key-value retrieval over a JSON object (the lost-in-the-middle KV task).
+- ``kv``: key-value retrieval over a JSON object (the lost-in-the-middle KV task);
+- ``reasoning``: multi-hop questions with chain-of-thought: the instruction first, the documents as in
+  ``authors``, then ``Question: {question}`` last, so the reasoning starts right after the question.
 
 The body becomes one user turn in the model's chat template when the tokenizer has one (``chat="auto"``),
 or is used as plain text followed by ``Answer:`` otherwise.
@@ -21,17 +23,25 @@ from typing import Any, Literal
 from pos2distill.errors import ConfigError
 from pos2distill.records import Record
 
-TEMPLATES = ("authors", "litm", "kv")
+TEMPLATES = ("authors", "litm", "kv", "reasoning")
 ChatMode = Literal["auto", "on", "off"]
 
 QA_INSTRUCTION = ("Write a high-quality answer for the given question using only the provided "
                   "search results (some of which might be irrelevant).")
+REASONING_INSTRUCTION = ("Answer the question using only the provided documents (some of which might "
+                         "be irrelevant). List the relevant facts, reason step by step, and finish "
+                         "with \"The answer is:\" followed by the answer.")
 KV_INSTRUCTION = ("Extract the value corresponding to the specified key in the JSON object below.")
 
 
 def _authors(record: Record) -> str:
     docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
     return f"{QA_INSTRUCTION}\n{docs}\n\nQuestion: {record.question}"
+
+
+def _reasoning(record: Record) -> str:
+    docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
+    return f"{REASONING_INSTRUCTION}\n{docs}\n\nQuestion: {record.question}"
 
 
 def _litm(record: Record) -> str:
@@ -47,7 +57,7 @@ def _kv(record: Record) -> str:
             f"Key: {json.dumps(record.question)}\nCorresponding value:")
 
 
-_RENDERERS = {"authors": _authors, "litm": _litm, "kv": _kv}
+_RENDERERS = {"authors": _authors, "litm": _litm, "kv": _kv, "reasoning": _reasoning}
 
 
 def user_message(record: Record, template: str = "authors") -> str:

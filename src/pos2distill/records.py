@@ -17,6 +17,8 @@ from typing import Any, Iterable, Iterator
 
 from pos2distill.errors import DataError
 
+TASKS = ("qa", "kv", "multihop")
+
 
 @dataclass(frozen=True)
 class Document:
@@ -53,7 +55,8 @@ class Record:
         answers: gold answers; any of them counts as correct.
         documents: all documents, gold and distractors, in dataset order.
         gold: indices into ``documents`` of the gold documents, in hop order.
-        task: ``"qa"`` (retrieval QA) or ``"kv"`` (key-value retrieval).
+        task: ``"qa"`` (retrieval QA), ``"kv"`` (key-value retrieval) or ``"multihop"``
+            (multi-hop reasoning; aliases of the answer are simply more ``answers``).
     """
 
     id: str
@@ -115,9 +118,9 @@ class Record:
             raise DataError("must be a non-empty list of integers", path=path, line=line,
                             field="gold")
         task = d.get("task", "qa")
-        if task not in ("qa", "kv"):
-            raise DataError(f"unknown task {task!r} (expected 'qa' or 'kv')", path=path,
-                            line=line, field="task")
+        if task not in TASKS:
+            raise DataError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})",
+                            path=path, line=line, field="task")
         try:
             return cls(id=d["id"], question=d["question"], answers=tuple(answers),
                        documents=docs, gold=tuple(gold), task=task)

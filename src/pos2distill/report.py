@@ -50,6 +50,14 @@ def main(cfg: ReportConfig) -> dict[str, Any]:
     from pos2distill.runinfo import write_json_atomic
 
     before, after = load_summary(cfg.before), load_summary(cfg.after)
+    tasks = {before.get("task", "retrieval"), after.get("task", "retrieval")}
+    if len(tasks) > 1:
+        raise ConfigError("--before and --after are probes of different tasks (retrieval vs "
+                          "reasoning); compare probes of the same task")
+    if tasks == {"reasoning"}:
+        from pos2distill.reasoning import report_main
+
+        return report_main(cfg, before, after)
     cmp = compare(before, after)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -64,3 +64,75 @@ def generate(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> lis
     rng = random.Random(f"synthetic|{split}|{seed}|{n_documents}")
     return [make_record(rng, rng.choice(subjects), n_documents=n_documents,
                         record_id=f"synth-{split}-{seed}-{k}") for k in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic two-hop reasoning benchmark (Pos2Distill-R2)
+#
+# A record asks "Where does X's manager work?". The first-hop document (title X) says
+# "X's manager is Y."; the second-hop document (title Y) says "Y works in Z.". The other documents
+# are complete chains of the same two forms among other people. Every person of a record appears in
+# exactly one chain, so each name is the subject of at most one "manager" fact and at most one
+# "works in" fact, and X and Y occur nowhere else: the answer is never ambiguous.
+
+REASONING_ID_PREFIX = "synth-reasoning"
+
+
+def manager_fact(person: str, manager: str) -> str:
+    return f"{person}'s manager is {manager}."
+
+
+def works_fact(person: str, city: str) -> str:
+    return f"{person} works in {city}."
+
+
+def reasoning_question(person: str) -> str:
+    return f"Where does {person}'s manager work?"
+
+
+def reasoning_cot(person: str, manager: str, city: str) -> str:
+    """The reference chain-of-thought for a two-hop question: the two facts in hop order, then
+    ``The answer is: CITY`` (the pretraining target, and what the reasoning metric reads)."""
+    return f"{manager_fact(person, manager)} {works_fact(manager, city)} The answer is: {city}"
+
+
+def record_cot(record: Record) -> str:
+    """:func:`reasoning_cot` of a synthetic reasoning record, read from its hop documents."""
+    hop1, hop2 = (record.documents[g] for g in record.gold)
+    return reasoning_cot(hop1.title, hop2.title, record.answers[0])
+
+
+def make_reasoning_record(rng: random.Random, subject: str, *, n_documents: int,
+                          record_id: str) -> Record:
+    """One two-hop question about ``subject`` with ``n_documents`` documents (even): the first hop
+    at index 0, the second at index 1, then the distractor chains, each as its two documents in a
+    random order (positions are placed later by :func:`pos2distill.positions.place_hops`)."""
+    people = [subject] + rng.sample([n for n in NAMES if n != subject], n_documents - 1)
+    documents: list[Document] = []
+    distractors: list[Document] = []
+    for k in range(0, n_documents, 2):
+        person, manager, city = people[k], people[k + 1], rng.choice(CITIES)
+        chain = [Document(title=person, text=manager_fact(person, manager)),
+                 Document(title=manager, text=works_fact(manager, city))]
+        if k == 0:
+            documents, answer = chain, city
+        else:
+            distractors += chain
+    rng.shuffle(distractors)
+    return Record(id=record_id, question=reasoning_question(subject), answers=(answer,),
+                  documents=tuple(documents + distractors), gold=(0, 1), task="multihop")
+
+
+def generate_reasoning(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
+    """``n`` two-hop records of ``split``; deterministic for (split, n, seed, n_documents), and a
+    shorter set is a prefix of a longer one. The asked person comes from :data:`TEST_NAMES` for
+    "test" and :data:`TRAIN_NAMES` for "train"."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 2 <= n_documents <= N_NAMES or n_documents % 2:
+        raise ValueError(f"n_documents must be even and in 2..{N_NAMES}, got {n_documents}")
+    subjects = TEST_NAMES if split == "test" else TRAIN_NAMES
+    rng = random.Random(f"synthetic-reasoning|{split}|{seed}|{n_documents}")
+    return [make_reasoning_record(rng, rng.choice(subjects), n_documents=n_documents,
+                                  record_id=f"{REASONING_ID_PREFIX}-{split}-{seed}-{k}")
+            for k in range(n)]

@@ -24,7 +24,7 @@ from pos2distill.records import Record, iter_jsonl, read_append_log
 log = logging.getLogger(__name__)
 
 
-def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, adv_position: int,
+def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, adv_position: int | tuple[int, ...],
                     template: str, chat: str, seed: int, max_tokens: int | None = None,
                     too_long: str = "fail") -> list[Fitted]:
     """The teacher prompt of every record that fits ``max_tokens`` under the ``too_long`` policy
@@ -34,20 +34,30 @@ def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, adv_position: 
     return [f for f in fitted if f is not None]
 
 
-def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *, adv_position: int,
-                   template: str, chat: str, max_new_tokens: int) -> list[dict[str, Any]]:
+def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *,
+                   adv_position: int | tuple[int, ...], template: str, chat: str,
+                   max_new_tokens: int) -> list[dict[str, Any]]:
     """One row per prompt (kept or not): the record it shows (fewer distractors when truncated),
-    teacher prompt, response, correctness."""
+    teacher prompt, response, correctness. A tuple ``adv_position`` is a reasoning teacher (hop
+    configuration, chain-of-thought scored by reasoning EM): its rows also hold ``task`` and
+    ``adv_configuration``, and ``adv_position`` is the first hop's position."""
+    from pos2distill.metrics import reasoning_em
+
     responses = generator.generate([f.prompt for f in prompts], max_new_tokens=max_new_tokens)
-    return [{"id": f.record.id, "record": f.record.to_dict(), "adv_position": adv_position,
-             "template": template, "chat": chat, "teacher_prompt": f.prompt,
+    reasoning = isinstance(adv_position, tuple)
+    extra: dict[str, Any] = ({"task": "reasoning", "adv_configuration": list(adv_position)}
+                             if isinstance(adv_position, tuple) else {})
+    score = reasoning_em if reasoning else best_subspan_em
+    return [{"id": f.record.id, "record": f.record.to_dict(),
+             "adv_position": adv_position[0] if isinstance(adv_position, tuple) else adv_position,
+             **extra, "template": template, "chat": chat, "teacher_prompt": f.prompt,
              "dropped_distractors": f.dropped, "response": resp,
-             "correct": best_subspan_em(resp, f.record.answers) == 1.0}
+             "correct": score(resp, f.record.answers) == 1.0}
             for f, resp in zip(prompts, responses)]
 
 
 def teacher_rows(records: Sequence[Record], generator: Generator, tokenizer: Any, *,
-                 adv_position: int, template: str, chat: str, seed: int, max_new_tokens: int,
+                 adv_position: int | tuple[int, ...], template: str, chat: str, seed: int, max_new_tokens: int,
                  max_tokens: int | None = None, too_long: str = "fail") -> list[dict[str, Any]]:
     """One row per record that fits (kept or not): record, teacher prompt, response, correctness."""
     prompts = teacher_prompts(records, tokenizer, adv_position=adv_position, template=template,
@@ -56,7 +66,11 @@ def teacher_rows(records: Sequence[Record], generator: Generator, tokenizer: Any
                           chat=chat, max_new_tokens=max_new_tokens)
 
 
-def resolve_advantageous(cfg: TeachConfig, n_documents: int) -> int:
+def resolve_advantageous(cfg: TeachConfig, n_documents: int) -> int | tuple[int, ...]:
+    if cfg.task == "reasoning":
+        from pos2distill.reasoning import resolve_advantageous as resolve_pair
+
+        return resolve_pair(cfg.advantageous, cfg.probe, n_documents)
     if cfg.advantageous == "auto":
         from pos2distill.probe import load_summary
 
@@ -139,7 +153,7 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     kept = [row for row in all_rows if row["correct"]]
     write_jsonl(out, kept)
     partial.unlink(missing_ok=True)
-    log.info("teacher correct on %d of %d questions at position %d", len(kept), len(all_rows), adv)
+    log.info("teacher correct on %d of %d questions at position %s", len(kept), len(all_rows), adv)
     result = {"kept": len(kept), "total": len(all_rows), "adv_position": adv, "out": str(out)}
     skipped = len(records) - len(all_rows)
     if skipped:

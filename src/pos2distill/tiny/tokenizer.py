@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from pos2distill import prompts, synthetic
-from pos2distill.positions import place_gold
+from pos2distill.positions import place_gold, place_hops
 
 PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM = (
     "<|pad|>", "<|unk|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")
@@ -32,7 +32,8 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def corpus_words() -> list[str]:
-    """Every word the synthetic benchmark's prompts can contain, in every template."""
+    """Every word the synthetic benchmarks' prompts (retrieval and two-hop reasoning) and the
+    reasoning chain-of-thought can contain, in every template they use."""
     pre = _pre_tokenizer()
     words: set[str] = set(synthetic.NAMES) | set(synthetic.CITIES)
     words |= {str(k) for k in range(0, 101)}
@@ -40,6 +41,11 @@ def corpus_words() -> list[str]:
     record = place_gold(record, 1, random.Random(0))
     for template in ("authors", "litm"):
         text = prompts.user_message(record, template) + "\nAnswer:"
+        words |= {w for w, _ in pre.pre_tokenize_str(text)}
+    chain = synthetic.generate_reasoning("train", 1, n_documents=4)[0]
+    chain = place_hops(chain, (2, 0), random.Random(0))
+    for text in (prompts.user_message(chain, "reasoning") + "\nAnswer:",
+                 synthetic.record_cot(chain)):
         words |= {w for w, _ in pre.pre_tokenize_str(text)}
     return sorted(words)
 
