@@ -50,7 +50,8 @@ def test_position_probs_sum_to_one_and_favour_the_edges() -> None:
 
 def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
     cfg = PretrainConfig(out=str(tmp_path / "m"), layers=1, hidden=16, heads=2, intermediate=32,
-                         batch_size=2, copy_steps=2, lookup_steps=2, eval_every=2,
+                         batch_size=2, copy_steps=2, docs_steps=1, reason_steps=2, lookup_steps=2,
+                         eval_every=2, prefix_max=10,
                          eval_per_position=1, n_documents=4)
     out = pretrain(cfg)
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -89,3 +90,52 @@ def test_doc_copy_prefix_puts_repeats_late_without_a_second_match() -> None:
         assert not set(prefix) & (set(first) - set(struct))   # one match per looked-up token
         prefixes.append(len(prefix))
     assert min(prefixes) < 30 and max(prefixes) > 70
+
+
+def test_reason_pairs_put_the_edge_mass_on_connected_in_order_edge_pairs() -> None:
+    cfg = PretrainConfig(reason_edge=3, reason_edge_mass=0.7)
+    pairs, probs = cfg.reason_pairs()
+    assert len(pairs) == 20 * 19 and abs(sum(probs) - 1) < 1e-12
+    p = dict(zip(pairs, probs))
+    edge = [(0, 1), (1, 2), (2, 3), (16, 17), (17, 18), (18, 19)]
+    assert abs(sum(p[x] for x in edge) - 0.7) < 1e-12
+    assert p[(8, 9)] == p[(9, 8)] == p[(0, 8)] == p[(1, 0)] < p[(0, 1)]
+
+
+def test_reasoning_example_targets_the_reference_chain_after_the_prompt() -> None:
+    from pos2distill.tiny.pretrain import _reasoning_example
+
+    tok = build_tokenizer()
+    record = synthetic.generate_reasoning("train", 1, n_documents=6)[0]
+    seq, mask = _reasoning_example(record, tok, (4, 1), random.Random(0))
+    target = [t for t, m in zip(seq, mask) if m]
+    assert tok.decode(target[:-1]).replace(" ", "") == synthetic.record_cot(record).replace(" ", "")
+    assert target[-1] == tok.eos_token_id and tok.unk_token_id not in seq
+    assert mask == sorted(mask)                             # prompt first, then the chain only
+
+
+def test_chain_accuracy_is_one_exactly_when_greedy_follows_the_chain() -> None:
+    import torch
+
+    from pos2distill.tiny.pretrain import _reasoning_example, chain_accuracy
+
+    tok = build_tokenizer()
+    records = synthetic.generate_reasoning("test", 2, n_documents=4)
+    seq, mask = _reasoning_example(records[0], tok, (0, 1), random.Random("1234|x|(0, 1)"))
+
+    class Oracle(torch.nn.Module):
+        """Predicts the next token of the right sequence when it is given (argmax right), else 0."""
+        def __init__(self, right: bool) -> None:
+            super().__init__()
+            self.right = right
+
+        def forward(self, input_ids, attention_mask):
+            B, T = input_ids.shape
+            logits = torch.zeros(B, T, len(tok))
+            if self.right:
+                logits[:, :-1].scatter_(2, input_ids[:, 1:, None], 1.0)
+            return type("Out", (), {"logits": logits})()
+
+    assert chain_accuracy(Oracle(True), tok, records, [(0, 1), (3, 2)]) == {(0, 1): 1.0, (3, 2): 1.0}
+    assert chain_accuracy(Oracle(False), tok, records, [(0, 1)]) == {(0, 1): 0.0}
+    assert sum(mask) > 10 and seq

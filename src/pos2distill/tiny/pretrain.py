@@ -32,7 +32,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pos2distill import prompts, synthetic
-from pos2distill.positions import place_gold
+from pos2distill.positions import paper_configurations, place_gold, place_hops
 from pos2distill.tiny.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,17 @@ class PretrainConfig:
     # repeats of every distance also occur late in a sequence, where a prompt's last documents sit.
     prefix_max: int = 0
     recall_queries: int = 8
+    # Stage 2: a repeat of document-shaped pairs (as --warmup-task docs), from the stage-1 model.
+    docs_steps: int = 0
+    # Stage 3, two-hop reasoning: chain-of-thought on synthetic two-hop questions, the hop documents
+    # at a position pair drawn from `reason_pair_probs` (connected, in-order pairs touching the first
+    # or last `reason_edge` positions get `reason_edge_mass`; every other pair shares the rest), and
+    # a `reason_docs_fraction` share of each batch kept as document-shaped repeats.
+    reason_steps: int = 0
+    reason_lr: float = 1e-3
+    reason_edge: int = 3
+    reason_edge_mass: float = 0.7
+    reason_docs_fraction: float = 0.5
     # Lookup stage: share of copy examples in each batch; mass of the first and last `edge`
     # gold positions (the rest is spread evenly over the middle).
     lookup_copy_fraction: float = 0.5
@@ -74,6 +85,16 @@ class PretrainConfig:
     edge_mass: float = 0.3
     eval_every: int = 250
     eval_per_position: int = 40
+
+    def reason_pairs(self) -> tuple[list[tuple[int, int]], list[float]]:
+        """Every ordered hop pair (first, second) and its probability in stage 3."""
+        n, e = self.n_documents, self.reason_edge
+        pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+        edge = [b == a + 1 and (a < e or b >= n - e) for a, b in pairs]
+        k = sum(edge)
+        probs = [self.reason_edge_mass / k if x else (1 - self.reason_edge_mass) / (len(pairs) - k)
+                 for x in edge]
+        return pairs, probs
 
     def position_probs(self) -> list[float]:
         n, e = self.n_documents, self.edge
@@ -165,6 +186,36 @@ def _pad(seqs: list[list[int]], masks: list[list[int]], pad: int):
     return ids, att, m
 
 
+def _reasoning_example(record, tokenizer, pair: tuple[int, int],
+                       rng: random.Random) -> tuple[list[int], list[int]]:
+    """Prompt (reasoning template, chat) + reference chain-of-thought + EOS; loss on the latter, as
+    ``train --method r2`` encodes it."""
+    placed = place_hops(record, pair, rng)
+    prompt = prompts.render_prompt(placed, tokenizer, template="reasoning")
+    p_ids = prompts.encode_prompt(tokenizer, prompt, chat=True)
+    c_ids = tokenizer(synthetic.record_cot(placed), add_special_tokens=False)["input_ids"]
+    c_ids = list(c_ids) + [tokenizer.eos_token_id]
+    return p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)
+
+
+@torch.no_grad()
+def chain_accuracy(model, tokenizer, records, pairs, seed: int = 1234) -> dict[tuple[int, int], float]:
+    """Share of questions whose whole reference chain-of-thought (EOS included) is the argmax at
+    every step, per hop pair: exactly the questions greedy decoding answers with that chain."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for pair in pairs:
+        ex = [_reasoning_example(r, tokenizer, pair, random.Random(f"{seed}|{r.id}|{pair}"))
+              for r in records]
+        ids, att, m = _pad([s for s, _ in ex], [k for _, k in ex], tokenizer.pad_token_id)
+        pred = model(input_ids=ids, attention_mask=att).logits[:, :-1].argmax(-1)
+        target, mask = ids[:, 1:], m[:, 1:]
+        out[pair] = ((pred == target) | ~mask).all(dim=1).float().mean().item()
+    model.train(was_training)
+    return out
+
+
 @torch.no_grad()
 def first_token_accuracy(model, tokenizer, records, positions, seed: int = 1234) -> dict[int, float]:
     """Greedy first answer token == gold answer's token, per gold position (a quick check; the
@@ -237,6 +288,39 @@ def pretrain(cfg: PretrainConfig) -> Path:
     warmup = warmups[cfg.warmup_task]
     _train_stage(model, "copy", cfg.copy_steps, cfg.lr, cfg,
                  lambda: warmup(copy_rng, cfg, cfg.batch_size, content_ids, bos), pad)
+    # Stage 2 draws from a fresh copy stream, as a separate run from the stage-1 model would.
+    docs_rng = random.Random(f"{cfg.seed}|copy")
+    _train_stage(model, "docs", cfg.docs_steps, cfg.lr, cfg,
+                 lambda: warmups["docs"](docs_rng, cfg, cfg.batch_size, content_ids, bos), pad)
+
+    reason_rng = random.Random(f"{cfg.seed}|reason")
+    reason_train = synthetic.generate_reasoning("train", 20000, seed=cfg.seed,
+                                                n_documents=cfg.n_documents)
+    reason_test = synthetic.generate_reasoning("test", cfg.eval_per_position, seed=cfg.seed + 1,
+                                               n_documents=cfg.n_documents)
+    pairs, pair_probs = cfg.reason_pairs()
+    n_docs = round(cfg.reason_docs_fraction * cfg.batch_size)
+    retrieval_test = synthetic.generate("test", cfg.eval_per_position, seed=cfg.seed + 1,
+                                        n_documents=cfg.n_documents)
+
+    def reason_batch() -> Batch:
+        seqs, masks = warmups["docs"](reason_rng, cfg, n_docs, content_ids, bos)
+        for _ in range(cfg.batch_size - n_docs):
+            pair = reason_rng.choices(pairs, weights=pair_probs)[0]
+            s, m = _reasoning_example(reason_rng.choice(reason_train), tokenizer, pair, reason_rng)
+            seqs.append(s)
+            masks.append(m)
+        return seqs, masks
+
+    def evaluate_both() -> str:
+        acc = first_token_accuracy(model, tokenizer, retrieval_test, range(cfg.n_documents))
+        chains = chain_accuracy(model, tokenizer, reason_test,
+                                paper_configurations(cfg.n_documents))
+        return ("retrieval " + " ".join(f"{acc[p]:.2f}" for p in range(cfg.n_documents))
+                + " | reasoning " + " ".join(f"{a},{b}:{v:.2f}" for (a, b), v in chains.items()))
+
+    _train_stage(model, "reason", cfg.reason_steps, cfg.reason_lr, cfg, reason_batch, pad,
+                 evaluate_both)
 
     rng = random.Random(f"{cfg.seed}|lookup")
     train = synthetic.generate("train", 20000, seed=cfg.seed, n_documents=cfg.n_documents)
