@@ -269,6 +269,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     tokenizer = build_tokenizer()
     if cfg.init:
         model = LlamaForCausalLM.from_pretrained(cfg.init)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            # A model from before the reasoning words existed: same ids, new rows at the end.
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     else:
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
