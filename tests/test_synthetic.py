@@ -196,3 +196,17 @@ def test_tokenizer_covers_reasoning_prompts_and_cot(tok: Any, chat: str) -> None
         cot_ids = tok(cot, add_special_tokens=False)["input_ids"]
         assert tok.unk_token_id not in cot_ids
         assert "".join(tok.decode(cot_ids).split()) == "".join(cot.split())
+
+
+def test_reasoning_words_come_after_the_retrieval_words() -> None:
+    """Adding the reasoning vocabulary must not move any retrieval token id."""
+    from pos2distill.tiny.tokenizer import corpus_words
+
+    words = corpus_words()
+    assert len(set(words)) == len(words)
+    # Two sorted runs: the retrieval words, then the reasoning-only ones.
+    breaks = [i for i in range(1, len(words)) if words[i] < words[i - 1]]
+    assert len(breaks) == 1
+    retrieval, reasoning = words[:breaks[0]], words[breaks[0]:]
+    assert {synthetic.NAMES[0], "Lima", "Title", "Question"} <= set(retrieval)
+    assert {"manager", "works", "Where"} <= set(reasoning)
