@@ -23,6 +23,10 @@ from pos2distill.prompts import TEMPLATES
 
 C = TypeVar("C")
 
+#: Default top-k of the teacher cache (bench/cache_error.py: KL error < 1e-3 nats/token on the
+#: embedded default).
+DEFAULT_TOP_K = 32
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -188,6 +192,33 @@ class TrainConfig:
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check_positive("log-every", self.log_every)
         _check_positive("save-every", self.save_every, allow_zero=True)
+
+
+AUTOCAST = ("off", "bfloat16", "float16")
+
+
+@dataclass
+class CacheConfig:
+    """The teacher's top-k distribution over every response token, computed once for training."""
+
+    pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
+    model: str = _f("tiny", "The teacher: the starting model `train` will use.")
+    out: str = _f("runs/teacher_cache", "Output folder (teacher.safetensors, cache.json).")
+    top_k: int = _f(DEFAULT_TOP_K, "Teacher log-probabilities kept per token, plus one tail bucket "
+                    "(0 = the whole vocabulary).")
+    temperature: float = _f(1.0, "Softmax temperature (must match train's --temperature).")
+    batch_size: int = _f(16, "Teacher prompts per forward pass.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    autocast: str = _f("off", f"Autocast the forward pass: {', '.join(AUTOCAST)}.")
+    device: str = _f("cpu", "Torch device.")
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
+
+    def __post_init__(self) -> None:
+        _check_positive("top-k", self.top_k, allow_zero=True)
+        _check_positive("temperature", self.temperature)
+        _check_positive("batch-size", self.batch_size)
+        _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check_choice("autocast", self.autocast, AUTOCAST)
 
 
 @dataclass
