@@ -37,7 +37,7 @@ def test_defaults_are_valid_and_every_field_has_help(cls: type) -> None:
     (TeachConfig, {"batch_size": -2}, "--batch-size"),
     (TeachConfig, {"advantageous": "auto"}, "--advantageous auto needs --probe"),
     (PairsConfig, {"anchors": -1}, "--anchors"),
-    (TrainConfig, {"method": "r2"}, "--method"),
+    (TrainConfig, {"method": "r3"}, "--method"),
     (TrainConfig, {"anchor_weight": -0.5}, "--anchor-weight"),
     (TrainConfig, {"temperature": 0.0}, "--temperature"),
     (TrainConfig, {"epochs": 0.0}, "--epochs"),

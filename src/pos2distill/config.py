@@ -19,6 +19,7 @@ import yaml
 from pos2distill.context import TOO_LONG
 from pos2distill.errors import ConfigError
 from pos2distill.losses import WEIGHT_FORMULAS
+from pos2distill.methods import METHOD_NAMES, get_method
 from pos2distill.prompts import TEMPLATES
 
 C = TypeVar("C")
@@ -146,14 +147,18 @@ class PairsConfig:
 
 @dataclass
 class TrainConfig:
-    """Pos2Distill-R1 training (teacher = the frozen starting model)."""
+    """Training on pairs: Pos2Distill-R1 (teacher = the frozen starting model), its ablations and
+    the baselines, chosen by --method (see pos2distill.methods)."""
 
     pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
     model: str = _f("tiny", "Starting model (student init and frozen teacher).")
     out: str = _f("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
-    method: str = _f("r1", "Training method: r1.")
-    formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
-    anchor_weight: float = _f(1.0, "λ, the weight of anchor examples (paper: 1).")
+    method: str = _f("r1", f"Training method: {', '.join(METHOD_NAMES)} (sft/seqkd/r2: "
+                     "cross-entropy, no teacher model; kl: uniform weights, no anchors; kl+align: "
+                     "position-aware weights, no anchors; r1: weights + anchors).")
+    formula: str = _f("pos2distill", "Position-aware weights of r1 and kl+align: "
+                      f"{', '.join(WEIGHT_FORMULAS)}.")
+    anchor_weight: float = _f(1.0, "λ, the weight of anchor examples in r1 (paper: 1).")
     temperature: float = _f(1.0, "Softmax temperature of the KL.")
     lr: float = _f(3e-6, "Peak learning rate (paper: 3e-6 for 7B; tiny models want ~1e-3).")
     epochs: float = _f(1.0, "Passes over the pairs.")
@@ -174,8 +179,9 @@ class TrainConfig:
     trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, ("r1",))
+        _check_choice("method", self.method, METHOD_NAMES)
         _check_choice("formula", self.formula, WEIGHT_FORMULAS)
+        get_method(self.method).resolve_formula(self.formula)  # kl+align refuses uniform
         _check_positive("anchor-weight", self.anchor_weight, allow_zero=True)
         _check_positive("temperature", self.temperature)
         _check_positive("lr", self.lr)

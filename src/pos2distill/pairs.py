@@ -3,7 +3,8 @@
 For each kept teacher row: K distinct trivial positions (any position but the advantageous one)
 plus ``anchors`` copies at the advantageous position. Every copy gets its own distractor order
 (different from the teacher's); the teacher side stays the stored teacher prompt, and the target is
-the teacher's response (its first line by default).
+the teacher's response (its first line by default). Every row also carries the record's gold
+``answers`` (in the record's order): ``train --method sft`` trains on the first of them.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def make_pairs(teacher_rows: Sequence[dict[str, Any]], tokenizer: Any, *, K: int
                           "anchor": pos == adv, "adv_position": adv,
                           "student_prompt": render_prompt(placed, tokenizer, template=row["template"],
                                                           chat="on" if chat else "off"),
-                          "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response})
+                          "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response,
+                          "answers": list(record.answers)})
     return pairs
 
 

@@ -1,4 +1,8 @@
-"""``pos2distill train --method r1``: Pos2Distill-R1 (METHOD.md §2).
+"""``pos2distill train --method r1``: Pos2Distill-R1 (METHOD.md §2), its ablations and baselines.
+
+``--method`` picks a named configuration of :mod:`pos2distill.methods` (loss, weights, anchors,
+target); everything below is the same loop for all of them. Cross-entropy methods (sft, seqkd, r2)
+never build the teacher: their per-example loss is the student's cross-entropy on the target tokens.
 
 Read top to bottom: encode the pairs, then the loop. The teacher is a frozen copy of the starting
 model reading the stored advantageous prompt; the student reads the same response after the prompt
@@ -38,7 +42,9 @@ import torch
 
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError, TrainingError
-from pos2distill.losses import per_example_kl, position_weights, weighted_loss
+from pos2distill.losses import (per_example_cross_entropy, per_example_kl, position_weights,
+                                weighted_loss)
+from pos2distill.methods import Method, get_method
 from pos2distill.prompts import encode_prompt
 from pos2distill.records import iter_jsonl
 
@@ -48,27 +54,43 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Example:
     student_ids: tuple[int, ...]   # student prompt + response (EOS included)
-    teacher_ids: tuple[int, ...]   # teacher prompt + the same response
+    teacher_ids: tuple[int, ...]   # teacher prompt + the same response; () without a teacher
     response_len: int
-    position: int
+    position: int                  # -1 when the row has no single integer position (R2 hop pairs)
     adv_position: int
 
 
-def encode_pair(row: dict[str, Any], tokenizer: Any) -> Example:
-    response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
-    response = list(response) + [tokenizer.eos_token_id]
+def _int_or(value: Any, default: int = -1) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def encode_pair(row: dict[str, Any], tokenizer: Any, *, target: str = "response",
+                teacher: bool = True) -> Example:
+    """Token ids of one pair. ``target``: ``"response"`` (the pair's response) or ``"gold"`` (its
+    first gold answer, for SFT); ``teacher=False`` skips the teacher side (cross-entropy methods)."""
+    text = row["response"] if target == "response" else row["answers"][0]
+    response = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
     chat = bool(row["chat"])
     student = encode_prompt(tokenizer, row["student_prompt"], chat=chat) + response
-    teacher = encode_prompt(tokenizer, row["teacher_prompt"], chat=chat) + response
-    return Example(tuple(student), tuple(teacher), len(response), int(row["position"]),
-                   int(row["adv_position"]))
+    teacher_ids = encode_prompt(tokenizer, row["teacher_prompt"], chat=chat) + response if teacher else []
+    return Example(tuple(student), tuple(teacher_ids), len(response), _int_or(row.get("position")),
+                   _int_or(row.get("adv_position")))
 
 
-def read_pairs(path: str) -> list[dict[str, Any]]:
+def is_anchor(row: dict[str, Any]) -> bool:
+    """An anchor row: the student also at the advantageous position."""
+    if "anchor" in row:
+        return bool(row["anchor"])
+    pos, adv = row.get("position"), row.get("adv_position")
+    return isinstance(pos, int) and pos == adv
+
+
+def read_pairs(path: str, fields: Sequence[str] = ("student_prompt", "teacher_prompt", "response",
+                                                   "position", "adv_position", "chat")
+               ) -> list[dict[str, Any]]:
     rows = []
     for n, row in iter_jsonl(path):
-        for key in ("student_prompt", "teacher_prompt", "response", "position", "adv_position",
-                    "chat"):
+        for key in fields:
             if key not in row:
                 raise DataError("missing (is this a `pos2distill pairs` output?)", path=path,
                                 line=n, field=key)
@@ -107,11 +129,13 @@ def response_logits(model: Any, ids: torch.Tensor, att: torch.Tensor, R: int) ->
 
 def batch_tensors(examples: Sequence[Example], pad_id: int, device: str) -> dict[str, torch.Tensor]:
     s_ids, s_att = left_pad([e.student_ids for e in examples], pad_id)
-    t_ids, t_att = left_pad([e.teacher_ids for e in examples], pad_id)
     lens = [e.response_len for e in examples]
-    return {"s_ids": s_ids.to(device), "s_att": s_att.to(device), "t_ids": t_ids.to(device),
-            "t_att": t_att.to(device), "mask": response_mask(lens).to(device),
-            "positions": torch.tensor([e.position for e in examples], device=device)}
+    b = {"s_ids": s_ids.to(device), "s_att": s_att.to(device), "mask": response_mask(lens).to(device),
+         "positions": torch.tensor([e.position for e in examples], device=device)}
+    if examples[0].teacher_ids:
+        t_ids, t_att = left_pad([e.teacher_ids for e in examples], pad_id)
+        b.update(t_ids=t_ids.to(device), t_att=t_att.to(device))
+    return b
 
 
 def micro_kl(student: Any, teacher: Any, b: dict[str, torch.Tensor], *,
@@ -122,6 +146,26 @@ def micro_kl(student: Any, teacher: Any, b: dict[str, torch.Tensor], *,
         t_logits = response_logits(teacher, b["t_ids"], b["t_att"], R)
     s_logits = response_logits(student, b["s_ids"], b["s_att"], R)
     return per_example_kl(t_logits, s_logits, b["mask"], temperature=temperature)
+
+
+def micro_ce(student: Any, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) per-example cross-entropy of the student on its target tokens (EOS included, prompt
+    ignored) of one micro-batch: the loss of sft, seqkd and r2. Targets are the last R tokens of
+    the left-padded rows, predicted by the logits of :func:`response_logits`."""
+    R = b["mask"].shape[1]
+    s_logits = response_logits(student, b["s_ids"], b["s_att"], R)
+    return per_example_cross_entropy(s_logits, b["s_ids"][:, -R:], b["mask"])
+
+
+def select_rows(rows: list[dict[str, Any]], method: Method, path: str) -> list[dict[str, Any]]:
+    """The rows ``method`` trains on: anchors are dropped for methods without them."""
+    if method.anchors:
+        return rows
+    kept = [r for r in rows if not is_anchor(r)]
+    if not kept:
+        raise DataError(f"only anchor rows, and --method {method.name} trains without anchors",
+                        path=path)
+    return kept
 
 
 def lr_lambda(step: int, *, total: int, warmup: int, min_ratio: float) -> float:
@@ -232,12 +276,14 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    rows = read_pairs(cfg.pairs)
-    advs = {int(r["adv_position"]) for r in rows}
-    if len(advs) != 1:
+    method = get_method(cfg.method)
+    formula = method.resolve_formula(cfg.formula)
+    rows = select_rows(read_pairs(cfg.pairs, method.pair_fields()), method, cfg.pairs)
+    advs = {_int_or(r.get("adv_position")) for r in rows}
+    if len(advs) != 1 and method.loss == "kl":
         raise DataError(f"pairs use several advantageous positions {sorted(advs)}; expected one",
                         path=cfg.pairs, field="adv_position")
-    adv = advs.pop()
+    adv = min(advs)
     load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)  # not a causal LM: refuse now
     resumed = start_run(out, cfg, inputs=[cfg.pairs, resolve_model_path(cfg.model)], stage="train",
                         ignore=RESUME_IGNORES)
@@ -246,11 +292,24 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         log.info("%s is complete; nothing to do", out)
         return json.loads(summary_path.read_text())
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    examples = [encode_pair(r, tokenizer) for r in rows]
+    examples = [encode_pair(r, tokenizer, target=method.target, teacher=method.needs_teacher)
+                for r in rows]
     student = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
                              trust_remote_code=cfg.trust_remote_code)
-    teacher = copy.deepcopy(student).eval().requires_grad_(False)
+    teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
     student.train()
+
+    def example_loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B,) per-example loss of the method: KL against the teacher, or cross-entropy."""
+        if teacher is None:
+            return micro_ce(student, b)
+        return micro_kl(student, teacher, b, temperature=cfg.temperature)
+
+    def example_weights(loss: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if formula is None:  # cross-entropy: every example counts 1
+            return torch.ones_like(loss)
+        return position_weights(loss, positions, anchor_position=adv,
+                                anchor_weight=cfg.anchor_weight, formula=formula)
 
     total = max(1, int(len(examples) * cfg.epochs) // cfg.batch_size)
     rng = random.Random(cfg.seed)
@@ -288,7 +347,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         return TrainingError(f"step {step}: {what} is {value}; training stopped and {kept}. "
                              "Lower --lr (or check the pairs) and train into a new --out")
 
-    with tqdm(total=total, initial=start, desc="train r1", unit="step") as bar, \
+    with tqdm(total=total, initial=start, desc=f"train {cfg.method}", unit="step") as bar, \
             open(log_path, "a", encoding="utf-8") as log_file:
         for step in range(start, total):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
@@ -296,9 +355,8 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                                      cfg.device) for k in range(0, len(idx), micro)]
             positions = torch.cat([b["positions"] for b in batches])
             if cfg.grad_accum == 1:
-                kl = micro_kl(student, teacher, batches[0], temperature=cfg.temperature)
-                weights = position_weights(kl.detach(), positions, anchor_position=adv,
-                                           anchor_weight=cfg.anchor_weight, formula=cfg.formula)
+                kl = example_loss(batches[0])
+                weights = example_weights(kl.detach(), positions)
                 loss = weighted_loss(kl, weights)
                 if not torch.isfinite(loss):
                     raise stop(step + 1, "the loss", loss.item())
@@ -306,15 +364,14 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                 kl_all = kl.detach()
             else:
                 with torch.no_grad():
-                    kl_all = torch.cat([micro_kl(student, teacher, b, temperature=cfg.temperature) for b in batches])
-                weights = position_weights(kl_all, positions, anchor_position=adv,
-                                           anchor_weight=cfg.anchor_weight, formula=cfg.formula)
+                    kl_all = torch.cat([example_loss(b) for b in batches])
+                weights = example_weights(kl_all, positions)
                 loss = weighted_loss(kl_all, weights)
                 if not torch.isfinite(loss):
                     raise stop(step + 1, "the loss", loss.item())
                 for k, b in enumerate(batches):
                     w = weights[k * micro:(k + 1) * micro]
-                    weighted_loss(micro_kl(student, teacher, b, temperature=cfg.temperature), w).backward()
+                    weighted_loss(example_loss(b), w).backward()
             if cfg.max_grad_norm > 0:
                 norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
                 if not torch.isfinite(norm):
@@ -324,12 +381,13 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             sched.step()
             opt.zero_grad(set_to_none=True)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", kl=f"{kl_all.mean().item():.4f}")
+            bar.set_postfix({"loss": f"{loss.item():.4f}", method.loss: f"{kl_all.mean().item():.4f}"})
             if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                # kl_* for KL methods, ce_* for cross-entropy ones (the per-example loss).
                 log_file.write(json.dumps({
                     "step": step + 1, "lr": lr, "loss": loss.item(),
-                    "kl_mean": kl_all.mean().item(),
-                    "kl_by_position": _by_position(kl_all, positions),
+                    f"{method.loss}_mean": kl_all.mean().item(),
+                    f"{method.loss}_by_position": _by_position(kl_all, positions),
                     "weight_by_position": _by_position(weights, positions)}) + "\n")
                 log_file.flush()
             # The log row is written first: a checkpoint at step s implies log rows up to s.
@@ -344,7 +402,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     student.save_pretrained(tmp_model, safe_serialization=True)
     tokenizer.save_pretrained(tmp_model)
     replace_dir(tmp_model, model_dir)
-    summary = {"steps": total, "examples": len(examples), "adv_position": adv,
+    summary = {"steps": total, "examples": len(examples), "method": cfg.method, "adv_position": adv,
                "model": str(model_dir), "log": str(log_path)}
     write_json_atomic(summary_path, summary)
     return summary
