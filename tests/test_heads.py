@@ -14,7 +14,7 @@ from pos2distill import train
 from pos2distill.cache import topk_rows
 from pos2distill.heads import chunked_token_map, plain_head, response_hidden
 from pos2distill.losses import per_example_kl, per_token_kl, topk_token_kl
-from pos2distill.teacher import OnlineTeacher, ResponseKL, TopKTargets
+from pos2distill.teacher import OnlineTeacher, ResponseLoss, TopKTargets
 from test_train import ROWS
 
 
@@ -53,7 +53,7 @@ def test_response_only_kl_equals_full_value_and_gradient(double_model: Any, tok:
     assert plain_head(student)
     ref = _full_reference(student, teacher, b)
     ref_grads = torch.autograd.grad(ref.sum() * 1.7 + ref[0], list(student.parameters()))
-    kl = ResponseKL(student, chunk=chunk)(b["s_ids"], b["s_att"], b["mask"],
+    kl = ResponseLoss(student, chunk=chunk)(b["s_ids"], b["s_att"], b["mask"],
                                           OnlineTeacher(teacher).targets(b, b["mask"]))
     grads = torch.autograd.grad(kl.sum() * 1.7 + kl[0], list(student.parameters()))
     torch.testing.assert_close(kl, ref, atol=1e-12, rtol=1e-10)
@@ -67,7 +67,7 @@ def test_response_only_matches_existing_micro_kl(sharp_model: Any, tok: Any) -> 
     b = _batch(tok)
     with torch.no_grad():
         old = train.micro_kl(sharp_model, sharp_model, b)
-        new = ResponseKL(sharp_model, chunk=2)(b["s_ids"], b["s_att"], b["mask"],
+        new = ResponseLoss(sharp_model, chunk=2)(b["s_ids"], b["s_att"], b["mask"],
                                                OnlineTeacher(sharp_model).targets(b, b["mask"]))
     torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-5)
 
@@ -172,7 +172,7 @@ def test_cached_targets_equal_online_at_full_vocabulary(double_model: Any, tok: 
         t_logits = head(double_model, online.hidden)
     lp, ids, tail = topk_rows(t_logits, t_logits.shape[-1])
     cached = TopKTargets({"logprobs": lp, "ids": ids, "log_tail": tail}, temperature=1.0)
-    m = ResponseKL(student, chunk=4)
+    m = ResponseLoss(student, chunk=4)
     a = m(b["s_ids"], b["s_att"], b["mask"], online)
     ga = torch.autograd.grad(a.sum(), list(student.parameters()))
     c = m(b["s_ids"], b["s_att"], b["mask"], cached)

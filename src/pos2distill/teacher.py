@@ -9,8 +9,10 @@ chunk of the micro-batch's response tokens, returns their per-token KL. Two kind
   chunk at a time, inside the teacher's context, when the student asks (:class:`DenseTargets`).
 * :class:`CachedTeacher` reads the top-k rows of ``pos2distill cache`` (:class:`TopKTargets`).
 
-:class:`ResponseKL` is the student side as an ``nn.Module``, so that accelerate/DDP wraps the whole
-computation: backbone, response positions, chunked head, per-token KL, per-example mean.
+Cross-entropy methods use :class:`CrossEntropyTargets` in the same place.
+
+:class:`ResponseLoss` is the student side as an ``nn.Module``, so that accelerate/DDP wraps the whole
+computation: backbone, response positions, chunked head, per-token loss, per-example mean.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from pos2distill.losses import _compute_dtype, _masked_row_mean, per_token_kl, t
 
 
 class Targets(Protocol):
-    def token_kl(self, student_logits: Tensor, start: int, end: int) -> Tensor:
-        """(n,) KL of response tokens ``start:end`` of the micro-batch from (n, V) student logits."""
+    def token_loss(self, student_logits: Tensor, start: int, end: int) -> Tensor:
+        """(n,) loss (KL, or cross-entropy) of response tokens ``start:end`` of the micro-batch,
+        from their (n, V) student logits."""
         ...
 
 
@@ -41,7 +44,7 @@ class DenseTargets:
         self.model, self.hidden, self.logits = model, hidden, logits
         self.context, self.temperature = context, temperature
 
-    def token_kl(self, student_logits: Tensor, start: int, end: int) -> Tensor:
+    def token_loss(self, student_logits: Tensor, start: int, end: int) -> Tensor:
         with torch.no_grad(), self.context():
             t = head(self.model, self.hidden[start:end]) if self.hidden is not None \
                 else self.logits[start:end]
@@ -56,11 +59,23 @@ class TopKTargets:
     def __init__(self, rows: dict[str, Tensor], *, temperature: float):
         self.rows, self.temperature = rows, temperature
 
-    def token_kl(self, student_logits: Tensor, start: int, end: int) -> Tensor:
+    def token_loss(self, student_logits: Tensor, start: int, end: int) -> Tensor:
         d = student_logits.device
         return topk_token_kl(self.rows["logprobs"][start:end].to(d), self.rows["ids"][start:end].to(d),
                              self.rows["log_tail"][start:end].to(d), student_logits,
                              temperature=self.temperature)
+
+
+class CrossEntropyTargets:
+    """Cross-entropy on the response tokens themselves (sft, seqkd, r2): no teacher."""
+
+    def __init__(self, batch: dict[str, Tensor], mask: Tensor):
+        R = mask.shape[1]
+        self.tokens = batch["s_ids"][:, -R:][mask != 0]                            # (N,)
+
+    def token_loss(self, student_logits: Tensor, start: int, end: int) -> Tensor:
+        logp = torch.log_softmax(student_logits.to(_compute_dtype(student_logits.dtype)), dim=-1)
+        return -logp.gather(-1, self.tokens[start:end].long().unsqueeze(-1)).squeeze(-1)
 
 
 class OnlineTeacher:
@@ -120,13 +135,14 @@ class CachedTeacher:
         return TopKTargets(rows, temperature=self.temperature)
 
 
-class ResponseKL(torch.nn.Module):
-    """Per-example KL(teacher ‖ student) of a micro-batch, as the student's forward.
+class ResponseLoss(torch.nn.Module):
+    """Per-example loss of a micro-batch, as the student's forward: KL(teacher ‖ student) with
+    teacher targets, cross-entropy with :class:`CrossEntropyTargets`.
 
     ``forward(ids, att, mask, targets)`` -> (B,): the student reads its left-padded prompts and
     responses; only the hidden states of the masked-in response tokens reach the output head,
-    ``chunk`` tokens at a time; the per-token KL is averaged per example exactly like
-    :func:`pos2distill.losses.per_example_kl`.
+    ``chunk`` tokens at a time; the per-token loss is averaged per example exactly like
+    :func:`pos2distill.losses.per_example_kl` and :func:`~pos2distill.losses.per_example_cross_entropy`.
     """
 
     def __init__(self, model: Any, *, chunk: int = DEFAULT_CHUNK):
@@ -142,14 +158,14 @@ class ResponseKL(torch.nn.Module):
             model = self.model
 
             def fn(h: Tensor, s: int, e: int) -> Tensor:
-                return targets.token_kl(head(model, h), s, e)
+                return targets.token_loss(head(model, h), s, e)
 
-            token_kl = chunked_token_map(hidden, fn, chunk=self.chunk)
+            token_loss = chunked_token_map(hidden, fn, chunk=self.chunk)
         else:
             logits = response_logits_full(self.model, ids, att, R)[keep]          # (N, V)
-            token_kl = torch.cat([targets.token_kl(logits[s:s + self.chunk], s,
+            token_loss = torch.cat([targets.token_loss(logits[s:s + self.chunk], s,
                                                    min(len(logits), s + self.chunk))
                                   for s in range(0, len(logits), self.chunk)]) \
                 if len(logits) else logits.new_zeros(0)
-        return _masked_row_mean(token_kl, rows, ids.shape[0])
+        return _masked_row_mean(token_loss, rows, ids.shape[0])
 
