@@ -442,6 +442,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                     last = k == len(batches) - 1
                     with (dist.no_sync(loss_module) if not last else contextlib.nullcontext()):
                         backward(example_loss(b), mine[k * micro:(k + 1) * micro])
+            norm = None
             if cfg.max_grad_norm > 0:
                 scaler.unscale_(opt)
                 norm = torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.max_grad_norm)
@@ -460,7 +461,8 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                     "step": step + 1, "lr": lr, "loss": loss.item(),
                     f"{method.loss}_mean": kl_all.mean().item(),
                     f"{method.loss}_by_position": _by_position(kl_all, positions),
-                    "weight_by_position": _by_position(weights, positions)}) + "\n")
+                    "weight_by_position": _by_position(weights, positions),
+                    **({"grad_norm": norm.item()} if norm is not None else {})}) + "\n")
                 log_file.flush()
             # The log row is written first: a checkpoint at step s implies log rows up to s.
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
