@@ -10,9 +10,9 @@ so a quantised base (bitsandbytes, when installed) trains the same way.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pos2distill.errors import ConfigError
 
@@ -49,8 +49,20 @@ def apply_lora(model: Any, *, rank: int, alpha: float, dropout: float, targets: 
 
 
 def teacher_context(peft_model: Any) -> Callable[[], AbstractContextManager[Any]]:
-    """Entered around every teacher computation: the adapter off, the frozen base on."""
-    return peft_model.disable_adapter
+    """Entered around every teacher computation: the adapter off and the model in eval mode (the
+    frozen teacher has no dropout), restored on exit."""
+
+    @contextmanager
+    def frozen_base() -> Iterator[None]:
+        was_training = peft_model.training
+        peft_model.eval()
+        try:
+            with peft_model.disable_adapter():
+                yield
+        finally:
+            peft_model.train(was_training)
+
+    return frozen_base
 
 
 def save(peft_model: Any, tokenizer: Any, out: Path, *, merge: bool) -> dict[str, str]:

@@ -341,7 +341,13 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             teacher = OnlineTeacher(student, temperature=cfg.temperature, device=device,
                                     context=lora.teacher_context(student), autocast=autocast)
     if cfg.gradient_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it activation checkpointing; older versions have the old name.
+        if hasattr(student, "activation_checkpointing_enable"):
+            student.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
     loss_module = dist.prepare(ResponseLoss(student, chunk=cfg.head_chunk))
 
