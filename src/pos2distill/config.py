@@ -89,8 +89,11 @@ class GenerationOptions:
     batch_size: int = _f(64, "Prompts per generation batch.")
     max_new_tokens: int = _f(32, "Tokens generated per answer.")
     too_long: str = _f("fail", _TOO_LONG_HELP)
+    backend: str = _f("hf", "Generation backend: hf (transformers, batched with a KV cache) or "
+                      "vllm (when installed).")
 
     def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, ("hf", "vllm"))
         _check_positive("batch-size", self.batch_size)
         _check_positive("max-new-tokens", self.max_new_tokens)
         _check_choice("too-long", self.too_long, TOO_LONG)
