@@ -147,12 +147,6 @@ def per_token_kl(teacher_logits: Tensor, student_logits: Tensor, *,
     return terms.sum(dim=-1)                                    # (N,)
 
 
-def _log1mexp(x: Tensor) -> Tensor:
-    """``log(1 - exp(x))`` for ``x < 0``, accurate at both ends (Maechler 2012)."""
-    return torch.where(x > -0.6931471805599453, torch.log(-torch.expm1(x)),
-                       torch.log1p(-torch.exp(x)))
-
-
 def topk_token_kl(teacher_logprobs: Tensor, teacher_ids: Tensor, teacher_log_tail: Tensor,
                   student_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
     """Per-token KL from a teacher known only by its top-k and a tail bucket (the teacher cache).
@@ -189,11 +183,12 @@ def topk_token_kl(teacher_logprobs: Tensor, teacher_ids: Tensor, teacher_log_tai
     head = torch.where(t_p > 0, t_p * (t_top - s_top), torch.zeros_like(t_p)).sum(-1)  # (N,)
     log_m = teacher_log_tail.detach().to(dtype)
     m = log_m.exp()
-    # log q_tail = log(1 - exp(logsumexp of the student's top-k)). Rows with m = 0 read a dummy
-    # value (their term is 0, and a NaN gradient must not leak through torch.where); the clamp
-    # keeps q_tail > 0 when the student has put (numerically) all its mass on the top k.
-    s_lse = torch.logsumexp(s_top, dim=-1).clamp(max=-torch.finfo(dtype).eps)        # (N,)
-    s_log_tail = _log1mexp(torch.where(m > 0, s_lse, torch.full_like(s_lse, -1.0)))
+    # log q_tail as a log-sum-exp over the student's entries outside the teacher's top k (never
+    # log(1 - sum), which cancels). Rows with m = 0 (nothing outside the top k) read zeros instead:
+    # their term is 0, and an all -inf log-sum-exp would send NaN through torch.where's gradient.
+    s_rest = s_logp.scatter(-1, teacher_ids.long(), float("-inf"))                  # (N, V)
+    s_rest = torch.where((m > 0).unsqueeze(-1), s_rest, torch.zeros_like(s_rest))
+    s_log_tail = torch.logsumexp(s_rest, dim=-1)                                     # (N,)
     tail = torch.where(m > 0, m * (log_m - s_log_tail), torch.zeros_like(m))
     return head + tail
 
