@@ -12,7 +12,14 @@ Alignment: sequences are left-padded so every response ends at the last position
 response in the batch (EOS included), the logits at the last R+1 positions minus the very last one are
 exactly the distributions that predict the R final tokens: the logit at the last prompt position
 predicts the first response token (kept), the logit at EOS predicts what follows EOS (dropped).
-Only those R positions go through the output head (``logits_to_keep``), never [B, T, V].
+Only the hidden states of those R positions go through the output head, a chunk of tokens at a time
+(:mod:`pos2distill.heads`), never [B, T, V]; :class:`~pos2distill.teacher.ResponseLoss` is that
+computation as the student's forward, so accelerate can wrap it.
+
+Teacher (KL methods): a frozen copy of the starting model (``--teacher-device`` puts it elsewhere),
+the student's own base weights with the LoRA adapter disabled (``--lora-rank``), or a teacher cache
+(``--teacher-cache``, :mod:`pos2distill.cache`). Several processes: :mod:`pos2distill.distributed`;
+the position-aware weights are computed on the losses and positions gathered from every rank.
 
 Weights with gradient accumulation: the position-aware weights group the whole optimizer batch
 (the paper's "batch"), so with ``--grad-accum > 1`` a no-grad pass computes every micro-batch's
