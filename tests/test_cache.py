@@ -164,3 +164,17 @@ def test_default_k_error_bound_on_the_embedded_model(tmp_path: Path) -> None:
     assert exact.mean() > 0.1                       # a real KL to estimate
     assert err.min() > -1e-5                        # a lower bound, up to rounding
     assert err.mean() < 1e-3
+
+
+def test_rerun_reuses_a_complete_cache_and_refuses_another(cache_dir: Path, pairs_file: Path,
+                                                           model_dir: Path) -> None:
+    before = (cache_dir / cache.TENSOR_FILE).stat().st_mtime_ns
+    again = cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
+                                   top_k=384))
+    assert again["entries"] == 3 and (cache_dir / cache.TENSOR_FILE).stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match="top-384 cache"):
+        cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
+                               top_k=8))
+    with pytest.raises(ConfigError, match="holds another cache"):
+        cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
+                               temperature=2.0))

@@ -194,12 +194,33 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from pos2distill.heads import response_hidden, response_logits_full, head, plain_head
-    from pos2distill.modeling import DTYPES, load_causal_lm, load_tokenizer, resolve_model_path
+    from pos2distill.modeling import (DTYPES, load_causal_lm, load_config, load_tokenizer,
+                                      resolve_model_path)
     from pos2distill.runinfo import file_sha256
     from pos2distill.train import encode_pair, left_pad, read_pairs, response_mask
 
     rows = read_pairs(cfg.pairs)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    # The output head's size; the config's vocab_size until the weights are loaded.
+    vocab = int(load_config(cfg.model, trust_remote_code=cfg.trust_remote_code).vocab_size)
+    k = min(cfg.top_k, vocab) if cfg.top_k else vocab
+    out = Path(cfg.out)
+    if (out / META_FILE).exists():
+        # A complete cache of the same pairs, model, temperature and k is reused as it is.
+        try:
+            done = CacheReader(out, pairs=cfg.pairs, model_path=resolve_model_path(cfg.model),
+                               temperature=cfg.temperature, vocab_size=vocab, n_pairs=len(rows))
+        except ConfigError as e:
+            raise ConfigError(f"--out {out} holds another cache ({e}); choose another --out or "
+                              "delete it") from None
+        if done.k == k:
+            log.info("%s is complete; nothing to do", out)
+            meta = done.meta
+            return {"entries": meta["n_entries"], "tokens": meta["n_tokens"], "top_k": k,
+                    "bytes_per_token": round(meta["bytes"] / max(1, meta["n_tokens"]), 1),
+                    "out": str(out)}
+        raise ConfigError(f"--out {out} holds a top-{done.k} cache; choose another --out or "
+                          "delete it")
     model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
                            trust_remote_code=cfg.trust_remote_code)
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -253,7 +274,6 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
             "model": resolve_model_path(cfg.model),
             "model_sha256": model_checksums(resolve_model_path(cfg.model)),
             "n_pairs": len(rows), "dtype": cfg.dtype, "autocast": cfg.autocast}
-    out = Path(cfg.out)
     write_cache(out, **{n: torch.cat(v) for n, v in chunks.items()}, offsets=offsets,
                 entry_of_pair=torch.tensor(entry_of_pair, dtype=torch.long), meta=meta)
     n_tokens = int(offsets[-1])
