@@ -118,3 +118,35 @@ def test_lora_without_merge_and_teacher_device_refused(model_dir: Path, pairs_fi
     with pytest.raises(ConfigError, match="--teacher-device"):
         train.main(TrainConfig(pairs=str(pairs_file), model=str(model_dir),
                                out=str(tmp_path / "x"), lora_rank=2, teacher_device="cpu"))
+
+
+class Crash(Exception):
+    pass
+
+
+def test_lora_resume_after_a_crash_gives_the_same_adapter(model_dir: Path, pairs_file: Path,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    kw = dict(pairs=str(pairs_file), model=str(model_dir), lr=5e-2, batch_size=4, epochs=2,
+              lora_rank=4, save_every=2)
+    train.main(TrainConfig(**kw, out=str(tmp_path / "full")))
+    real, calls = train.weighted_loss, {"n": 0}
+
+    def crash_at_5(kl: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise Crash
+        return real(kl, w)
+
+    monkeypatch.setattr(train, "weighted_loss", crash_at_5)
+    with pytest.raises(Crash):
+        train.main(TrainConfig(**kw, out=str(tmp_path / "resumed")))
+    monkeypatch.undo()
+    train.main(TrainConfig(**kw, out=str(tmp_path / "resumed")))
+    a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)

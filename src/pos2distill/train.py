@@ -326,8 +326,9 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     if method.needs_teacher and cfg.teacher_cache:
         from pos2distill.cache import CacheReader
 
-        reader = CacheReader(cfg.teacher_cache, pairs=cfg.pairs, model_path=resolve_model_path(cfg.model),
-                             temperature=cfg.temperature, vocab_size=student.get_output_embeddings().weight.shape[0],
+        reader = CacheReader(cfg.teacher_cache, pairs=cfg.pairs,
+                             model_path=resolve_model_path(cfg.model), temperature=cfg.temperature,
+                             vocab_size=student.get_output_embeddings().weight.shape[0],
                              n_pairs=len(all_rows))
         teacher = CachedTeacher(reader, temperature=cfg.temperature)
     elif method.needs_teacher and not cfg.lora_rank:
