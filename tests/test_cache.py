@@ -178,3 +178,18 @@ def test_rerun_reuses_a_complete_cache_and_refuses_another(cache_dir: Path, pair
     with pytest.raises(ConfigError, match="holds another cache"):
         cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
                                temperature=2.0))
+
+
+def test_bf16_autocast_cache_is_close(cache_dir: Path, pairs_file: Path, model_dir: Path,
+                                      tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out), top_k=384,
+                           autocast="bfloat16"))
+    a, b = load_file(out / cache.TENSOR_FILE), load_file(cache_dir / cache.TENSOR_FILE)
+    assert a["targets"].tolist() == b["targets"].tolist()
+    def dense(t: dict[str, torch.Tensor]) -> torch.Tensor:   # (N, V) probabilities
+        return torch.zeros(t["ids"].shape).scatter(-1, t["ids"].long(), t["logprobs"].exp())
+
+    pa, pb = dense(a), dense(b)
+    assert (pa - pb).abs().max() < 0.05                                  # bf16 rounding only
+    assert (pa * (pa.clamp_min(1e-30).log() - pb.clamp_min(1e-30).log())).sum(-1).max() < 0.02

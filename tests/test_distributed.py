@@ -92,6 +92,7 @@ def _log(out: Path) -> list[dict]:
                                         pytest.param(1, id="accum1", marks=pytest.mark.slow)])
 def test_two_processes_equal_one_process_on_the_concatenated_batch(
         dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path, grad_accum: int) -> None:
+    pytest.importorskip("accelerate", reason="several processes need accelerate")
     common = dict(pairs=str(dist_pairs), model=str(tiny_model_dir), batch_size=8, epochs=1.0,
                   lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5)
     _launch_two([f"--{k.replace('_', '-')}={v}" for k, v in common.items()]
