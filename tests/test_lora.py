@@ -145,6 +145,9 @@ def test_lora_resume_after_a_crash_gives_the_same_adapter(model_dir: Path, pairs
         train.main(TrainConfig(**kw, out=str(tmp_path / "resumed")))
     monkeypatch.undo()
     train.main(TrainConfig(**kw, out=str(tmp_path / "resumed")))
+    # Checkpoints of a LoRA run hold the adapter only (the base is the --model folder).
+    ckpt = load_file(tmp_path / "resumed" / "checkpoint" / "model.safetensors")
+    assert ckpt and all("lora_" in k for k in ckpt)
     a = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and a

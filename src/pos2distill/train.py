@@ -26,7 +26,7 @@ Weights with gradient accumulation: the position-aware weights group the whole o
 per-example KL first, then a second pass backpropagates with those weights.
 
 Checkpoints: every ``--save-every`` optimizer steps, and after the last one, ``OUT/checkpoint`` is
-replaced atomically by the student weights, optimizer, scheduler and RNG states and the data order.
+replaced atomically by the student weights (the adapter only with LoRA), optimizer, scheduler and RNG states and the data order.
 Re-running the same command continues from it and ends with the same weights as an uninterrupted run;
 log rows written after the checkpoint are dropped and written again. A non-finite loss stops training
 before the optimizer step, so the last checkpoint on disk is always a good one.
@@ -201,7 +201,7 @@ RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", 
 
 
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
-                    sched: Any, state: dict[str, Any]) -> Path:
+                    sched: Any, state: dict[str, Any], trainable_only: bool = False) -> Path:
     """Write ``out/checkpoint`` after optimizer step ``step``: student weights (safetensors),
     optimizer and scheduler state, torch and python RNG states, and ``state`` (fingerprint, data
     order). Everything goes to a temporary folder first, which then replaces the old checkpoint
@@ -215,7 +215,13 @@ def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Opti
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(student, str(tmp / "model.safetensors"))  # handles tied weights
+    if trainable_only:  # LoRA: the frozen base is the --model folder itself; keep the adapter
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in student.named_parameters()
+                   if p.requires_grad}, str(tmp / "model.safetensors"))
+    else:
+        save_model(student, str(tmp / "model.safetensors"))  # handles tied weights
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
     version, internal, gauss = random.getstate()
@@ -226,7 +232,8 @@ def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Opti
 
 
 def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sched: Any,
-                    fingerprint: str, order: list[int], device: str) -> int:
+                    fingerprint: str, order: list[int], device: str,
+                    trainable_only: bool = False) -> int:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its step.
 
     A checkpoint of another config or data order is refused. The optimizer file is read with
@@ -247,7 +254,10 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
         raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
                           "another --out or delete it")
     try:
-        load_model(student, path / "model.safetensors", device=device)
+        if trainable_only:
+            _load_trainable(student, path / "model.safetensors")
+        else:
+            load_model(student, path / "model.safetensors", device=device)
         blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
@@ -259,6 +269,19 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
         raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
                           "over") from None
+
+
+def _load_trainable(student: Any, path: Path) -> None:
+    """Copy the trainable tensors of a ``trainable_only`` checkpoint into ``student``."""
+    from safetensors.torch import load_file
+
+    saved = load_file(path)
+    params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError("the checkpoint holds other trainable tensors (another LoRA config?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -409,7 +432,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     checkpoint = checkpoint or ((out / CHECKPOINT) if (out / CHECKPOINT).is_dir() else None)
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, student=student, opt=opt, sched=sched, fingerprint=fp,
-                                order=order, device=device)
+                                order=order, device=device, trainable_only=bool(cfg.lora_rank))
         log.info("resuming from %s at step %d of %d", checkpoint, start, total)
     saved = start if checkpoint is not None else None  # step of the last good checkpoint
     if dist.is_main:
@@ -482,7 +505,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
                 if dist.is_main:
                     save_checkpoint(out, step=step + 1, student=student, opt=opt, sched=sched,
-                                    state=state)
+                                    state=state, trainable_only=bool(cfg.lora_rank))
                 dist.barrier()
                 saved = step + 1
     student.eval()
