@@ -26,10 +26,11 @@ Weights with gradient accumulation: the position-aware weights group the whole o
 per-example KL first, then a second pass backpropagates with those weights.
 
 Checkpoints: every ``--save-every`` optimizer steps, and after the last one, ``OUT/checkpoint`` is
-replaced atomically by the student weights (the adapter only with LoRA), optimizer, scheduler and RNG states and the data order.
-Re-running the same command continues from it and ends with the same weights as an uninterrupted run;
-log rows written after the checkpoint are dropped and written again. A non-finite loss stops training
-before the optimizer step, so the last checkpoint on disk is always a good one.
+replaced atomically by the student weights (the adapter only, with LoRA), optimizer, scheduler and
+RNG states and the data order. Re-running the same command continues from it and ends with the
+same weights as an uninterrupted run; log rows written after the checkpoint are dropped and written
+again. A non-finite loss stops training before the optimizer step, so the last checkpoint on disk is
+always a good one.
 """
 
 from __future__ import annotations
