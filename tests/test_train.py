@@ -200,7 +200,7 @@ def test_r1_steps_lower_the_kl(pairs_file: Path, sharp_model_dir: Path, sharp_mo
     assert log[0]["kl_mean"] == pytest.approx(_first_batch_kl(pairs_file, sharp_model, tok),
                                               abs=1e-6)
     assert set(log[0]) == {"step", "lr", "loss", "kl_mean", "kl_by_position",
-                           "weight_by_position"}
+                           "weight_by_position", "grad_norm"}
     # The folder is a normal Hugging Face checkpoint with its tokenizer.
     from transformers import AutoTokenizer
 

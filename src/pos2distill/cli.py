@@ -11,18 +11,19 @@ import sys
 from typing import Any, Callable
 
 from pos2distill import __version__
-from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
+from pos2distill.config import (CacheConfig, DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
                                 TrainConfig, add_arguments, from_args)
 from pos2distill.errors import Pos2DistillError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from pos2distill import demo, pairs, probe, report, teach, train
+    from pos2distill import cache, demo, pairs, probe, report, teach, train
 
     return {
         "probe": (ProbeConfig, probe.main, "Accuracy by gold document position."),
         "teach": (TeachConfig, teach.main, "Teacher responses at the advantageous position."),
         "pairs": (PairsConfig, pairs.main, "Training pairs: K trivial positions + anchors."),
+        "cache": (CacheConfig, cache.main, "Teacher cache: top-k log-probs of every response token."),
         "train": (TrainConfig, train.main, "Train with Pos2Distill-R1 (frozen teacher)."),
         "report": (ReportConfig, report.main, "Before/after tables and plots from two probes."),
         "demo": (DemoConfig, demo.main, "The whole R1 (and/or R2) pipeline on the embedded model."),

@@ -28,6 +28,12 @@ from pos2distill.prompts import TEMPLATES
 
 C = TypeVar("C")
 
+#: Default top-k of the teacher cache (bench/cache_error.py: KL error < 1e-3 nats/token on the
+#: embedded default).
+DEFAULT_TOP_K = 256
+#: ``--autocast`` values.
+AUTOCAST = ("off", "bfloat16", "float16")
+
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -94,8 +100,11 @@ class GenerationOptions:
     batch_size: int = _f(64, "Prompts per generation batch.")
     max_new_tokens: int = _f(32, "Tokens generated per answer.")
     too_long: str = _f("fail", _TOO_LONG_HELP)
+    backend: str = _f("hf", "Generation backend: hf (transformers, batched with a KV cache) or "
+                      "vllm (when installed).")
 
     def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, ("hf", "vllm"))
         _check_positive("batch-size", self.batch_size)
         _check_positive("max-new-tokens", self.max_new_tokens)
         _check_choice("too-long", self.too_long, TOO_LONG)
@@ -195,8 +204,35 @@ class TrainConfig:
     save_every: int = _f(50, "Optimizer steps between checkpoints in OUT/checkpoint (0 = only at "
                          "the end); re-running the same command resumes from the last one.")
     trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
+    teacher_cache: str = _f("", "Teacher cache folder from `pos2distill cache` (KL methods): the "
+                            "teacher is read from it instead of run (empty = online teacher).")
+    teacher_device: str = _f("", "Device of the online teacher, e.g. cuda:1, or cpu to offload it "
+                             "(empty = --device).")
+    lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). With LoRA the teacher is the base "
+                        "model with the adapter disabled: no second copy.")
+    lora_alpha: float = _f(16.0, "LoRA alpha (the update is scaled by alpha / rank).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_targets: str = _f("all-linear", "Modules given an adapter: all-linear, or names such as "
+                           "q_proj,k_proj,v_proj,o_proj.")
+    lora_merge: bool = _f(True, "With LoRA, also write OUT/model, the merged model (OUT/adapter is "
+                          "always written).")
+    autocast: str = _f("off", f"Autocast forward passes: {', '.join(AUTOCAST)} (float16 uses a "
+                       "gradient scaler on CUDA).")
+    gradient_checkpointing: bool = _f(False, "Recompute the student's activations in the backward "
+                                      "pass (less memory, about a third more compute).")
+    head_chunk: int = _f(1024, "Response tokens per output-head chunk (peak logits memory is "
+                         "head-chunk x vocabulary).")
 
     def __post_init__(self) -> None:
+        _check_positive("lora-rank", self.lora_rank, allow_zero=True)
+        _check_positive("lora-alpha", self.lora_alpha)
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout: must be in [0, 1), got {self.lora_dropout}")
+        _check_choice("autocast", self.autocast, AUTOCAST)
+        _check_positive("head-chunk", self.head_chunk)
+        if self.teacher_cache and self.teacher_device:
+            raise ConfigError("--teacher-device: the cached teacher runs no model; drop one of "
+                              "--teacher-cache and --teacher-device")
         _check_choice("method", self.method, METHOD_NAMES)
         _check_choice("formula", self.formula, WEIGHT_FORMULAS)
         get_method(self.method).resolve_formula(self.formula)  # kl+align refuses uniform
@@ -216,6 +252,30 @@ class TrainConfig:
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
         _check_positive("log-every", self.log_every)
         _check_positive("save-every", self.save_every, allow_zero=True)
+
+
+@dataclass
+class CacheConfig:
+    """The teacher's top-k distribution over every response token, computed once for training."""
+
+    pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
+    model: str = _f("tiny", "The teacher: the starting model `train` will use.")
+    out: str = _f("runs/teacher_cache", "Output folder (teacher.safetensors, cache.json).")
+    top_k: int = _f(DEFAULT_TOP_K, "Teacher log-probabilities kept per token, plus one tail bucket "
+                    "(0 = the whole vocabulary).")
+    temperature: float = _f(1.0, "Softmax temperature (must match train's --temperature).")
+    batch_size: int = _f(16, "Teacher prompts per forward pass.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    autocast: str = _f("off", f"Autocast the forward pass: {', '.join(AUTOCAST)}.")
+    device: str = _f("cpu", "Torch device.")
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
+
+    def __post_init__(self) -> None:
+        _check_positive("top-k", self.top_k, allow_zero=True)
+        _check_positive("temperature", self.temperature)
+        _check_positive("batch-size", self.batch_size)
+        _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check_choice("autocast", self.autocast, AUTOCAST)
 
 
 @dataclass

@@ -2,12 +2,17 @@
 
 :class:`HFGenerator` runs batched greedy decoding with the model's KV cache: prompts are sorted by
 length (so a batch wastes little padding), left-padded, and each row stops at its own EOS.
-Tests use fakes that implement the same :class:`Generator` protocol.
+:class:`VLLMGenerator` runs the same greedy decoding through vLLM when it is installed (never
+required): the prompts are the same token ids, and the completions are decoded by the same tokenizer.
+Tests use fakes that implement the same :class:`Generator` protocol (and a fake vLLM engine).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
+
+#: ``--backend`` values.
+BACKENDS = ("hf", "vllm")
 
 import torch
 
@@ -52,3 +57,69 @@ class HFGenerator:
             if self.progress is not None:
                 self.progress(len(idx))
         return out
+
+
+class VLLMGenerator:
+    """Greedy generation with a vLLM engine (``vllm.LLM``) behind the :class:`Generator` interface.
+
+    Prompts go in as the token ids :func:`~pos2distill.prompts.encode_prompt` gives (exactly what
+    :class:`HFGenerator` feeds the model); each row stops at EOS; completions are decoded by our
+    tokenizer with special tokens removed. vLLM batches and pages the KV cache itself.
+
+    Args:
+        llm: a ``vllm.LLM`` (or any object with its ``generate(prompts, sampling_params)``).
+        sampling_params: ``max_new_tokens -> params`` (default: greedy ``vllm.SamplingParams``).
+    """
+
+    def __init__(self, llm: Any, tokenizer: Any, *, chat: bool,
+                 progress: Callable[[int], None] | None = None,
+                 sampling_params: Callable[[int], Any] | None = None):
+        self.llm, self.tokenizer, self.chat, self.progress = llm, tokenizer, chat, progress
+        self.sampling_params = sampling_params or self._vllm_params
+
+    def _vllm_params(self, max_new_tokens: int) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(temperature=0.0, max_tokens=max_new_tokens,
+                              stop_token_ids=[self.tokenizer.eos_token_id],
+                              skip_special_tokens=True)
+
+    @classmethod
+    def load(cls, path: str, tokenizer: Any, *, chat: bool, dtype: str = "float32",
+             trust_remote_code: bool = False, progress: Callable[[int], None] | None = None
+             ) -> "VLLMGenerator":
+        from pos2distill.errors import ConfigError
+
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ConfigError("--backend vllm: vllm is not installed (pip install vllm), or use "
+                              "--backend hf") from None
+        llm = LLM(model=path, tokenizer=path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(llm, tokenizer, chat=chat, progress=progress)
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        tok = self.tokenizer
+        requests = [{"prompt_token_ids": encode_prompt(tok, p, chat=self.chat)} for p in prompts]
+        results = self.llm.generate(requests, self.sampling_params(max_new_tokens), use_tqdm=False)
+        out = []
+        for r in results:  # vLLM returns the requests' order
+            ids = [t for t in r.outputs[0].token_ids if t != tok.eos_token_id]
+            out.append(tok.decode(ids, skip_special_tokens=True).strip())
+        if self.progress is not None:
+            self.progress(len(prompts))
+        return out
+
+
+def make_generator(cfg: Any, tokenizer: Any, *, chat: bool,
+                   progress: Callable[[int], None] | None = None) -> Generator:
+    """The generator of ``cfg.backend`` for the model of ``cfg`` (a probe or teach config)."""
+    from pos2distill.modeling import load_causal_lm, resolve_model_path
+
+    if cfg.backend == "vllm":
+        return VLLMGenerator.load(resolve_model_path(cfg.model), tokenizer, chat=chat,
+                                  dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+                                  progress=progress)
+    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                           trust_remote_code=cfg.trust_remote_code)
+    return HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size, progress=progress)

@@ -34,6 +34,8 @@ from torch import Tensor
 __all__ = [
     "WEIGHT_FORMULAS",
     "per_example_kl",
+    "per_token_kl",
+    "topk_token_kl",
     "position_weights",
     "weighted_loss",
     "per_example_cross_entropy",
@@ -119,14 +121,76 @@ def per_example_kl(teacher_logits: Tensor, student_logits: Tensor, mask: Tensor,
     # logits never enter the arithmetic (so they cannot turn a masked sum into NaN).
     dtype = torch.promote_types(_compute_dtype(teacher_logits.dtype),
                                 _compute_dtype(student_logits.dtype))
-    t_logp = torch.log_softmax(teacher_logits.detach()[keep].to(dtype) / temperature, dim=-1)
-    s_logp = torch.log_softmax(student_logits[keep].to(dtype) / temperature, dim=-1)  # (N, V)
+    token_kl = per_token_kl(teacher_logits[keep].to(dtype), student_logits[keep].to(dtype),
+                            temperature=temperature)            # (N,)
+    return _masked_row_mean(token_kl, rows, student_logits.shape[0])
+
+
+def per_token_kl(teacher_logits: Tensor, student_logits: Tensor, *,
+                 temperature: float = 1.0) -> Tensor:
+    """``KL(softmax(t / T) || softmax(s / T))`` of each row: the summand of :func:`per_example_kl`.
+
+    Args:
+        teacher_logits: (N, V) float, detached here.
+        student_logits: (N, V) float, same dtype; gradients flow into these.
+        temperature: softmax temperature, > 0.
+
+    Returns:
+        (N,) per-token KL, in the inputs' dtype.
+    """
+    t_logp = torch.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    s_logp = torch.log_softmax(student_logits / temperature, dim=-1)  # (N, V)
     t_p = t_logp.exp()
     # Vocabulary entries the teacher gives probability 0 (e.g. -inf padding logits) contribute 0,
     # not 0 * (-inf - x) = NaN.
     terms = torch.where(t_p > 0, t_p * (t_logp - s_logp), torch.zeros_like(t_p))
-    token_kl = terms.sum(dim=-1)                                # (N,)
-    return _masked_row_mean(token_kl, rows, student_logits.shape[0])
+    return terms.sum(dim=-1)                                    # (N,)
+
+
+def topk_token_kl(teacher_logprobs: Tensor, teacher_ids: Tensor, teacher_log_tail: Tensor,
+                  student_logits: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Per-token KL from a teacher known only by its top-k and a tail bucket (the teacher cache).
+
+    The teacher distribution ``p`` is stored as its k largest log-probabilities ``log p_i`` (ids
+    ``i in K``) and the log of the remaining mass ``m = 1 - sum_{i in K} p_i``. The student ``q``
+    is grouped the same way, with ``q_tail = 1 - sum_{i in K} q_i``, and the estimator is the exact
+    KL between the two (k + 1)-bucket distributions::
+
+        KL_k = sum_{i in K} p_i (log p_i - log q_i) + m (log m - log q_tail)
+
+    Grouping never increases a KL (data processing), and the gap is exactly
+    ``KL - KL_k = m * KL(p_tail / m || q_tail_dist / q_tail) >= 0``: it vanishes when k = V (m = 0)
+    or when the student spreads its tail mass like the teacher, and it is at most ``m`` times the
+    KL of the renormalised tails, so a small tail mass bounds it. The gradient with respect to the
+    student logits is that of the exact KL with the teacher's tail replaced by the student's own
+    tail shape, scaled to mass m.
+
+    Args:
+        teacher_logprobs: (N, k) float, the teacher's top-k log-probabilities at ``temperature``.
+        teacher_ids: (N, k) integer vocabulary ids of those entries (distinct within a row).
+        teacher_log_tail: (N,) float, ``log m`` (``-inf`` when the top-k hold all the mass).
+        student_logits: (N, V) float; gradients flow into these.
+        temperature: softmax temperature of the student, > 0 (the cache's own temperature).
+
+    Returns:
+        (N,) per-token estimate, float32 at least (float64 for float64 student logits).
+    """
+    dtype = _compute_dtype(student_logits.dtype)
+    s_logp = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)       # (N, V)
+    s_top = s_logp.gather(-1, teacher_ids.long())                                   # (N, k)
+    t_top = teacher_logprobs.detach().to(dtype)
+    t_p = t_top.exp()
+    head = torch.where(t_p > 0, t_p * (t_top - s_top), torch.zeros_like(t_p)).sum(-1)  # (N,)
+    log_m = teacher_log_tail.detach().to(dtype)
+    m = log_m.exp()
+    # log q_tail as a log-sum-exp over the student's entries outside the teacher's top k (never
+    # log(1 - sum), which cancels). Rows with m = 0 (nothing outside the top k) read zeros instead:
+    # their term is 0, and an all -inf log-sum-exp would send NaN through torch.where's gradient.
+    s_rest = s_logp.scatter(-1, teacher_ids.long(), float("-inf"))                  # (N, V)
+    s_rest = torch.where((m > 0).unsqueeze(-1), s_rest, torch.zeros_like(s_rest))
+    s_log_tail = torch.logsumexp(s_rest, dim=-1)                                     # (N,)
+    tail = torch.where(m > 0, m * (log_m - s_log_tail), torch.zeros_like(m))
+    return head + tail
 
 
 # ----------------------------------------------------------------------------- R1: weights

@@ -107,10 +107,10 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from pos2distill.data import load_data
-    from pos2distill.generation import HFGenerator
+    from pos2distill.generation import make_generator
     from pos2distill.context import prompt_budget
     from pos2distill.errors import ConfigError
-    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer, resolve_model_path
+    from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
     from pos2distill.plots import plot_accuracy_by_position
     from pos2distill.prompts import use_chat
     from pos2distill.records import open_text
@@ -143,11 +143,8 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
     if done:
         log.info("resuming: %d of %d rows already in %s", len(done), len(done) + len(items), out)
     if items:
-        model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                               trust_remote_code=cfg.trust_remote_code)
         bar = tqdm(total=len(items), desc=f"probe {Path(cfg.model).name}", unit="prompt")
-        generator = HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size,
-                                progress=bar.update)
+        generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
         with open_text(out / ROWS, "at") as f:
             def append(rows: list[dict]) -> None:
                 for row in rows:

@@ -100,8 +100,8 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     from pos2distill.context import prompt_budget
     from pos2distill.data import load_data
     from pos2distill.errors import ConfigError
-    from pos2distill.generation import HFGenerator
-    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer, resolve_model_path
+    from pos2distill.generation import make_generator
+    from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
     from pos2distill.prompts import use_chat
     from pos2distill.records import open_text, write_jsonl
     from pos2distill.runinfo import start_run
@@ -131,12 +131,9 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     done = {row["id"] for row in read_append_log(partial)}
     todo = [f for f in prompts if f.record.id not in done]
     if todo:
-        model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                               trust_remote_code=cfg.trust_remote_code)
         bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="teach",
                    unit="question")
-        generator = HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size,
-                                progress=bar.update)
+        generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk = cfg.batch_size * 4
         with open_text(partial, "at") as f:

@@ -12,23 +12,33 @@ Alignment: sequences are left-padded so every response ends at the last position
 response in the batch (EOS included), the logits at the last R+1 positions minus the very last one are
 exactly the distributions that predict the R final tokens: the logit at the last prompt position
 predicts the first response token (kept), the logit at EOS predicts what follows EOS (dropped).
-Only those R positions go through the output head (``logits_to_keep``), never [B, T, V].
+Only the hidden states of those R positions go through the output head, a chunk of tokens at a time
+(:mod:`pos2distill.heads`), never [B, T, V]; :class:`~pos2distill.teacher.ResponseLoss` is that
+computation as the student's forward, so accelerate can wrap it.
+
+Teacher (KL methods): a frozen copy of the starting model (``--teacher-device`` puts it elsewhere),
+the student's own base weights with the LoRA adapter disabled (``--lora-rank``), or a teacher cache
+(``--teacher-cache``, :mod:`pos2distill.cache`). Several processes: :mod:`pos2distill.distributed`;
+the position-aware weights are computed on the losses and positions gathered from every rank.
 
 Weights with gradient accumulation: the position-aware weights group the whole optimizer batch
 (the paper's "batch"), so with ``--grad-accum > 1`` a no-grad pass computes every micro-batch's
 per-example KL first, then a second pass backpropagates with those weights.
 
 Checkpoints: every ``--save-every`` optimizer steps, and after the last one, ``OUT/checkpoint`` is
-replaced atomically by the student weights, optimizer, scheduler and RNG states and the data order.
-Re-running the same command continues from it and ends with the same weights as an uninterrupted run;
-log rows written after the checkpoint are dropped and written again. A non-finite loss stops training
-before the optimizer step, so the last checkpoint on disk is always a good one.
+replaced atomically by the student weights (the adapter only, with LoRA), optimizer, scheduler and
+RNG states and the data order. Re-running the same command continues from it and ends with the
+same weights as an uninterrupted run; log rows written after the checkpoint are dropped and written
+again. A non-finite loss stops training before the optimizer step, so the last checkpoint on disk is
+always a good one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import logging
 import math
 import pickle
@@ -36,17 +46,19 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
 from pos2distill.config import TrainConfig
+from pos2distill.distributed import Dist, shard
 from pos2distill.errors import ConfigError, DataError, TrainingError
 from pos2distill.losses import (per_example_cross_entropy, per_example_kl, position_weights,
                                 weighted_loss)
 from pos2distill.methods import Method, get_method
 from pos2distill.prompts import encode_prompt
 from pos2distill.records import iter_jsonl
+from pos2distill.teacher import CachedTeacher, CrossEntropyTargets, OnlineTeacher, ResponseLoss
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +198,11 @@ def _by_position(values: torch.Tensor, positions: torch.Tensor) -> dict[str, flo
 
 CHECKPOINT = "checkpoint"
 #: Config fields that do not change the trained weights (a run may resume with other values).
-RESUME_IGNORES = ("out", "device", "log_every", "save_every")
+RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk")
 
 
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
-                    sched: Any, state: dict[str, Any]) -> Path:
+                    sched: Any, state: dict[str, Any], trainable_only: bool = False) -> Path:
     """Write ``out/checkpoint`` after optimizer step ``step``: student weights (safetensors),
     optimizer and scheduler state, torch and python RNG states, and ``state`` (fingerprint, data
     order). Everything goes to a temporary folder first, which then replaces the old checkpoint
@@ -204,7 +216,13 @@ def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Opti
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(student, str(tmp / "model.safetensors"))  # handles tied weights
+    if trainable_only:  # LoRA: the frozen base is the --model folder itself; keep the adapter
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in student.named_parameters()
+                   if p.requires_grad}, str(tmp / "model.safetensors"))
+    else:
+        save_model(student, str(tmp / "model.safetensors"))  # handles tied weights
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
     version, internal, gauss = random.getstate()
@@ -215,7 +233,8 @@ def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Opti
 
 
 def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sched: Any,
-                    fingerprint: str, order: list[int], device: str) -> int:
+                    fingerprint: str, order: list[int], device: str,
+                    trainable_only: bool = False) -> int:
     """Restore a checkpoint written by :func:`save_checkpoint`; returns its step.
 
     A checkpoint of another config or data order is refused. The optimizer file is read with
@@ -236,7 +255,10 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
         raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
                           "another --out or delete it")
     try:
-        load_model(student, path / "model.safetensors", device=device)
+        if trainable_only:
+            _load_trainable(student, path / "model.safetensors")
+        else:
+            load_model(student, path / "model.safetensors", device=device)
         blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
@@ -248,6 +270,19 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
         raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
                           "over") from None
+
+
+def _load_trainable(student: Any, path: Path) -> None:
+    """Copy the trainable tensors of a ``trainable_only`` checkpoint into ``student``."""
+    from safetensors.torch import load_file
+
+    saved = load_file(path)
+    params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError("the checkpoint holds other trainable tensors (another LoRA config?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -278,38 +313,93 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     method = get_method(cfg.method)
     formula = method.resolve_formula(cfg.formula)
-    rows = select_rows(read_pairs(cfg.pairs, method.pair_fields()), method, cfg.pairs)
+    all_rows = read_pairs(cfg.pairs, method.pair_fields())
+    rows = select_rows(all_rows, method, cfg.pairs)
+    line_of = {id(r): n for n, r in enumerate(all_rows)}
+    pair_index = [line_of[id(r)] for r in rows]      # line of each training row in the pairs file
     advs = {_int_or(r.get("adv_position")) for r in rows}
     if len(advs) != 1 and method.loss == "kl":
         raise DataError(f"pairs use several advantageous positions {sorted(advs)}; expected one",
                         path=cfg.pairs, field="adv_position")
     adv = min(advs)
+    if cfg.teacher_cache and not method.needs_teacher:
+        raise ConfigError(f"--teacher-cache: --method {cfg.method} has no teacher")
     load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)  # not a causal LM: refuse now
-    resumed = start_run(out, cfg, inputs=[cfg.pairs, resolve_model_path(cfg.model)], stage="train",
-                        ignore=RESUME_IGNORES)
+    dist = Dist(device=cfg.device)
+    world, device = dist.world, dist.device
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ConfigError(f"--batch-size {cfg.batch_size} must split into {world} processes x "
+                          f"--grad-accum {cfg.grad_accum} equal micro-batches")
+    inputs = [cfg.pairs, resolve_model_path(cfg.model)] + \
+        ([str(Path(cfg.teacher_cache) / "cache.json")] if cfg.teacher_cache else [])
+    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=RESUME_IGNORES) \
+        if dist.is_main else True
+    dist.barrier()
     summary_path, model_dir, log_path = out / "train_summary.json", out / "model", out / "log.jsonl"
-    if resumed and summary_path.exists() and model_dir.is_dir():
+    if resumed and summary_path.exists() and (model_dir.is_dir() or (out / "adapter").is_dir()):
         log.info("%s is complete; nothing to do", out)
         return json.loads(summary_path.read_text())
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     examples = [encode_pair(r, tokenizer, target=method.target, teacher=method.needs_teacher)
                 for r in rows]
-    student = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
+    student = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device,
                              trust_remote_code=cfg.trust_remote_code)
-    teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
+    autocast = _autocast(cfg.autocast, device)
+    # --- the teacher: none (cross-entropy), cached, the LoRA base, or a frozen copy ---------------
+    teacher: Any = None
+    if method.needs_teacher and cfg.teacher_cache:
+        from pos2distill.cache import CacheReader
+
+        reader = CacheReader(cfg.teacher_cache, pairs=cfg.pairs,
+                             model_path=resolve_model_path(cfg.model), temperature=cfg.temperature,
+                             vocab_size=student.get_output_embeddings().weight.shape[0],
+                             n_pairs=len(all_rows))
+        teacher = CachedTeacher(reader, temperature=cfg.temperature)
+    elif method.needs_teacher and not cfg.lora_rank:
+        t_device = cfg.teacher_device or device
+        frozen = copy.deepcopy(student) if t_device == device else load_causal_lm(
+            cfg.model, dtype=cfg.dtype, device=t_device, trust_remote_code=cfg.trust_remote_code)
+        teacher = OnlineTeacher(frozen.eval().requires_grad_(False), temperature=cfg.temperature,
+                                device=t_device, autocast=_autocast(cfg.autocast, t_device))
+    if cfg.lora_rank:
+        from pos2distill import lora
+
+        student = lora.apply_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                  dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+        if method.needs_teacher and teacher is None:
+            if cfg.teacher_device:
+                raise ConfigError("--teacher-device: with LoRA the teacher is the student's own "
+                                  "base weights (adapter disabled), on --device")
+            teacher = OnlineTeacher(student, temperature=cfg.temperature, device=device,
+                                    context=lora.teacher_context(student), autocast=autocast)
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed it activation checkpointing; older versions have the old name.
+        if hasattr(student, "activation_checkpointing_enable"):
+            student.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
+    loss_module = dist.prepare(ResponseLoss(student, chunk=cfg.head_chunk))
 
     def example_loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) per-example loss of the method: KL against the teacher, or cross-entropy."""
-        if teacher is None:
-            return micro_ce(student, b)
-        return micro_kl(student, teacher, b, temperature=cfg.temperature)
+        targets = teacher.targets(b, b["mask"]) if teacher is not None else \
+            CrossEntropyTargets(b, b["mask"])
+        with autocast():
+            return loss_module(b["s_ids"], b["s_att"], b["mask"], targets)
 
     def example_weights(loss: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         if formula is None:  # cross-entropy: every example counts 1
             return torch.ones_like(loss)
         return position_weights(loss, positions, anchor_position=adv,
                                 anchor_weight=cfg.anchor_weight, formula=formula)
+
+    def make_batch(ids: list[int]) -> dict[str, torch.Tensor]:
+        b = batch_tensors([examples[i] for i in ids], tokenizer.pad_token_id, device)
+        b["index"] = torch.tensor([pair_index[i] for i in ids])
+        return b
 
     total = max(1, int(len(examples) * cfg.epochs) // cfg.batch_size)
     rng = random.Random(cfg.seed)
@@ -318,8 +408,9 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         perm = list(range(len(examples)))
         rng.shuffle(perm)
         order += perm
-    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
+    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.ndim >= 2]
+    no_decay = [p for n, p in trainable if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                             betas=(cfg.adam_beta1, cfg.adam_beta2))
@@ -327,19 +418,26 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, total=total, warmup=warmup, min_ratio=cfg.min_lr_ratio)
         if warmup else lr_lambda(s + 1, total=total, warmup=1, min_ratio=cfg.min_lr_ratio))
-    micro = cfg.batch_size // cfg.grad_accum
+    # float16 autocast on CUDA needs loss scaling; disabled, the scaler passes everything through.
+    scaler = torch.amp.GradScaler(torch.device(device).type,
+                                  enabled=cfg.autocast == "float16" and device.startswith("cuda"))
+    local = cfg.batch_size // world                   # this rank's share of an optimizer batch
+    micro = local // cfg.grad_accum
 
     out.mkdir(parents=True, exist_ok=True)
     fp = fingerprint(cfg, ignore=RESUME_IGNORES)
     state = {"fingerprint": fp, "seed": cfg.seed, "total": total, "order": order}
     start = 0
-    checkpoint = recover_dir(out / CHECKPOINT)
+    checkpoint = recover_dir(out / CHECKPOINT) if dist.is_main else None
+    dist.barrier()
+    checkpoint = checkpoint or ((out / CHECKPOINT) if (out / CHECKPOINT).is_dir() else None)
     if checkpoint is not None:
         start = load_checkpoint(checkpoint, student=student, opt=opt, sched=sched, fingerprint=fp,
-                                order=order, device=cfg.device)
+                                order=order, device=device, trainable_only=bool(cfg.lora_rank))
         log.info("resuming from %s at step %d of %d", checkpoint, start, total)
     saved = start if checkpoint is not None else None  # step of the last good checkpoint
-    truncate_log(log_path, start)
+    if dist.is_main:
+        truncate_log(log_path, start)
 
     def stop(step: int, what: str, value: float) -> TrainingError:
         kept = (f"the last good checkpoint (step {saved}) stays in {out / CHECKPOINT}"
@@ -347,62 +445,106 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         return TrainingError(f"step {step}: {what} is {value}; training stopped and {kept}. "
                              "Lower --lr (or check the pairs) and train into a new --out")
 
-    with tqdm(total=total, initial=start, desc=f"train {cfg.method}", unit="step") as bar, \
-            open(log_path, "a", encoding="utf-8") as log_file:
+    # DDP averages gradients over the W ranks; W x this rank's sum makes the update the gradient of
+    # sum_e w_e L_e over the whole optimizer batch, as on one process.
+    def backward(per_example: torch.Tensor, w: torch.Tensor) -> None:
+        loss_part = weighted_loss(per_example, w)
+        scaler.scale(loss_part * world if world > 1 else loss_part).backward()
+
+    with tqdm(total=total, initial=start, desc=f"train {cfg.method}", unit="step",
+              disable=not dist.is_main) as bar, \
+            open(log_path if dist.is_main else os.devnull, "a", encoding="utf-8") as log_file:
         for step in range(start, total):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            batches = [batch_tensors([examples[i] for i in idx[k:k + micro]], tokenizer.pad_token_id,
-                                     cfg.device) for k in range(0, len(idx), micro)]
-            positions = torch.cat([b["positions"] for b in batches])
+            idx = shard(order[step * cfg.batch_size:(step + 1) * cfg.batch_size], dist.rank, world)
+            batches = [make_batch(idx[k:k + micro]) for k in range(0, len(idx), micro)]
+            # Weights group the whole optimizer batch of every rank: gather losses and positions.
+            positions = dist.gather(torch.cat([b["positions"] for b in batches]))
             if cfg.grad_accum == 1:
                 kl = example_loss(batches[0])
-                weights = example_weights(kl.detach(), positions)
-                loss = weighted_loss(kl, weights)
+                kl_all = dist.gather(kl.detach())
+                weights = example_weights(kl_all, positions)
+                mine = weighted_loss(kl, weights.view(world, -1)[dist.rank])  # this rank's examples
+                loss = dist.sum(mine.detach())
                 if not torch.isfinite(loss):
                     raise stop(step + 1, "the loss", loss.item())
-                loss.backward()
-                kl_all = kl.detach()
+                scaler.scale(mine * world if world > 1 else mine).backward()
             else:
                 with torch.no_grad():
-                    kl_all = torch.cat([example_loss(b) for b in batches])
+                    kl_all = dist.gather(torch.cat([example_loss(b) for b in batches]))
                 weights = example_weights(kl_all, positions)
                 loss = weighted_loss(kl_all, weights)
                 if not torch.isfinite(loss):
                     raise stop(step + 1, "the loss", loss.item())
+                mine = weights.view(world, -1)[dist.rank]
                 for k, b in enumerate(batches):
-                    w = weights[k * micro:(k + 1) * micro]
-                    weighted_loss(example_loss(b), w).backward()
+                    last = k == len(batches) - 1
+                    with (dist.no_sync(loss_module) if not last else contextlib.nullcontext()):
+                        backward(example_loss(b), mine[k * micro:(k + 1) * micro])
+            norm = None
             if cfg.max_grad_norm > 0:
-                norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-                if not torch.isfinite(norm):
+                scaler.unscale_(opt)
+                norm = torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.max_grad_norm)
+                if not torch.isfinite(norm) and not scaler.is_enabled():
                     raise stop(step + 1, "the gradient norm", norm.item())
             lr = sched.get_last_lr()[0]  # the lr this step used
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             opt.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix({"loss": f"{loss.item():.4f}", method.loss: f"{kl_all.mean().item():.4f}"})
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            if dist.is_main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
                 # kl_* for KL methods, ce_* for cross-entropy ones (the per-example loss).
                 log_file.write(json.dumps({
                     "step": step + 1, "lr": lr, "loss": loss.item(),
                     f"{method.loss}_mean": kl_all.mean().item(),
                     f"{method.loss}_by_position": _by_position(kl_all, positions),
-                    "weight_by_position": _by_position(weights, positions)}) + "\n")
+                    "weight_by_position": _by_position(weights, positions),
+                    **({"grad_norm": norm.item()} if norm is not None else {})}) + "\n")
                 log_file.flush()
             # The log row is written first: a checkpoint at step s implies log rows up to s.
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-                save_checkpoint(out, step=step + 1, student=student, opt=opt, sched=sched,
-                                state=state)
+                if dist.is_main:
+                    save_checkpoint(out, step=step + 1, student=student, opt=opt, sched=sched,
+                                    state=state, trainable_only=bool(cfg.lora_rank))
+                dist.barrier()
                 saved = step + 1
     student.eval()
-    tmp_model = out / ".tmp-model"
-    if tmp_model.exists():
-        shutil.rmtree(tmp_model)
-    student.save_pretrained(tmp_model, safe_serialization=True)
-    tokenizer.save_pretrained(tmp_model)
-    replace_dir(tmp_model, model_dir)
     summary = {"steps": total, "examples": len(examples), "method": cfg.method, "adv_position": adv,
-               "model": str(model_dir), "log": str(log_path)}
-    write_json_atomic(summary_path, summary)
+               "processes": world, "teacher": _teacher_kind(cfg, method.needs_teacher),
+               "log": str(log_path)}
+    if dist.is_main:
+        if cfg.lora_rank:
+            from pos2distill import lora
+
+            summary.update(lora.save(student, tokenizer, out, merge=cfg.lora_merge))
+        else:
+            tmp_model = out / ".tmp-model"
+            if tmp_model.exists():
+                shutil.rmtree(tmp_model)
+            student.save_pretrained(tmp_model, safe_serialization=True)
+            tokenizer.save_pretrained(tmp_model)
+            replace_dir(tmp_model, model_dir)
+            summary["model"] = str(model_dir)
+        write_json_atomic(summary_path, summary)
+    dist.barrier()
+    dist.end()
     return summary
+
+
+def _autocast(kind: str, device: str) -> Callable[[], ContextManager[Any]]:
+    """A factory of autocast contexts for ``--autocast`` (``off``: a no-op)."""
+    if kind == "off":
+        return contextlib.nullcontext
+    from pos2distill.modeling import DTYPES
+
+    device_type = torch.device(device).type
+    return lambda: torch.autocast(device_type, dtype=DTYPES[kind])
+
+
+def _teacher_kind(cfg: TrainConfig, needs_teacher: bool) -> str:
+    if not needs_teacher:
+        return "none"
+    if cfg.teacher_cache:
+        return "cache"
+    return "lora-base" if cfg.lora_rank else "online"

@@ -1,0 +1,122 @@
+"""distributed: two CPU processes (gloo, through accelerate) give the position weights and the update
+of one process on the concatenated batch; shards and gathers keep the single-process order."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import FakeGenerator
+from pos2distill import pairs, synthetic, teach, train
+from pos2distill.config import TrainConfig
+from pos2distill.distributed import Dist, shard
+from pos2distill.losses import position_weights
+from pos2distill.records import write_jsonl
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def test_shard_blocks_concatenate_to_the_batch() -> None:
+    items = list(range(12))
+    assert shard(items, 0, 3) + shard(items, 1, 3) + shard(items, 2, 3) == items
+    with pytest.raises(ValueError):
+        shard(items, 0, 5)
+
+
+def test_weights_of_gathered_shards_equal_weights_of_the_batch() -> None:
+    torch.manual_seed(0)
+    loss, pos = torch.rand(16), torch.randint(0, 5, (16,))
+    whole = position_weights(loss, pos, anchor_position=0, anchor_weight=1.0)
+    # A gather concatenates the ranks' blocks in rank order: the batch itself.
+    blocks = [(shard(loss.tolist(), r, 4), shard(pos.tolist(), r, 4)) for r in range(4)]
+    gathered = position_weights(torch.tensor(sum((b[0] for b in blocks), [])),
+                                torch.tensor(sum((b[1] for b in blocks), [])),
+                                anchor_position=0, anchor_weight=1.0)
+    torch.testing.assert_close(gathered, whole)
+
+
+def test_single_process_dist_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    d = Dist(device="cpu")
+    t = torch.arange(3.0)
+    m = torch.nn.Linear(2, 2)
+    assert (d.world, d.rank, d.is_main) == (1, 0, True)
+    assert d.gather(t) is t and d.sum(t) is t and d.prepare(m) is m
+
+
+@pytest.fixture(scope="module")
+def dist_pairs(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
+    records = synthetic.generate("train", 4, n_documents=5)
+    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
+                              chat="auto", seed=0, max_new_tokens=8)
+    path = tmp_path_factory.mktemp("dpairs") / "pairs.jsonl"
+    write_jsonl(path, pairs.make_pairs(rows, tok, K=3, anchors=1, seed=0))   # 16 pairs
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_two(args: list[str]) -> None:
+    """``pos2distill train ARGS`` as 2 CPU processes, the way torchrun/accelerate launch set them up."""
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "pos2distill", "-q", "train", *args],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("grad_accum", [pytest.param(2, id="accum2"),
+                                        pytest.param(1, id="accum1", marks=pytest.mark.slow)])
+def test_two_processes_equal_one_process_on_the_concatenated_batch(
+        dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path, grad_accum: int) -> None:
+    pytest.importorskip("accelerate", reason="several processes need accelerate")
+    common = dict(pairs=str(dist_pairs), model=str(tiny_model_dir), batch_size=8, epochs=1.0,
+                  lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5)
+    _launch_two([f"--{k.replace('_', '-')}={v}" for k, v in common.items()]
+                + [f"--out={tmp_path / 'two'}", f"--grad-accum={grad_accum}"])
+    train.main(TrainConfig(**common, out=str(tmp_path / "one")))
+    two, one = _log(tmp_path / "two"), _log(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
+    for a, b in zip(two, one):
+        assert a["weight_by_position"].keys() == b["weight_by_position"].keys()
+        for p in a["weight_by_position"]:          # the weights of the global batch
+            assert a["weight_by_position"][p] == pytest.approx(b["weight_by_position"][p], rel=1e-5)
+            assert a["kl_by_position"][p] == pytest.approx(b["kl_by_position"][p], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        # The gradient of the whole batch (before clipping): DDP's average times W is the sum.
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert summary["processes"] == 2
+    from safetensors.torch import load_file
+
+    w2 = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    w1 = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    w0 = load_file(tiny_model_dir / "model.safetensors")
+    moved = max((w1[k] - w0[k]).abs().max().item() for k in w1)
+    assert moved > 5e-2                                   # the update is real ...
+    for k in w1:           # ... and the same on 2 processes, up to rounding (Adam divides by
+        # sqrt(v), which magnifies the rounding of near-zero gradients to ~1e-5)
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-4, rtol=0)
