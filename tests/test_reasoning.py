@@ -40,6 +40,10 @@ def test_config_resolves_task_defaults() -> None:
     assert TeachConfig(task="reasoning").advantageous == "last"
     with pytest.raises(ConfigError, match="--task"):
         ProbeConfig(task="math")
+    with pytest.raises(ConfigError, match="use --configurations"):
+        ProbeConfig(task="reasoning", positions="0,1")
+    with pytest.raises(ConfigError, match="needs --task reasoning"):
+        ProbeConfig(configurations="connected")
 
 
 @pytest.mark.parametrize("spec, expected", [("last", (18, 19)), ("first", (0, 1)),

@@ -115,6 +115,11 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
+        if self.task == "reasoning" and self.positions != "all":
+            raise ConfigError("--positions places one gold document (retrieval); with --task "
+                              "reasoning use --configurations")
+        if self.task != "reasoning" and self.configurations != "all":
+            raise ConfigError("--configurations places hop documents; it needs --task reasoning")
 
 
 @dataclass
@@ -249,7 +254,8 @@ class DemoConfig:
                    "model on retrieval) or both (both chains and the cross-task table).")
     r2_lr: float = _f(1e-3, "R2: peak learning rate.")
     r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
-    r2_max_new_tokens: int = _f(32, "R2: tokens generated per chain-of-thought.")
+    r2_max_new_tokens: int = _f(24, "R2: tokens generated per chain-of-thought (the synthetic "
+                                "one is 17 tokens and EOS).")
 
     def __post_init__(self) -> None:
         _check_positive("n-test", self.n_test)
