@@ -234,6 +234,25 @@ class ReportConfig:
 
 
 @dataclass
+class CrossTaskConfig:
+    """Cross-task table (the paper's Table 6 shape) from probe folders: each trained model on
+    retrieval and on reasoning, next to the base model. Leave out the probes you do not have."""
+
+    base_retrieval: str = _f("", "Retrieval probe folder of the base model.")
+    base_reasoning: str = _f("", "Reasoning probe folder (--task reasoning) of the base model.")
+    r1_retrieval: str = _f("", "Retrieval probe of the R1-trained model (its own task).")
+    r1_reasoning: str = _f("", "Reasoning probe of the R1-trained model.")
+    r2_retrieval: str = _f("", "Retrieval probe of the R2-trained model.")
+    r2_reasoning: str = _f("", "Reasoning probe of the R2-trained model (its own task).")
+    out: str = _f("runs/cross_task", "Output folder: cross_task.md, cross_task.json.")
+
+    def __post_init__(self) -> None:
+        if not (self.base_retrieval or self.base_reasoning):
+            raise ConfigError("--base-retrieval or --base-reasoning: the table compares with the "
+                              "base model, give at least one of its probes")
+
+
+@dataclass
 class DemoConfig:
     """The whole pipeline on the embedded default: probe → teach → pairs → train → probe → report,
     for retrieval (R1), reasoning (R2, plus the R2 model on retrieval) or both (plus the cross-task
