@@ -44,13 +44,14 @@ def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *,
     from pos2distill.metrics import reasoning_em
 
     responses = generator.generate([f.prompt for f in prompts], max_new_tokens=max_new_tokens)
-    reasoning = isinstance(adv_position, tuple)
-    extra: dict[str, Any] = ({"task": "reasoning", "adv_configuration": list(adv_position)}
-                             if isinstance(adv_position, tuple) else {})
-    score = reasoning_em if reasoning else best_subspan_em
-    return [{"id": f.record.id, "record": f.record.to_dict(),
-             "adv_position": adv_position[0] if isinstance(adv_position, tuple) else adv_position,
-             **extra, "template": template, "chat": chat, "teacher_prompt": f.prompt,
+    score = best_subspan_em
+    adv: dict[str, Any] = {"adv_position": adv_position}
+    if isinstance(adv_position, tuple):
+        score = reasoning_em
+        adv = {"adv_position": adv_position[0], "task": "reasoning",
+               "adv_configuration": list(adv_position)}
+    return [{"id": f.record.id, "record": f.record.to_dict(), **adv,
+             "template": template, "chat": chat, "teacher_prompt": f.prompt,
              "dropped_distractors": f.dropped, "response": resp,
              "correct": score(resp, f.record.answers) == 1.0}
             for f, resp in zip(prompts, responses)]
