@@ -238,6 +238,10 @@ def test_pairs_main_reasoning_needs_K(teacher_rows: list[dict[str, Any]], tiny_m
     with pytest.raises(ConfigError, match="R2 has no anchors"):
         pairs.main(PairsConfig(teach=str(tmp_path / "t.jsonl"), model=str(tiny_model_dir), K=0,
                                anchors=1, out=str(tmp_path / "p.jsonl")))
+    # The refused command left nothing behind: the corrected one runs in the same place.
+    result = pairs.main(PairsConfig(teach=str(tmp_path / "t.jsonl"), model=str(tiny_model_dir),
+                                    K=2, out=str(tmp_path / "p.jsonl")))
+    assert result["pairs"] == 2 * len(teacher_rows)
 
 
 # ---------------------------------------------------------------------------------------------

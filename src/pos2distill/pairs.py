@@ -76,11 +76,12 @@ def main(cfg: PairsConfig) -> dict[str, Any]:
     if not rows:
         raise ConfigError(f"--teach: {cfg.teach} has no kept teacher responses")
     tokenizer = load_tokenizer(cfg.model)
-    start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
+    # Pairs are made before anything is written, so a refused config leaves no run behind.
     pairs = make_pairs(rows, tokenizer, K=cfg.K, anchors=cfg.anchors, seed=cfg.seed,
                        use_first_line=cfg.first_line, configurations=cfg.configurations)
     if not pairs:
         raise ConfigError("no training pairs: reasoning rows need --K > 0 (R2 has no anchors)")
+    start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
     write_jsonl(cfg.out, pairs)
     log.info("%d pairs from %d questions -> %s", len(pairs), len(rows), cfg.out)
     return {"pairs": len(pairs), "questions": len(rows), "out": str(Path(cfg.out))}
