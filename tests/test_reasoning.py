@@ -272,7 +272,7 @@ def test_r2_cross_entropy_masks_the_prompt_and_keeps_eos(teacher_rows: list[dict
 
 def test_a_few_r2_steps_lower_the_loss(teacher_rows: list[dict[str, Any]], tok: Any,
                                        tmp_path: Path) -> None:
-    from conftest import save_model_dir, tiny_llama
+    from conftest import tiny_llama
 
     model_dir = tmp_path / "m"
     tiny_llama(tok, initializer_range=0.2).save_pretrained(model_dir)
