@@ -12,6 +12,36 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def plot_accuracy_by_configuration(series: Mapping[str, Sequence[tuple[str, float, float]]],
+                                   path: str | Path, *, title: str = "",
+                                   xlabel: str = "hop document positions (1-based: first, second)"
+                                   ) -> Path:
+    """Grouped bars: one group per configuration label (e.g. ``"1,2"``), one bar per series of
+    ``(label, accuracy, stderr)`` points (same labels in the same order), ±1 s.e. error bars."""
+    labels = [k for k, _, _ in next(iter(series.values()))]
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(labels) + 2), 4), dpi=110)
+    for s, (name, points) in enumerate(series.items()):
+        xs = [i - 0.4 + width * (s + 0.5) for i in range(len(points))]
+        ax.bar(xs, [a for _, a, _ in points], width, yerr=[e for _, _, e in points], capsize=2,
+               label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 16 else 0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("exact match")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, axis="y")
+    if title:
+        ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, float]]],
                               path: str | Path, *, title: str = "",
                               xlabel: str = "gold document position (1-based)") -> Path:
@@ -41,32 +71,3 @@ def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, fl
     plt.close(fig)
     return path
 
-
-def plot_accuracy_by_configuration(series: Mapping[str, Sequence[tuple[str, float, float]]],
-                                   path: str | Path, *, title: str = "",
-                                   xlabel: str = "hop document positions (1-based: first, second)"
-                                   ) -> Path:
-    """Grouped bars: one group per configuration label (e.g. ``"1,2"``), one bar per series of
-    ``(label, accuracy, stderr)`` points (same labels in the same order), ±1 s.e. error bars."""
-    labels = [k for k, _, _ in next(iter(series.values()))]
-    width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(7, 0.6 * len(labels) + 2), 4), dpi=110)
-    for s, (name, points) in enumerate(series.items()):
-        xs = [i - 0.4 + width * (s + 0.5) for i in range(len(points))]
-        ax.bar(xs, [a for _, a, _ in points], width, yerr=[e for _, _, e in points], capsize=2,
-               label=name)
-    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 16 else 0)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("exact match")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3, axis="y")
-    if title:
-        ax.set_title(title)
-    if len(series) > 1:
-        ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
