@@ -70,4 +70,3 @@ def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, fl
     fig.savefig(path)
     plt.close(fig)
     return path
-
