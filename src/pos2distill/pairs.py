@@ -5,6 +5,8 @@ plus ``anchors`` copies at the advantageous position. Every copy gets its own di
 (different from the teacher's); the teacher side stays the stored teacher prompt, and the target is
 the teacher's response (its first line by default). Every row also carries the record's gold
 ``answers`` (in the record's order): ``train --method sft`` trains on the first of them.
+Reasoning teacher rows (``teach --task reasoning``) get R2 pairs: K other hop configurations, the
+chain-of-thought as target, no anchors (:func:`pos2distill.reasoning.make_pairs`).
 """
 
 from __future__ import annotations

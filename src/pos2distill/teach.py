@@ -3,7 +3,9 @@
 For each training question the gold document is put at the advantageous position (default the
 first: the attention sink), the model answers greedily, and the answer is kept only when it is correct
 (best-subspan EM). Each kept row stores the exact teacher prompt with its response, so later stages
-never re-render it.
+never re-render it. With ``--task reasoning`` the hop documents go to the advantageous
+configuration (default the last two documents) and the chain-of-thought is kept when its final answer
+is right (reasoning EM); see :mod:`pos2distill.reasoning`.
 """
 
 from __future__ import annotations
