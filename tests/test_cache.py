@@ -13,6 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import FakeGenerator, save_model_dir, tiny_llama
+from pos2distill.tiny.tokenizer import build_tokenizer
+
+V = len(build_tokenizer())  # the random test models' vocabulary (the tiny tokenizer's)
 from pos2distill import cache, cli, pairs, synthetic, teach, train
 from pos2distill.config import CacheConfig
 from pos2distill.errors import ConfigError
@@ -38,7 +41,7 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
 
 def _reader(out: Path, pairs_file: Path, model_dir: Path, **kw: Any) -> cache.CacheReader:
     args = dict(pairs=str(pairs_file), model_path=str(model_dir), temperature=1.0,
-                vocab_size=384, n_pairs=9)
+                vocab_size=V, n_pairs=9)
     return cache.CacheReader(out, **{**args, **kw})
 
 
@@ -46,8 +49,8 @@ def _reader(out: Path, pairs_file: Path, model_dir: Path, **kw: Any) -> cache.Ca
 def cache_dir(tmp_path_factory: pytest.TempPathFactory, pairs_file: Path, model_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("cache") / "c"
     summary = cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out),
-                                     top_k=384, batch_size=2))
-    assert summary["entries"] == 3 and summary["top_k"] == 384
+                                     top_k=V, batch_size=2))
+    assert summary["entries"] == 3 and summary["top_k"] == V
     return out
 
 
@@ -58,10 +61,10 @@ def test_round_trip_and_equals_online_teacher(cache_dir: Path, pairs_file: Path,
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     reader = _reader(cache_dir, pairs_file, model_dir)
     meta = json.loads((cache_dir / cache.META_FILE).read_text())
-    assert meta["n_pairs"] == 9 and meta["n_entries"] == 3 and meta["top_k"] == 384
+    assert meta["n_pairs"] == 9 and meta["n_entries"] == 3 and meta["top_k"] == V
     tensors = load_file(cache_dir / cache.TENSOR_FILE)
     assert tensors["entry_of_pair"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert tensors["logprobs"].shape == (meta["n_tokens"], 384)
+    assert tensors["logprobs"].shape == (meta["n_tokens"], V)
     examples = [train.encode_pair(r, tok) for r in train.read_pairs(str(pairs_file))]
     b = train.batch_tensors([examples[i] for i in (4, 0, 8)], tok.pad_token_id, "cpu")
     b["index"] = torch.tensor([4, 0, 8])
@@ -150,7 +153,8 @@ def test_default_k_error_bound_on_the_embedded_model(tmp_path: Path) -> None:
     tok, model = load_tokenizer("tiny"), load_causal_lm("tiny")
     rows = train.read_pairs(p)
     reader = cache.CacheReader(tmp_path / "c", pairs=p, model_path=resolve_model_path("tiny"),
-                               temperature=1.0, vocab_size=384, n_pairs=len(rows))
+                               temperature=1.0, vocab_size=model.config.vocab_size,
+                               n_pairs=len(rows))
     assert reader.k == DEFAULT_TOP_K
     examples = [train.encode_pair(r, tok) for r in rows]
     b = train.batch_tensors(examples, tok.pad_token_id, "cpu")
@@ -170,9 +174,9 @@ def test_rerun_reuses_a_complete_cache_and_refuses_another(cache_dir: Path, pair
                                                            model_dir: Path) -> None:
     before = (cache_dir / cache.TENSOR_FILE).stat().st_mtime_ns
     again = cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
-                                   top_k=384))
+                                   top_k=V))
     assert again["entries"] == 3 and (cache_dir / cache.TENSOR_FILE).stat().st_mtime_ns == before
-    with pytest.raises(ConfigError, match="top-384 cache"):
+    with pytest.raises(ConfigError, match=f"top-{V} cache"):
         cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
                                top_k=8))
     with pytest.raises(ConfigError, match="holds another cache"):
@@ -183,7 +187,7 @@ def test_rerun_reuses_a_complete_cache_and_refuses_another(cache_dir: Path, pair
 def test_bf16_autocast_cache_is_close(cache_dir: Path, pairs_file: Path, model_dir: Path,
                                       tmp_path: Path) -> None:
     out = tmp_path / "bf16"
-    cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out), top_k=384,
+    cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out), top_k=V,
                            autocast="bfloat16"))
     a, b = load_file(out / cache.TENSOR_FILE), load_file(cache_dir / cache.TENSOR_FILE)
     assert a["targets"].tolist() == b["targets"].tolist()

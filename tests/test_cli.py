@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from pos2distill import __version__, cli
-from pos2distill.config import (CacheConfig, DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
-                                TrainConfig)
+from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, PairsConfig, ProbeConfig,
+                                ReportConfig, TeachConfig, TrainConfig)
 
 COMMANDS = {"probe": ProbeConfig, "teach": TeachConfig, "pairs": PairsConfig,
             "cache": CacheConfig, "train": TrainConfig, "report": ReportConfig,
+            "crosstask": CrossTaskConfig,
             "demo": DemoConfig}
 
 

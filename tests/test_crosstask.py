@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from pos2distill.crosstask import cross_task, markdown
@@ -42,3 +45,33 @@ def test_cross_task_needs_the_base_model_and_allows_a_missing_task() -> None:
     block = cross_task({"base": SUMMARIES["base"], "r2": {"reasoning": s(0.8, 0.05)}})
     assert "retrieval" not in block["models"]["r2"]
     assert "| – | – |" in markdown(block)
+
+
+def _probe_dir(root: Path, name: str, mean: float, gap: float, task: str | None) -> str:
+    from pos2distill.runinfo import write_json_atomic
+
+    summary = {"mean": mean, "gap": gap, **({"task": task} if task else {})}
+    write_json_atomic(root / name / "summary.json", summary)
+    return str(root / name)
+
+
+def test_crosstask_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pos2distill.cli import main
+
+    args = ["crosstask", "--out", str(tmp_path / "out")]
+    for model, by_task in SUMMARIES.items():
+        for task, s_ in by_task.items():
+            path = _probe_dir(tmp_path, f"{model}-{task}", s_["mean"], s_["gap"],
+                              "reasoning" if task == "reasoning" else None)
+            args += [f"--{model}-{task}", path]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| base model | 0.700 | 0.800 | 0.500 | 0.400 |" in printed
+    assert json.loads((tmp_path / "out" / "cross_task.json").read_text()) == cross_task(SUMMARIES)
+    # A retrieval probe given as a reasoning one is refused in one line.
+    bad = ["crosstask", "--base-retrieval", str(tmp_path / "base-retrieval"),
+           "--r2-reasoning", str(tmp_path / "base-retrieval"), "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    assert "not a reasoning one" in capsys.readouterr().err
+    assert main(["crosstask", "--r1-reasoning", str(tmp_path / "r1-reasoning")]) == 2
+    assert "--base-retrieval or --base-reasoning" in capsys.readouterr().err

@@ -184,3 +184,16 @@ def test_demo_both_tasks(tiny_model_dir: Path, tmp_path: Path, reasoning_oracle_
     table = (tmp_path / "demo" / "cross_task.md").read_text()
     assert "after R1 (trained on retrieval)" in table and "after R2 (trained on reasoning)" in table
     assert (tmp_path / "demo" / "cross" / "r1_on_reasoning" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_demo_reasoning_with_the_real_generator_on_a_random_model(tiny_model_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """An untrained model writes no chain-of-thought: the probes run, the teacher keeps nothing."""
+    with pytest.raises(ConfigError, match="has no kept teacher responses"):
+        demo.main(DemoConfig(model=str(tiny_model_dir), out=str(tmp_path / "demo"), n_test=1,
+                             n_train=4, task="reasoning"))
+    summary = json.loads((tmp_path / "demo" / "reasoning" / "probe_before" / "summary.json")
+                         .read_text())
+    assert [c["configuration"] for c in summary["by_configuration"]] == PAPER_KEYS
+    assert all(c["no_answer"] == 1.0 for c in summary["by_configuration"])

@@ -134,7 +134,7 @@ def test_2wiki(tmp_path: Path) -> None:
 
 def test_multihop_data_through_load_data(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "m.jsonl", [MUSIQUE])
-    records = load_data(ProbeConfig(data=str(path)))
+    records = load_data(ProbeConfig(data=str(path), task="reasoning"))
     assert len(records) == 1 and records[0].gold == (2, 0)   # never turned into an oracle build
 
 
@@ -230,3 +230,10 @@ def test_iter_rows_array_too_deep_or_bad_unicode(tmp_path: Path) -> None:
     path.write_text('[\n{"a": "\\ud800"}\n]')
     with pytest.raises(DataError, match="deep.json:2: unpaired surrogate"):
         list(iter_rows(path))
+
+
+def test_multihop_data_for_retrieval_points_to_the_task_option(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "m.jsonl", [MUSIQUE])
+    with pytest.raises(DataError, match="2 gold \\(hop\\) documents: multi-hop data needs --task "
+                                        "reasoning"):
+        load_data(ProbeConfig(data=str(path)))

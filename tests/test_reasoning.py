@@ -40,6 +40,10 @@ def test_config_resolves_task_defaults() -> None:
     assert TeachConfig(task="reasoning").advantageous == "last"
     with pytest.raises(ConfigError, match="--task"):
         ProbeConfig(task="math")
+    with pytest.raises(ConfigError, match="use --configurations"):
+        ProbeConfig(task="reasoning", positions="0,1")
+    with pytest.raises(ConfigError, match="needs --task reasoning"):
+        ProbeConfig(configurations="connected")
 
 
 @pytest.mark.parametrize("spec, expected", [("last", (18, 19)), ("first", (0, 1)),
@@ -234,6 +238,10 @@ def test_pairs_main_reasoning_needs_K(teacher_rows: list[dict[str, Any]], tiny_m
     with pytest.raises(ConfigError, match="R2 has no anchors"):
         pairs.main(PairsConfig(teach=str(tmp_path / "t.jsonl"), model=str(tiny_model_dir), K=0,
                                anchors=1, out=str(tmp_path / "p.jsonl")))
+    # The refused command left nothing behind: the corrected one runs in the same place.
+    result = pairs.main(PairsConfig(teach=str(tmp_path / "t.jsonl"), model=str(tiny_model_dir),
+                                    K=2, out=str(tmp_path / "p.jsonl")))
+    assert result["pairs"] == 2 * len(teacher_rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +272,7 @@ def test_r2_cross_entropy_masks_the_prompt_and_keeps_eos(teacher_rows: list[dict
 
 def test_a_few_r2_steps_lower_the_loss(teacher_rows: list[dict[str, Any]], tok: Any,
                                        tmp_path: Path) -> None:
-    from conftest import save_model_dir, tiny_llama
+    from conftest import tiny_llama
 
     model_dir = tmp_path / "m"
     tiny_llama(tok, initializer_range=0.2).save_pretrained(model_dir)

@@ -10,7 +10,7 @@ import pytest
 from pos2distill import synthetic
 from pos2distill.config import ProbeConfig
 from pos2distill.data import load_data
-from pos2distill.errors import ConfigError
+from pos2distill.errors import ConfigError, DataError
 from pos2distill.positions import place_gold, rng_for
 from pos2distill.prompts import encode_prompt, render_prompt
 
@@ -171,8 +171,10 @@ def test_generate_reasoning_errors() -> None:
 
 def test_load_data_synthetic_reasoning() -> None:
     records = load_data(ProbeConfig(data="synthetic-reasoning:train", limit=5, n_documents=6,
-                                    seed=2))
+                                    seed=2, task="reasoning"))
     assert records == synthetic.generate_reasoning("train", 5, seed=2, n_documents=6)
+    with pytest.raises(DataError, match="needs --task reasoning"):
+        load_data(ProbeConfig(data="synthetic-reasoning:train", limit=5, n_documents=6))
     with pytest.raises(ConfigError, match="synthetic-reasoning:train or"):
         load_data(ProbeConfig(data="synthetic-reasoning:dev", limit=3))
     with pytest.raises(ConfigError, match="even"):

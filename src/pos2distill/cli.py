@@ -8,24 +8,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from pos2distill import __version__
-from pos2distill.config import (CacheConfig, DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
-                                TrainConfig, add_arguments, from_args)
+from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, PairsConfig, ProbeConfig,
+                                ReportConfig, TeachConfig, TrainConfig, add_arguments, from_args)
 from pos2distill.errors import Pos2DistillError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from pos2distill import cache, demo, pairs, probe, report, teach, train
+    from pos2distill import cache, crosstask, demo, pairs, probe, report, teach, train
 
     return {
-        "probe": (ProbeConfig, probe.main, "Accuracy by gold document position."),
+        "probe": (ProbeConfig, probe.main, "Accuracy by gold position (or by hop configuration)."),
         "teach": (TeachConfig, teach.main, "Teacher responses at the advantageous position."),
         "pairs": (PairsConfig, pairs.main, "Training pairs: K trivial positions + anchors."),
         "cache": (CacheConfig, cache.main, "Teacher cache: top-k log-probs of every response token."),
         "train": (TrainConfig, train.main, "Train with Pos2Distill-R1 (frozen teacher)."),
         "report": (ReportConfig, report.main, "Before/after tables and plots from two probes."),
+        "crosstask": (CrossTaskConfig, crosstask.main,
+                      "Cross-task table: each trained model on retrieval and reasoning."),
         "demo": (DemoConfig, demo.main, "The whole R1 (and/or R2) pipeline on the embedded model."),
     }
 
@@ -58,6 +61,8 @@ def _print_result(command: str, result: Any) -> None:
     elif command == "probe":
         print(f"mean {result['mean']:.3f}  GAP {result['gap']:.3f}  "
               f"best position {result['best_position'] + 1} (1-based)")
+    elif command == "crosstask":
+        print(Path(result["table"]).read_text() + f"\ntable: {result['table']}")
     elif command == "report":
         print(f"report: {result['report']}\nplot:   {result['plot']}")
     elif isinstance(result, dict):

@@ -124,6 +124,11 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
+        if self.task == "reasoning" and self.positions != "all":
+            raise ConfigError("--positions places one gold document (retrieval); with --task "
+                              "reasoning use --configurations")
+        if self.task != "reasoning" and self.configurations != "all":
+            raise ConfigError("--configurations places hop documents; it needs --task reasoning")
 
 
 @dataclass
@@ -289,6 +294,25 @@ class ReportConfig:
 
 
 @dataclass
+class CrossTaskConfig:
+    """Cross-task table (the paper's Table 6 shape) from probe folders: each trained model on
+    retrieval and on reasoning, next to the base model. Leave out the probes you do not have."""
+
+    base_retrieval: str = _f("", "Retrieval probe folder of the base model.")
+    base_reasoning: str = _f("", "Reasoning probe folder (--task reasoning) of the base model.")
+    r1_retrieval: str = _f("", "Retrieval probe of the R1-trained model (its own task).")
+    r1_reasoning: str = _f("", "Reasoning probe of the R1-trained model.")
+    r2_retrieval: str = _f("", "Retrieval probe of the R2-trained model.")
+    r2_reasoning: str = _f("", "Reasoning probe of the R2-trained model (its own task).")
+    out: str = _f("runs/cross_task", "Output folder: cross_task.md, cross_task.json.")
+
+    def __post_init__(self) -> None:
+        if not (self.base_retrieval or self.base_reasoning):
+            raise ConfigError("--base-retrieval or --base-reasoning: the table compares with the "
+                              "base model, give at least one of its probes")
+
+
+@dataclass
 class DemoConfig:
     """The whole pipeline on the embedded default: probe → teach → pairs → train → probe → report,
     for retrieval (R1), reasoning (R2, plus the R2 model on retrieval) or both (plus the cross-task
@@ -309,7 +333,8 @@ class DemoConfig:
                    "model on retrieval) or both (both chains and the cross-task table).")
     r2_lr: float = _f(1e-3, "R2: peak learning rate.")
     r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
-    r2_max_new_tokens: int = _f(32, "R2: tokens generated per chain-of-thought.")
+    r2_max_new_tokens: int = _f(24, "R2: tokens generated per chain-of-thought (the synthetic "
+                                "one is 17 tokens and EOS).")
 
     def __post_init__(self) -> None:
         _check_positive("n-test", self.n_test)

@@ -60,3 +60,32 @@ def markdown(block: Mapping[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "\\* the task the model was trained on; (Δ) change from the base model."]
     return "\n".join(lines) + "\n"
+
+
+def main(cfg: Any) -> dict[str, Any]:
+    """``pos2distill crosstask``: the table from probe folders (see :class:`CrossTaskConfig`)."""
+    from pathlib import Path
+
+    from pos2distill.errors import ConfigError
+    from pos2distill.probe import load_summary
+    from pos2distill.runinfo import write_json_atomic
+
+    summaries: dict[str, dict[str, Any]] = {}
+    for model in MODEL_LABELS:
+        for task in TASKS:
+            path = getattr(cfg, f"{model}_{task}")
+            if not path:
+                continue
+            summary = load_summary(path)
+            if summary.get("task", "retrieval") != task:
+                raise ConfigError(f"--{model}-{task} {path}: a {summary.get('task', 'retrieval')} "
+                                  f"probe, not a {task} one")
+            summaries.setdefault(model, {})[task] = summary
+    if "base" not in summaries:
+        raise ConfigError("no base model probe given")
+    block = cross_task(summaries)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "cross_task.json", block)
+    (out / "cross_task.md").write_text(markdown(block))
+    return {"table": str(out / "cross_task.md"), **block}

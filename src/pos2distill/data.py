@@ -6,7 +6,7 @@ import logging
 
 from pos2distill import synthetic
 from pos2distill.config import DataOptions
-from pos2distill.errors import ConfigError
+from pos2distill.errors import ConfigError, DataError
 from pos2distill.loaders import build_from_oracle, load_records
 from pos2distill.records import Record
 
@@ -24,6 +24,10 @@ def load_data(opts: DataOptions) -> list[Record]:
         from pos2distill.reasoning import two_hop_records
 
         return two_hop_records(records)
+    multi = next((r for r in records if len(r.gold) > 1), None)
+    if multi is not None:
+        raise DataError(f"question {multi.id!r} has {len(multi.gold)} gold (hop) documents: "
+                        "multi-hop data needs --task reasoning", path=opts.data)
     return records
 
 

@@ -5,6 +5,8 @@ plus ``anchors`` copies at the advantageous position. Every copy gets its own di
 (different from the teacher's); the teacher side stays the stored teacher prompt, and the target is
 the teacher's response (its first line by default). Every row also carries the record's gold
 ``answers`` (in the record's order): ``train --method sft`` trains on the first of them.
+Reasoning teacher rows (``teach --task reasoning``) get R2 pairs: K other hop configurations, the
+chain-of-thought as target, no anchors (:func:`pos2distill.reasoning.make_pairs`).
 """
 
 from __future__ import annotations
@@ -76,11 +78,12 @@ def main(cfg: PairsConfig) -> dict[str, Any]:
     if not rows:
         raise ConfigError(f"--teach: {cfg.teach} has no kept teacher responses")
     tokenizer = load_tokenizer(cfg.model)
-    start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
+    # Pairs are made before anything is written, so a refused config leaves no run behind.
     pairs = make_pairs(rows, tokenizer, K=cfg.K, anchors=cfg.anchors, seed=cfg.seed,
                        use_first_line=cfg.first_line, configurations=cfg.configurations)
     if not pairs:
         raise ConfigError("no training pairs: reasoning rows need --K > 0 (R2 has no anchors)")
+    start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
     write_jsonl(cfg.out, pairs)
     log.info("%d pairs from %d questions -> %s", len(pairs), len(rows), cfg.out)
     return {"pairs": len(pairs), "questions": len(rows), "out": str(Path(cfg.out))}

@@ -4,7 +4,8 @@ Every question is asked with its gold document at every requested position (dist
 order that is the same for every model compared), answered greedily, and scored with best-subspan EM.
 Outputs in ``--out``: ``rows.jsonl`` (one row per question × position, appended as batches finish,
 so an interrupted probe resumes where it stopped), ``summary.json``, ``table.md`` and
-``accuracy_by_position.png``.
+``accuracy_by_position.png``. ``--task reasoning`` measures EM by hop configuration instead
+(:func:`pos2distill.reasoning.probe_main`).
 """
 
 from __future__ import annotations

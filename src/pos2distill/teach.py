@@ -3,7 +3,9 @@
 For each training question the gold document is put at the advantageous position (default the
 first: the attention sink), the model answers greedily, and the answer is kept only when it is correct
 (best-subspan EM). Each kept row stores the exact teacher prompt with its response, so later stages
-never re-render it.
+never re-render it. With ``--task reasoning`` the hop documents go to the advantageous
+configuration (default the last two documents) and the chain-of-thought is kept when its final answer
+is right (reasoning EM); see :mod:`pos2distill.reasoning`.
 """
 
 from __future__ import annotations
@@ -44,13 +46,14 @@ def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *,
     from pos2distill.metrics import reasoning_em
 
     responses = generator.generate([f.prompt for f in prompts], max_new_tokens=max_new_tokens)
-    reasoning = isinstance(adv_position, tuple)
-    extra: dict[str, Any] = ({"task": "reasoning", "adv_configuration": list(adv_position)}
-                             if isinstance(adv_position, tuple) else {})
-    score = reasoning_em if reasoning else best_subspan_em
-    return [{"id": f.record.id, "record": f.record.to_dict(),
-             "adv_position": adv_position[0] if isinstance(adv_position, tuple) else adv_position,
-             **extra, "template": template, "chat": chat, "teacher_prompt": f.prompt,
+    score = best_subspan_em
+    adv: dict[str, Any] = {"adv_position": adv_position}
+    if isinstance(adv_position, tuple):
+        score = reasoning_em
+        adv = {"adv_position": adv_position[0], "task": "reasoning",
+               "adv_configuration": list(adv_position)}
+    return [{"id": f.record.id, "record": f.record.to_dict(), **adv,
+             "template": template, "chat": chat, "teacher_prompt": f.prompt,
              "dropped_distractors": f.dropped, "response": resp,
              "correct": score(resp, f.record.answers) == 1.0}
             for f, resp in zip(prompts, responses)]
