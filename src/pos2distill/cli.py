@@ -11,21 +11,24 @@ import sys
 from typing import Any, Callable
 
 from pos2distill import __version__
-from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
-                                TrainConfig, add_arguments, from_args)
+from pos2distill.config import (DemoConfig, ExperimentConfig, PairsConfig, ProbeConfig,
+                                ReportConfig, TeachConfig, TrainConfig, add_arguments, from_args)
 from pos2distill.errors import Pos2DistillError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from pos2distill import demo, pairs, probe, report, teach, train
+    from pos2distill import demo, experiment, pairs, probe, report, teach, train
 
     return {
         "probe": (ProbeConfig, probe.main, "Accuracy by gold document position."),
         "teach": (TeachConfig, teach.main, "Teacher responses at the advantageous position."),
         "pairs": (PairsConfig, pairs.main, "Training pairs: K trivial positions + anchors."),
-        "train": (TrainConfig, train.main, "Train with Pos2Distill-R1 (frozen teacher)."),
+        "train": (TrainConfig, train.main, "Train with Pos2Distill-R1, its ablations or a "
+                  "baseline (--method)."),
         "report": (ReportConfig, report.main, "Before/after tables and plots from two probes."),
         "demo": (DemoConfig, demo.main, "The whole R1 pipeline on the embedded tiny model."),
+        "experiment": (ExperimentConfig, experiment.main, "A grid of methods x seeds x K x "
+                       "training questions x documents: results table and plots."),
     }
 
 
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_) in _commands().items():
         p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == "experiment":
+            p.add_argument("_config", nargs="?", default=argparse.SUPPRESS, metavar="CONFIG.yaml",
+                           help="The experiment's YAML config (same as --config).")
         add_arguments(p, cls)
     return parser
 
@@ -53,6 +59,10 @@ def _print_result(command: str, result: Any) -> None:
               f"best position {result['best_position'] + 1} (1-based)")
     elif command == "report":
         print(f"report: {result['report']}\nplot:   {result['plot']}")
+    elif command == "experiment":
+        print(f"results: {result['results']} (also {result['csv']}, {result['json']})")
+        for plot in result["plots"]:
+            print(f"plot:    {plot}")
     elif isinstance(result, dict):
         print("  ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list))))
 
