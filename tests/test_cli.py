@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from pos2distill import __version__, cli
-from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
-                                TrainConfig)
+from pos2distill.config import (DemoConfig, ExperimentConfig, PairsConfig, ProbeConfig,
+                                ReportConfig, TeachConfig, TrainConfig)
 
 COMMANDS = {"probe": ProbeConfig, "teach": TeachConfig, "pairs": PairsConfig,
-            "train": TrainConfig, "report": ReportConfig, "demo": DemoConfig}
+            "train": TrainConfig, "report": ReportConfig, "demo": DemoConfig,
+            "experiment": ExperimentConfig}
 
 
 def test_commands_are_the_documented_ones() -> None:

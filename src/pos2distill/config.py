@@ -280,6 +280,8 @@ class ExperimentConfig(ModelOptions):
     n_test: int = _f(100, "Held-out questions, each asked at every evaluated position.")
     positions: str = _f("all", "Evaluated gold positions: all, a list like 0,4,9 (valid for every "
                         "document count), or even:N (N evenly spaced, first and last included).")
+    positions_by_documents: dict = _f({}, "Evaluated positions per document count, overriding "
+                                      "--positions, e.g. {20: '0,4,9,14,19', 30: 'even:5'}.")
     advantageous: str = _f("first", "Advantageous position of the teacher: first, last, integer.")
     anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1).")
     train: dict = _f({}, "TrainConfig options for every run (lr, epochs, batch_size, formula, "
@@ -289,6 +291,8 @@ class ExperimentConfig(ModelOptions):
     grids: list[dict] = _f([{}], "Grids of runs (name, methods, seeds, K, n_train, "
                            "eval_documents); runs shared by several grids are trained once.")
     report_to: list[str] = _f([], "Also log to: tensorboard, wandb (need those packages).")
+    shard: str = _f("", "I/N: run only the runs whose index modulo N is I (one process per GPU; "
+                    "shared stages are locked so the shards share them). Empty: every run.")
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
@@ -307,6 +311,24 @@ class ExperimentConfig(ModelOptions):
         self.grid_configs()
         for r in self.report_to:
             _check_choice("report-to", r, ("tensorboard", "wandb"))
+        for k, v in self.positions_by_documents.items():
+            if not (isinstance(v, str) and str(k).isdigit()):
+                raise ConfigError(f"positions_by_documents: {k!r}: {v!r}: expected "
+                                  "DOCUMENTS: 'POSITIONS'")
+        self.shard_index()
+
+    def shard_index(self) -> tuple[int, int]:
+        """(I, N) of ``--shard I/N``; (0, 1) without sharding."""
+        if not self.shard:
+            return 0, 1
+        i, _, n = self.shard.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ConfigError(f"--shard: {self.shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        return int(i), int(n)
+
+    def positions_spec(self, n_documents: int) -> str:
+        by = {int(k): v for k, v in self.positions_by_documents.items()}
+        return by.get(n_documents, self.positions)
 
     def grid_configs(self) -> list[GridConfig]:
         return [from_mapping(GridConfig, {"name": f"grid{i}", **g}, source=f"grids[{i}]")

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -127,7 +128,8 @@ def teach_config(cfg: ExperimentConfig, n_questions: int) -> TeachConfig:
 def probe_config(cfg: ExperimentConfig, model: str, out: Path, n_documents: int) -> ProbeConfig:
     return ProbeConfig(model=model, **_model_kw(cfg), data=cfg.test_data,
                        data_format=cfg.data_format, n_documents=n_documents, limit=cfg.n_test,
-                       seed=cfg.data_seed, positions=positions_for(cfg.positions, n_documents),
+                       seed=cfg.data_seed,
+                       positions=positions_for(cfg.positions_spec(n_documents), n_documents),
                        out=str(out), **cfg.generation_options())
 
 
@@ -385,7 +387,7 @@ def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
             raise ConfigError(f"eval_documents {docs}: {cfg.test_data} has "
                               f"{len(test[0].documents)} documents per question (only one-document "
                               "oracle files and the synthetic set can be built with any count)")
-        positions_for(cfg.positions, docs)
+        positions_for(cfg.positions_spec(docs), docs)
 
 
 def teach_subset(cfg: ExperimentConfig, teach_path: Path, n_train: int, n_max: int) -> Path:
@@ -429,6 +431,35 @@ def _log_run(cfg: ExperimentConfig, run: Run, result: dict[str, Any]) -> None:
                 for d, ev in result["eval"].items()}, step=last)
 
 
+@contextlib.contextmanager
+def shared_lock(out: Path, sharded: bool) -> Iterator[None]:
+    """Held while a shared stage runs, so that shards (one process per GPU) never write the same
+    teach, pairs or base-probe output at once: the first computes it, the others then find it done
+    (each stage resumes). An advisory ``flock`` on ``out/shared/.lock`` (POSIX)."""
+    if not sharded:
+        yield
+        return
+    import fcntl
+
+    path = out / SHARED / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_result(cfg: ExperimentConfig, run: Run) -> dict[str, Any] | None:
+    """The run's ``result.json`` when it is finished with the current configuration."""
+    path = run_dir(cfg, run) / RESULT
+    if not path.exists():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("fingerprint") == run_fingerprint(cfg, run) else None
+
+
 def main(cfg: ExperimentConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
@@ -439,10 +470,14 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
 
     out = Path(cfg.out)
     runs = plan_runs(cfg.grid_configs())
+    shard, n_shards = cfg.shard_index()
+    mine = [r for k, r in enumerate(runs) if k % n_shards == shard]
     docs_all = sorted({d for r in runs for d in r.eval_documents})
     n_max = max(r.n_train for r in runs)
     # Everything that can refuse the experiment does so before any work.
     check_backends(cfg.report_to)
+    if n_shards > 1:
+        import fcntl  # noqa: F401  (sharding locks the shared stages; POSIX only)
     load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_data(cfg, runs)
     for run in runs:
@@ -451,46 +486,42 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),
                                                 "runs": [dataclasses.asdict(r) for r in runs]})
     adv_train = resolve_position(cfg.advantageous, cfg.n_documents)
+    todo = [r for r in mine if load_result(cfg, r) is None]
+    lock = functools.partial(shared_lock, out, n_shards > 1)
 
-    results: list[dict[str, Any]] = []
     base: dict[int, dict[str, Any]] = {}
-    with stage_bars_below(), tqdm(total=_stage_count(runs, docs_all), desc="experiment",
+    teach_path, teach_kept = Path(teach_config(cfg, n_max).out), None
+    with stage_bars_below(), tqdm(total=_stage_count(todo, docs_all), desc="experiment",
                                   unit="stage", position=0) as bar:
         def stage(what: str) -> None:
             bar.set_postfix_str(what)
 
-        teach_path, teach_kept = Path(teach_config(cfg, n_max).out), None
         if any(r.trains for r in runs):
             stage("teach")
-            teach_kept = teach.main(teach_config(cfg, n_max))["kept"]
+            with lock():
+                teach_kept = teach.main(teach_config(cfg, n_max))["kept"]
             bar.update(1)
         for d in docs_all:
             stage(f"probe base, {d} documents")
-            base[d] = eval_summary(probe.main(probe_config(cfg, cfg.model, base_probe_dir(cfg, d), d)),
-                                   resolve_position(cfg.advantageous, d))
+            with lock():
+                s = probe.main(probe_config(cfg, cfg.model, base_probe_dir(cfg, d), d))
+            base[d] = eval_summary(s, resolve_position(cfg.advantageous, d))
             bar.update(1)
 
-        for run in runs:
+        for run in todo:
             folder = run_dir(cfg, run)
-            fp = run_fingerprint(cfg, run)
-            done = folder / RESULT
-            if done.exists():
-                old = json.loads(done.read_text())
-                if old.get("fingerprint") == fp:
-                    results.append(old)
-                    bar.update(2 + len(run.eval_documents) if run.trains else 0)
-                    continue
             result: dict[str, Any] = {"run": {"method": run.method, "K": run.K,
                                               "n_train": run.n_train, "seed": run.seed},
-                                      "fingerprint": fp, "key": run.key}
+                                      "fingerprint": run_fingerprint(cfg, run), "key": run.key}
             if not run.trains:  # K = 0: the base model, already probed
                 result.update(model=cfg.model, train=None,
                               eval={str(d): base[d] for d in run.eval_documents})
             else:
                 stage(f"{run.key}: pairs")
-                subset = teach_subset(cfg, teach_path, run.n_train, n_max)
-                pcfg = pairs_config(cfg, run, subset)
-                made = pairs.main(pcfg)
+                with lock():
+                    subset = teach_subset(cfg, teach_path, run.n_train, n_max)
+                    pcfg = pairs_config(cfg, run, subset)
+                    made = pairs.main(pcfg)
                 bar.update(1)
                 stage(f"{run.key}: train")
                 summary = train.main(train_config(cfg, run, pcfg.out))
@@ -505,14 +536,19 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
                 result.update(model=model, train=summary, teacher_kept=made["questions"],
                               pairs=made["pairs"], eval=evals)
             _log_run(cfg, run, result)
-            write_json_atomic(done, result)
-            results.append(result)
+            write_json_atomic(folder / RESULT, result)
 
+    # The table covers every finished run of the grid (other shards' too).
+    results = [res for res in (load_result(cfg, r) for r in runs) if res is not None]
+    if len(results) < len(runs):
+        log.warning("%d of %d runs are finished; the table covers those (re-run without --shard "
+                    "once every shard is done for the whole table)", len(results), len(runs))
     rows = aggregate(results, base)
+    kept = (f" Teacher kept {teach_kept} of {n_max} training questions."
+            if teach_kept is not None else "")
     md = ["# Results", "", f"Model `{cfg.model}`, trained with {cfg.n_documents} documents, "
-          f"advantageous position {adv_train + 1} (1-based); mean ± std over seeds. "
-          f"Teacher kept {teach_kept} of {n_max} training questions." if teach_kept is not None
-          else f"Model `{cfg.model}` (no training run).", "", markdown_table(rows)]
+          f"advantageous position {adv_train + 1} (1-based); mean ± std over seeds "
+          f"({len(results)} of {len(runs)} runs finished).{kept}", "", markdown_table(rows)]
     for d in docs_all:
         md += ["", f"## Accuracy by gold position, {d} documents (mean over seeds)", "",
                position_table(rows, d)]
@@ -522,4 +558,5 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
                                              "base": {str(d): v for d, v in base.items()}})
     plots = make_plots(rows, runs, cfg, out / PLOTS)
     return {"results": str(out / "results.md"), "csv": str(out / "results.csv"),
-            "json": str(out / "results.json"), "plots": plots, "runs": len(runs)}
+            "json": str(out / "results.json"), "plots": plots, "runs": len(runs),
+            "finished": len(results)}
