@@ -483,11 +483,12 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     for run in runs:
         if run.trains:
             train_config(cfg, run, "pairs")
-    write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),
-                                                "runs": [dataclasses.asdict(r) for r in runs]})
+    lock = functools.partial(shared_lock, out, n_shards > 1)
+    with lock():
+        write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),
+                                                    "runs": [dataclasses.asdict(r) for r in runs]})
     adv_train = resolve_position(cfg.advantageous, cfg.n_documents)
     todo = [r for r in mine if load_result(cfg, r) is None]
-    lock = functools.partial(shared_lock, out, n_shards > 1)
 
     base: dict[int, dict[str, Any]] = {}
     teach_path, teach_kept = Path(teach_config(cfg, n_max).out), None
@@ -552,11 +553,12 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     for d in docs_all:
         md += ["", f"## Accuracy by gold position, {d} documents (mean over seeds)", "",
                position_table(rows, d)]
-    write_text_atomic(out / "results.md", "\n".join(md))
-    write_text_atomic(out / "results.csv", csv_text(rows))
-    write_json_atomic(out / "results.json", {"rows": rows, "runs": results,
-                                             "base": {str(d): v for d, v in base.items()}})
-    plots = make_plots(rows, runs, cfg, out / PLOTS)
+    with lock():  # shards finishing together must not write the same files at once
+        write_text_atomic(out / "results.md", "\n".join(md))
+        write_text_atomic(out / "results.csv", csv_text(rows))
+        write_json_atomic(out / "results.json", {"rows": rows, "runs": results,
+                                                 "base": {str(d): v for d, v in base.items()}})
+        plots = make_plots(rows, runs, cfg, out / PLOTS)
     return {"results": str(out / "results.md"), "csv": str(out / "results.csv"),
             "json": str(out / "results.json"), "plots": plots, "runs": len(runs),
             "finished": len(results)}
