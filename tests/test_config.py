@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pos2distill.config import (DataOptions, DemoConfig, ModelOptions, PairsConfig, ProbeConfig,
-                                ReportConfig, TeachConfig, TrainConfig, add_arguments, from_args,
-                                from_mapping, from_yaml, to_json)
+from pos2distill.config import (DataOptions, DemoConfig, ExperimentConfig, GridConfig,
+                                ModelOptions, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
+                                TrainConfig, add_arguments, from_args, from_mapping, from_yaml,
+                                to_json)
 from pos2distill.errors import ConfigError
 
-ALL = [ProbeConfig, TeachConfig, PairsConfig, TrainConfig, ReportConfig, DemoConfig]
+ALL = [ProbeConfig, TeachConfig, PairsConfig, TrainConfig, ReportConfig, DemoConfig,
+       ExperimentConfig, GridConfig]
 
 
 @pytest.mark.parametrize("cls", ALL)
@@ -131,3 +133,31 @@ def test_yaml_bool_is_not_an_int(tmp_path: Path) -> None:
     path.write_text("batch_size: yes\n")
     with pytest.raises(ConfigError, match="batch_size"):
         from_yaml(ProbeConfig, path)
+
+
+def test_list_and_mapping_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, ExperimentConfig)
+    cfg = from_args(ExperimentConfig, parser.parse_args(
+        ["--report-to", "", "--train", '{"lr": 0.001}', "--grids", '[{"K": [0, 4], "seeds": [1]}]']))
+    assert cfg.train == {"lr": 0.001} and cfg.report_to == []
+    assert cfg.grid_configs()[0].K == [0, 4] and cfg.grid_configs()[0].seeds == [1]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--train", "{lr: 1"])
+    grid_parser = argparse.ArgumentParser()
+    add_arguments(grid_parser, GridConfig)
+    assert from_args(GridConfig, grid_parser.parse_args(["--K", "1,2,8"])).K == [1, 2, 8]
+    with pytest.raises(SystemExit):
+        grid_parser.parse_args(["--K", "1,two"])
+
+
+def test_yaml_list_and_mapping_types(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("train: [1]\n")
+    with pytest.raises(ConfigError, match="key 'train' must be a mapping"):
+        from_yaml(ExperimentConfig, tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("report_to: [1]\n")
+    with pytest.raises(ConfigError, match="key 'report_to' must be a list of str"):
+        from_yaml(ExperimentConfig, tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("grids: [{seeds: [true]}]\n")
+    with pytest.raises(ConfigError, match="key 'seeds' must be a list of int"):
+        from_yaml(ExperimentConfig, tmp_path / "c.yaml")

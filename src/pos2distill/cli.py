@@ -12,24 +12,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pos2distill import __version__
-from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, PairsConfig, ProbeConfig,
-                                ReportConfig, TeachConfig, TrainConfig, add_arguments, from_args)
+from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, ExperimentConfig,
+                                PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig,
+                                add_arguments, from_args)
 from pos2distill.errors import Pos2DistillError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from pos2distill import cache, crosstask, demo, pairs, probe, report, teach, train
+    from pos2distill import cache, crosstask, demo, experiment, pairs, probe, report, teach, train
 
     return {
         "probe": (ProbeConfig, probe.main, "Accuracy by gold position (or by hop configuration)."),
         "teach": (TeachConfig, teach.main, "Teacher responses at the advantageous position."),
         "pairs": (PairsConfig, pairs.main, "Training pairs: K trivial positions + anchors."),
         "cache": (CacheConfig, cache.main, "Teacher cache: top-k log-probs of every response token."),
-        "train": (TrainConfig, train.main, "Train with Pos2Distill-R1 (frozen teacher)."),
+        "train": (TrainConfig, train.main, "Train with Pos2Distill-R1/R2, its ablations or a "
+                  "baseline (--method)."),
         "report": (ReportConfig, report.main, "Before/after tables and plots from two probes."),
         "crosstask": (CrossTaskConfig, crosstask.main,
                       "Cross-task table: each trained model on retrieval and reasoning."),
         "demo": (DemoConfig, demo.main, "The whole R1 (and/or R2) pipeline on the embedded model."),
+        "experiment": (ExperimentConfig, experiment.main, "A grid of methods x seeds x K x "
+                       "training questions x documents: results table and plots."),
     }
 
 
@@ -45,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_) in _commands().items():
         p = sub.add_parser(name, help=help_, description=(cls.__doc__ or help_).strip(),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if name == "experiment":
+            p.add_argument("_config", nargs="?", default=argparse.SUPPRESS, metavar="CONFIG.yaml",
+                           help="The experiment's YAML config (same as --config).")
         add_arguments(p, cls)
     return parser
 
@@ -65,6 +72,10 @@ def _print_result(command: str, result: Any) -> None:
         print(Path(result["table"]).read_text() + f"\ntable: {result['table']}")
     elif command == "report":
         print(f"report: {result['report']}\nplot:   {result['plot']}")
+    elif command == "experiment":
+        print(f"results: {result['results']} (also {result['csv']}, {result['json']})")
+        for plot in result["plots"]:
+            print(f"plot:    {plot}")
     elif isinstance(result, dict):
         print("  ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list))))
 

@@ -346,6 +346,127 @@ class DemoConfig:
         _check_positive("r2-max-new-tokens", self.r2_max_new_tokens)
 
 
+@dataclass
+class GridConfig:
+    """One grid of an experiment: every combination of its lists is a run (method, K, number of
+    training questions, seed), each evaluated at every number of documents in ``eval_documents``."""
+
+    name: str = _f("grid", "Name of the grid (for logs).")
+    methods: list[str] = _f(["r1"], "Training methods (see `pos2distill train --method`).")
+    seeds: list[int] = _f([0], "Training seeds (pairs' positions and distractor orders, data order).")
+    K: list[int] = _f([4], "Trivial positions per question; K = 0 is the untrained base model.")
+    n_train: list[int] = _f([400], "Training questions given to the teacher (the first N).")
+    eval_documents: list[int] = _f([20], "Documents per question at evaluation.")
+
+    def __post_init__(self) -> None:
+        for key in ("methods", "seeds", "K", "n_train", "eval_documents"):
+            if not getattr(self, key):
+                raise ConfigError(f"grid {self.name!r}: '{key}' is empty")
+        for m in self.methods:
+            if m == "r2":
+                raise ConfigError(f"grid {self.name!r}: methods: r2 trains on reasoning pairs (hop "
+                                  "positions), which the experiment runner does not build")
+            _check_choice("methods", m, EXPERIMENT_METHODS)
+        for k in self.K:
+            _check_positive("K", k, allow_zero=True)
+        for n in self.n_train:
+            _check_positive("n-train", n)
+        for d in self.eval_documents:
+            _check_positive("eval-documents", d)
+
+
+#: Methods the experiment runner trains: the retrieval ones (r2 needs reasoning pairs, which the
+#: runner does not build).
+EXPERIMENT_METHODS = tuple(m for m in METHOD_NAMES if m != "r2")
+#: TrainConfig fields the experiment sets itself (the rest may be given under ``train``).
+EXPERIMENT_TRAIN_FIELDS = ("pairs", "model", "out", "method", "seed", "dtype", "device",
+                           "trust_remote_code")
+
+
+@dataclass
+class ExperimentConfig(ModelOptions):
+    """A grid of training runs sharing cached stages, evaluated by position, with a results table
+    (mean ± std over seeds) and plots. Re-running the same command resumes it."""
+
+    out: str = _f("runs/experiment", "Output folder (shared/, runs/, results.*, plots/).")
+    train_data: str = _f("synthetic:train", "Training questions (the teacher answers them).")
+    test_data: str = _f("synthetic:test", "Held-out questions for evaluation.")
+    data_format: str = _f("auto", "Data format of both files: auto, records, litm, authors, kv.")
+    data_seed: int = _f(0, "Seed of questions, teacher and evaluation distractor orders: the same "
+                        "for every run, so every model is compared on the same prompts.")
+    n_documents: int = _f(20, "Documents per training question.")
+    n_test: int = _f(100, "Held-out questions, each asked at every evaluated position.")
+    positions: str = _f("all", "Evaluated gold positions: all, a list like 0,4,9 (valid for every "
+                        "document count), or even:N (N evenly spaced, first and last included).")
+    positions_by_documents: dict = _f({}, "Evaluated positions per document count, overriding "
+                                      "--positions, e.g. {20: '0,4,9,14,19', 30: 'even:5'}.")
+    advantageous: str = _f("first", "Advantageous position of the teacher: first, last, integer.")
+    anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1).")
+    train: dict = _f({}, "TrainConfig options for every run (lr, epochs, batch_size, formula, "
+                     "...; JSON on the command line).")
+    generation: dict = _f({}, "Generation options of teach and probes: batch_size, "
+                          "max_new_tokens, too_long (JSON on the command line).")
+    grids: list[dict] = _f([{}], "Grids of runs (name, methods, seeds, K, n_train, "
+                           "eval_documents); runs shared by several grids are trained once.")
+    report_to: list[str] = _f([], "Also log to: tensorboard, wandb (need those packages).")
+    shard: str = _f("", "I/N: run only the runs whose index modulo N is I (one process per GPU; "
+                    "shared stages are locked so the shards share them). Empty: every run.")
+
+    def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
+        _check_choice("data-format", self.data_format, ("auto", "records", "litm", "authors", "kv"))
+        _check_positive("n-documents", self.n_documents)
+        _check_positive("n-test", self.n_test)
+        _check_positive("anchors", self.anchors, allow_zero=True)
+        bad = sorted(set(self.train) & set(EXPERIMENT_TRAIN_FIELDS))
+        if bad:
+            raise ConfigError(f"train: {', '.join(bad)} is set by the experiment itself "
+                              "(use the top-level model, dtype, device, grids' methods and seeds)")
+        self.train_config(pairs="p", out="o", method="r1", seed=0)   # validates the keys
+        self.generation_options()
+        if not self.grids:
+            raise ConfigError("grids: at least one grid")
+        self.grid_configs()
+        for r in self.report_to:
+            _check_choice("report-to", r, ("tensorboard", "wandb"))
+        for k, v in self.positions_by_documents.items():
+            if not (isinstance(v, str) and str(k).isdigit()):
+                raise ConfigError(f"positions_by_documents: {k!r}: {v!r}: expected "
+                                  "DOCUMENTS: 'POSITIONS'")
+        self.shard_index()
+
+    def shard_index(self) -> tuple[int, int]:
+        """(I, N) of ``--shard I/N``; (0, 1) without sharding."""
+        if not self.shard:
+            return 0, 1
+        i, _, n = self.shard.partition("/")
+        if not (i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ConfigError(f"--shard: {self.shard!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+        return int(i), int(n)
+
+    def positions_spec(self, n_documents: int) -> str:
+        by = {int(k): v for k, v in self.positions_by_documents.items()}
+        return by.get(n_documents, self.positions)
+
+    def grid_configs(self) -> list[GridConfig]:
+        return [from_mapping(GridConfig, {"name": f"grid{i}", **g}, source=f"grids[{i}]")
+                if isinstance(g, dict) else _not_a_mapping(f"grids[{i}]")
+                for i, g in enumerate(self.grids)]
+
+    def train_config(self, **values: Any) -> TrainConfig:
+        base = {"model": self.model, "dtype": self.dtype, "device": self.device,
+                "trust_remote_code": self.trust_remote_code}
+        return from_mapping(TrainConfig, {**base, **self.train, **values}, source="train")
+
+    def generation_options(self) -> dict[str, Any]:
+        return dataclasses.asdict(from_mapping(GenerationOptions, self.generation,
+                                               source="generation"))
+
+
+def _not_a_mapping(source: str) -> Any:
+    raise ConfigError(f"{source}: must be a mapping of option: value")
+
+
 # ---------------------------------------------------------------------------------------------
 # argparse and YAML plumbing
 
@@ -364,11 +485,36 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if typ is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
+        elif typing.get_origin(typ) is list and typing.get_args(typ)[0] in (int, str):
+            parser.add_argument(_flag(f.name), dest=f.name, type=_comma_list(typing.get_args(typ)[0]),
+                                default=argparse.SUPPRESS, metavar="A,B,...",
+                                help=f"{help_} (default: {','.join(map(str, default))})")
+        elif typ is dict or typing.get_origin(typ) in (dict, list):
+            parser.add_argument(_flag(f.name), dest=f.name, type=_json_value,
+                                default=argparse.SUPPRESS, metavar="JSON",
+                                help=f"{help_} (default: {json.dumps(default)})")
         else:
             parser.add_argument(_flag(f.name), dest=f.name, type=typ, default=argparse.SUPPRESS,
                                 metavar=f.name.upper(), help=f"{help_} (default: {default})")
     parser.add_argument("--config", dest="_config", default=None, metavar="YAML",
                         help="Read options from a YAML file; flags given on the command line win.")
+
+
+def _comma_list(typ: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            return [typ(x.strip()) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of "
+                                             f"{typ.__name__}") from None
+    return parse
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
 
 
 def from_mapping(cls: type[C], values: dict[str, Any], *, source: str = "config") -> C:
@@ -393,6 +539,17 @@ def from_mapping(cls: type[C], values: dict[str, Any], *, source: str = "config"
         if typ in (int, float, str, bool) and (not isinstance(v, typ)
                                                or (typ is not bool and isinstance(v, bool))):
             raise ConfigError(f"{source}: key '{k}' must be {typ.__name__}, got {v!r}")
+        if typing.get_origin(typ) is list or typ is list:
+            item = (typing.get_args(typ) or (object,))[0]
+            item = typing.get_origin(item) or item
+            if item in (int, str) and isinstance(v, item) and not isinstance(v, bool):
+                v = [v]   # a single value where a list is expected
+            if not isinstance(v, list) or not all(
+                    isinstance(x, item) and not (item is int and isinstance(x, bool)) for x in v):
+                raise ConfigError(f"{source}: key '{k}' must be a list of {item.__name__}, "
+                                  f"got {v!r}")
+        if (typ is dict or typing.get_origin(typ) is dict) and not isinstance(v, dict):
+            raise ConfigError(f"{source}: key '{k}' must be a mapping, got {v!r}")
         converted[k] = v
     return cls(**converted)
 

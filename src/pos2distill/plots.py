@@ -70,3 +70,33 @@ def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, fl
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_curves(panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[float, float, float]]]]],
+                path: str | Path, *, xlabel: str, title: str = "", log_x: bool = False) -> Path:
+    """Side-by-side panels of ``(ylabel, {label: [(x, y, err), ...]})``: one line per label with
+    ±err bars (e.g. mean ± std over seeds). Used for accuracy against K, training size and
+    context length."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), dpi=110,
+                             squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for label, points in series.items():
+            points = sorted(points)
+            ax.errorbar([x for x, _, _ in points], [y for _, y, _ in points],
+                        yerr=[e for _, _, e in points], marker="o", ms=4, capsize=3, label=label)
+        if log_x:
+            ax.set_xscale("symlog", linthresh=1)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
