@@ -76,7 +76,7 @@ def test_lora_training_changes_only_the_adapter(model_dir: Path, pairs_file: Pat
                                                tmp_path: Path) -> None:
     out = tmp_path / "run"
     summary = train.main(TrainConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out),
-                                     lr=5e-2, batch_size=4, epochs=2, lora_rank=4, lora_alpha=8,
+                                     lr=1e-2, batch_size=4, epochs=2, lora_rank=4, lora_alpha=8,
                                      lora_targets="q_proj,v_proj,up_proj"))
     assert summary["teacher"] == "lora-base"
     assert summary["adapter"] == str(out / "adapter") and summary["model"] == str(out / "model")
@@ -104,7 +104,9 @@ def test_lora_training_changes_only_the_adapter(model_dir: Path, pairs_file: Pat
     changed = {n for n, p in merged.state_dict().items() if not torch.equal(p, base_sd[n])}
     assert changed and all(any(t in n for t in ("q_proj", "v_proj", "up_proj")) for n in changed)
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert log[-1]["kl_mean"] < log[0]["kl_mean"]
+    # Both epochs see the same 12 pairs: the second one's mean KL is lower.
+    half = len(log) // 2
+    assert sum(r["kl_mean"] for r in log[half:]) < sum(r["kl_mean"] for r in log[:half])
 
 
 def test_lora_without_merge_and_teacher_device_refused(model_dir: Path, pairs_file: Path,
