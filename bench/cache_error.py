@@ -21,7 +21,7 @@ import torch
 from pos2distill import cache, pairs, teach, train
 from pos2distill.config import CacheConfig, PairsConfig, TeachConfig
 from pos2distill.heads import head, response_hidden
-from pos2distill.losses import per_token_kl, topk_token_kl
+from pos2distill.losses import topk_token_kl
 from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
 from pos2distill.teacher import OnlineTeacher
 
