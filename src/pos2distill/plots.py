@@ -12,6 +12,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, ax, path: str | Path, *, title: str, legend: bool) -> Path:
+    """Title and legend on ``ax``, then ``fig`` written to ``path`` (folders made) and closed."""
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend()
+    return _write(fig, path)
+
+
+def _write(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_accuracy_by_configuration(series: Mapping[str, Sequence[tuple[str, float, float]]],
                                    path: str | Path, *, title: str = "",
                                    xlabel: str = "hop document positions (1-based: first, second)"
@@ -30,16 +48,7 @@ def plot_accuracy_by_configuration(series: Mapping[str, Sequence[tuple[str, floa
     ax.set_ylabel("exact match")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, axis="y")
-    if title:
-        ax.set_title(title)
-    if len(series) > 1:
-        ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title=title, legend=len(series) > 1)
 
 
 def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, float]]],
@@ -60,16 +69,7 @@ def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, fl
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    if title:
-        ax.set_title(title)
-    if len(series) > 1:
-        ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, path, title=title, legend=len(series) > 1)
 
 
 def plot_curves(panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[float, float, float]]]]],
@@ -94,9 +94,4 @@ def plot_curves(panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[float, f
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _write(fig, path)
