@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from pos2distill.config import ProbeConfig
 from pos2distill.context import fit_prompt
+from pos2distill.errors import ConfigError
 from pos2distill.generation import Generator
 from pos2distill.metrics import aggregate_by_key, best_subspan_em, summarize
 from pos2distill.positions import parse_positions
@@ -78,7 +79,6 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def load_summary(path: str | Path) -> dict[str, Any]:
     """A probe's ``summary.json`` (``path`` may be the probe folder)."""
-    from pos2distill.errors import ConfigError
 
     p = Path(path)
     if p.is_dir():
@@ -99,35 +99,21 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: ProbeConfig) -> dict[str, Any]:
-    """Run the probe described by ``cfg``; returns the summary."""
-    if cfg.task == "reasoning":
-        from pos2distill.reasoning import probe_main
 
-        return probe_main(cfg)
-    from tqdm.auto import tqdm
-
-    from pos2distill.data import load_data
-    from pos2distill.generation import make_generator
+def pending_prompts(cfg: Any, out: Path, records: Sequence[Record], where: Sequence[Any],
+                    tokenizer: Any, config: Any, *, done_key: Any, item_key: Any
+                    ) -> tuple[list, dict[str, Any] | None]:
+    """The probe's prompts (every record at every position or hop configuration in ``where``, fitted
+    to the model's context by ``--too-long``), minus those whose rows are already in ``out``; writes
+    ``run.json`` (a run of another config refuses here). Also returns the ``too_long`` block of the
+    summary (None when every prompt fitted). Shared by the retrieval and reasoning probes."""
     from pos2distill.context import prompt_budget
-    from pos2distill.errors import ConfigError
-    from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
-    from pos2distill.plots import plot_accuracy_by_position
-    from pos2distill.prompts import use_chat
-    from pos2distill.records import open_text
-    from pos2distill.runinfo import start_run, write_json_atomic
+    from pos2distill.modeling import resolve_model_path
+    from pos2distill.runinfo import start_run
 
-    out = Path(cfg.out)
-    records = load_data(cfg)
-    n_docs = len(records[0].documents)
-    positions = parse_positions(cfg.positions, n_docs)
-    # Everything that can refuse the run does so before anything is written.
-    config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
     budget = prompt_budget(config, tokenizer, cfg.max_new_tokens)
     counts: dict[str, int] = {}
-    all_items = probe_prompts(records, positions, tokenizer, template=cfg.template, chat=cfg.chat,
+    all_items = probe_prompts(records, where, tokenizer, template=cfg.template, chat=cfg.chat,
                               seed=cfg.seed, max_tokens=budget, too_long=cfg.too_long,
                               counts=counts)
     if not all_items:
@@ -139,10 +125,41 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
     inputs = [cfg.data, resolve_model_path(cfg.model)]
     start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
               ignore=("out", "batch_size", "device"))
-    done = {(r["id"], r["position"]) for r in read_rows(out / ROWS)}
-    items = [it for it in all_items if (it[0].id, it[1]) not in done]
+    done = {done_key(r) for r in read_rows(out / ROWS)}
+    items = [it for it in all_items if item_key(it) not in done]
     if done:
         log.info("resuming: %d of %d rows already in %s", len(done), len(done) + len(items), out)
+    too_long = ({"policy": cfg.too_long, "max_prompt_tokens": budget, **counts}
+                if counts["skipped"] or counts["truncated"] else None)
+    return items, too_long
+
+def main(cfg: ProbeConfig) -> dict[str, Any]:
+    """Run the probe described by ``cfg``; returns the summary."""
+    if cfg.task == "reasoning":
+        from pos2distill.reasoning import probe_main
+
+        return probe_main(cfg)
+    from tqdm.auto import tqdm
+
+    from pos2distill.data import load_data
+    from pos2distill.generation import make_generator
+    from pos2distill.modeling import load_config, load_tokenizer
+    from pos2distill.plots import plot_accuracy_by_position
+    from pos2distill.prompts import use_chat
+    from pos2distill.records import open_text
+    from pos2distill.runinfo import write_json_atomic
+
+    out = Path(cfg.out)
+    records = load_data(cfg)
+    n_docs = len(records[0].documents)
+    positions = parse_positions(cfg.positions, n_docs)
+    # Everything that can refuse the run does so before anything is written.
+    config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    items, too_long = pending_prompts(cfg, out, records, positions, tokenizer, config,
+                            done_key=lambda r: (r["id"], r["position"]),
+                            item_key=lambda it: (it[0].id, it[1]))
     if items:
         bar = tqdm(total=len(items), desc=f"probe {Path(cfg.model).name}", unit="prompt")
         generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
@@ -157,8 +174,8 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
         bar.close()
     rows = read_rows(out / ROWS)
     summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs, **summarize_rows(rows)}
-    if counts["skipped"] or counts["truncated"]:
-        summary["too_long"] = {"policy": cfg.too_long, "max_prompt_tokens": budget, **counts}
+    if too_long:
+        summary["too_long"] = too_long
     write_json_atomic(out / SUMMARY, summary)
     (out / TABLE).write_text(markdown_table(summary))
     plot_accuracy_by_position(

@@ -159,14 +159,13 @@ def probe_main(cfg: Any) -> dict[str, Any]:
     """``pos2distill probe --task reasoning``: EM at every requested hop configuration."""
     from tqdm.auto import tqdm
 
-    from pos2distill.context import prompt_budget
     from pos2distill.data import load_data
     from pos2distill.generation import HFGenerator
-    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer, resolve_model_path
+    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer
     from pos2distill.plots import plot_accuracy_by_configuration
-    from pos2distill.probe import probe_prompts, read_rows, run_probe
+    from pos2distill.probe import pending_prompts, read_rows, run_probe
     from pos2distill.records import open_text
-    from pos2distill.runinfo import start_run, write_json_atomic
+    from pos2distill.runinfo import write_json_atomic
 
     out = Path(cfg.out)
     records = load_data(cfg)  # two-hop questions only (--task reasoning)
@@ -175,24 +174,9 @@ def probe_main(cfg: Any) -> dict[str, Any]:
     config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     chat = use_chat(tokenizer, cfg.chat)
-    budget = prompt_budget(config, tokenizer, cfg.max_new_tokens)
-    counts: dict[str, int] = {}
-    all_items = probe_prompts(records, configurations, tokenizer, template=cfg.template,
-                              chat=cfg.chat, seed=cfg.seed, max_tokens=budget,
-                              too_long=cfg.too_long, counts=counts)
-    if not all_items:
-        raise ConfigError(f"--too-long {cfg.too_long}: no prompt fits the model's context "
-                          f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
-    if counts["skipped"] or counts["truncated"]:
-        log.warning("%d prompts longer than %d tokens were skipped, %d truncated (--too-long %s)",
-                    counts["skipped"], budget, counts["truncated"], cfg.too_long)
-    inputs = [cfg.data, resolve_model_path(cfg.model)]
-    start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
-              ignore=("out", "batch_size", "device"))
-    done = {(r["id"], r["configuration"]) for r in read_rows(out / ROWS)}
-    items = [it for it in all_items if (it[0].id, configuration_key(it[1])) not in done]
-    if done:
-        log.info("resuming: %d of %d rows already in %s", len(done), len(done) + len(items), out)
+    items, too_long = pending_prompts(cfg, out, records, configurations, tokenizer, config,
+                            done_key=lambda r: (r["id"], r["configuration"]),
+                            item_key=lambda it: (it[0].id, configuration_key(it[1])))
     if items:
         model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                trust_remote_code=cfg.trust_remote_code)
@@ -212,8 +196,8 @@ def probe_main(cfg: Any) -> dict[str, Any]:
     order = [configuration_key(c) for c in configurations]
     summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs,
                **summarize_rows(read_rows(out / ROWS), order)}
-    if counts["skipped"] or counts["truncated"]:
-        summary["too_long"] = {"policy": cfg.too_long, "max_prompt_tokens": budget, **counts}
+    if too_long:
+        summary["too_long"] = too_long
     write_json_atomic(out / SUMMARY, summary)
     (out / TABLE).write_text(markdown_table(summary))
     plot_accuracy_by_configuration({Path(cfg.model).name: plot_series(summary)}, out / PLOT,
