@@ -165,12 +165,16 @@ def _recall_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_id
     return seqs, masks
 
 
+def _chat_example(placed, tokenizer, template: str, target: str) -> tuple[list[int], list[int]]:
+    """The rendered chat prompt + ``target`` + EOS, as ``train`` encodes a pair; loss on the latter."""
+    p_ids = prompts.encode_prompt(tokenizer, prompts.render_prompt(placed, tokenizer, template=template),
+                                  chat=True)
+    t_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return p_ids + t_ids, [0] * len(p_ids) + [1] * len(t_ids)
+
+
 def _lookup_example(record, tokenizer, position: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    placed = place_gold(record, position, rng)
-    prompt = prompts.render_prompt(placed, tokenizer)
-    p_ids = prompts.encode_prompt(tokenizer, prompt, chat=True)
-    a_ids = tokenizer(record.answers[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return p_ids + a_ids, [0] * len(p_ids) + [1] * len(a_ids)
+    return _chat_example(place_gold(record, position, rng), tokenizer, "authors", record.answers[0])
 
 
 def _pad(seqs: list[list[int]], masks: list[list[int]], pad: int):
@@ -191,11 +195,7 @@ def _reasoning_example(record, tokenizer, pair: tuple[int, int],
     """Prompt (reasoning template, chat) + reference chain-of-thought + EOS; loss on the latter, as
     ``train --method r2`` encodes it."""
     placed = place_hops(record, pair, rng)
-    prompt = prompts.render_prompt(placed, tokenizer, template="reasoning")
-    p_ids = prompts.encode_prompt(tokenizer, prompt, chat=True)
-    c_ids = tokenizer(synthetic.record_cot(placed), add_special_tokens=False)["input_ids"]
-    c_ids = list(c_ids) + [tokenizer.eos_token_id]
-    return p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids)
+    return _chat_example(placed, tokenizer, "reasoning", synthetic.record_cot(placed))
 
 
 @torch.no_grad()
