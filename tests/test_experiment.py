@@ -103,7 +103,8 @@ def test_synthetic_training_questions_are_prefixes() -> None:
 # ---------------------------------------------------------------------------------------------
 
 def test_configs_are_shipped() -> None:
-    assert {p.name for p in CONFIGS} >= {"ablation-tiny.yaml", "paper-nq-7b.yaml"}
+    assert {p.name for p in CONFIGS} >= {"ablation-tiny.yaml", "paper-nq-7b.yaml",
+                                         "paper-musique-7b.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -119,6 +120,10 @@ def test_every_shipped_config_parses(path: Path) -> None:
             experiment.probe_config(cfg, cfg.model, Path("p"), d)
     if cfg.model != "tiny":                   # paper-scale configs name a model folder to fill in
         assert "/" in cfg.model
+    if cfg.task == "reasoning":
+        assert {r.method for r in runs if r.trains} == {"r2"}
+        n = cfg.n_documents
+        assert experiment.adv_slot(cfg, n) == f"{n - 2},{n - 1}"      # the last two documents
 
 
 def test_experiment_config_errors(tmp_path: Path) -> None:

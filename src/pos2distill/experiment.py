@@ -423,7 +423,9 @@ def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
         train = load_data(_Data(task=cfg.task, data=cfg.train_data, data_format=cfg.data_format,
                                       n_documents=cfg.n_documents, limit=n_max, seed=cfg.data_seed))
         if len(train) < n_max:
-            raise ConfigError(f"n_train {n_max}: {cfg.train_data} has only {len(train)} questions")
+            kind = " two-hop" if cfg.task == "reasoning" else ""
+            raise ConfigError(f"n_train {n_max}: the first {n_max} questions of {cfg.train_data} "
+                              f"hold only {len(train)}{kind} questions")
     for docs in sorted({d for r in runs for d in r.eval_documents}):
         test = load_data(_Data(task=cfg.task, data=cfg.test_data, data_format=cfg.data_format,
                                      n_documents=docs, limit=cfg.n_test, seed=cfg.data_seed))
