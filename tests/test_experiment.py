@@ -313,7 +313,8 @@ def test_reasoning_grid_tabulates_em_by_configuration(tmp_path: Path, tiny_model
         assert cli.main(["-q", "experiment", str(config)]) == 0
     assert [(c.method, c.seed) for c in trained] == [("r2", 0), ("r2", 1)]
     # The shared stages are the reasoning ones: CoT teacher at the last two documents, R2 pairs.
-    teach_rows = [json.loads(x) for x in (out / "shared" / "teach-n3.jsonl").read_text().splitlines()]
+    teach_text = (out / "shared" / "teach-n3.jsonl").read_text()
+    teach_rows = [json.loads(x) for x in teach_text.splitlines()]
     assert teach_rows and all(r["task"] == "reasoning" for r in teach_rows)
     pairs = (out / "shared" / "pairs" / "n3-K1-seed0.jsonl").read_text().splitlines()
     assert len(pairs) == len(teach_rows)                       # K = 1, no anchors

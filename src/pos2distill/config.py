@@ -402,7 +402,8 @@ class ExperimentConfig(ModelOptions):
                            "or 'A,B'.")
     configurations: str = _f("all", "task reasoning: evaluated hop position pairs (a probe "
                              "--configurations spec: all, connected, ..., or '0,1;5,6').")
-    anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1; r2 has none).")
+    anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1; r2 has "
+                         "none).")
     train: dict = _f({}, "TrainConfig options for every run (lr, epochs, batch_size, formula, "
                      "...; JSON on the command line).")
     generation: dict = _f({}, "Generation options of teach and probes: batch_size, "

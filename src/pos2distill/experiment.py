@@ -25,6 +25,11 @@ Layout of ``--out``::
     results.md, results.csv, results.json
     plots/*.png
 
+``task: reasoning`` runs the same grid for R2: teach writes chains of thought at the advantageous
+hop pair, the pairs put the hops at K other configurations (no anchors), every run trains ``r2``
+and the probes measure EM by hop configuration; results keep the same keys, with configurations
+``"A,B"`` (0-based hop positions) in place of positions.
+
 Resuming: a run with a ``result.json`` of the same configuration is not touched again; an
 interrupted one continues inside its stages (teach and probes keep their finished rows, training
 its last checkpoint). Every stage keeps its own ``run.json`` guard, so a changed config is refused
@@ -113,7 +118,8 @@ def positions_for(spec: str, n_documents: int) -> str:
 
 
 def _model_kw(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {"task": cfg.task, "template": cfg.template, "chat": cfg.chat, "dtype": cfg.dtype, "device": cfg.device,
+    return {"task": cfg.task, "template": cfg.template, "chat": cfg.chat, "dtype": cfg.dtype,
+            "device": cfg.device,
             "trust_remote_code": cfg.trust_remote_code}
 
 
@@ -421,14 +427,14 @@ def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
     n_max = max(r.n_train for r in runs)
     if any(r.trains for r in runs):
         train = load_data(_Data(task=cfg.task, data=cfg.train_data, data_format=cfg.data_format,
-                                      n_documents=cfg.n_documents, limit=n_max, seed=cfg.data_seed))
+                                n_documents=cfg.n_documents, limit=n_max, seed=cfg.data_seed))
         if len(train) < n_max:
             kind = " two-hop" if cfg.task == "reasoning" else ""
             raise ConfigError(f"n_train {n_max}: the first {n_max} questions of {cfg.train_data} "
                               f"hold only {len(train)}{kind} questions")
     for docs in sorted({d for r in runs for d in r.eval_documents}):
         test = load_data(_Data(task=cfg.task, data=cfg.test_data, data_format=cfg.data_format,
-                                     n_documents=docs, limit=cfg.n_test, seed=cfg.data_seed))
+                               n_documents=docs, limit=cfg.n_test, seed=cfg.data_seed))
         if len(test[0].documents) != docs:
             raise ConfigError(f"eval_documents {docs}: {cfg.test_data} has "
                               f"{len(test[0].documents)} documents per question (only one-document "
@@ -450,9 +456,9 @@ def teach_subset(cfg: ExperimentConfig, teach_path: Path, n_train: int, n_max: i
 
     if n_train == n_max:
         return teach_path
-    ids = {r.id for r in load_data(_Data(task=cfg.task, data=cfg.train_data, data_format=cfg.data_format,
-                                               n_documents=cfg.n_documents, limit=n_train,
-                                               seed=cfg.data_seed))}
+    ids = {r.id for r in load_data(_Data(task=cfg.task, data=cfg.train_data,
+                                         data_format=cfg.data_format, n_documents=cfg.n_documents,
+                                         limit=n_train, seed=cfg.data_seed))}
     path = teach_path.with_name(f"{teach_path.name.removesuffix('.jsonl')}-first{n_train}.jsonl")
     write_jsonl(path, [row for row in read_teacher_rows(teach_path) if row["id"] in ids])
     return path
