@@ -103,7 +103,8 @@ def test_synthetic_training_questions_are_prefixes() -> None:
 # ---------------------------------------------------------------------------------------------
 
 def test_configs_are_shipped() -> None:
-    assert {p.name for p in CONFIGS} >= {"ablation-tiny.yaml", "paper-nq-7b.yaml"}
+    assert {p.name for p in CONFIGS} >= {"ablation-tiny.yaml", "paper-nq-7b.yaml",
+                                         "paper-musique-7b.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -119,6 +120,10 @@ def test_every_shipped_config_parses(path: Path) -> None:
             experiment.probe_config(cfg, cfg.model, Path("p"), d)
     if cfg.model != "tiny":                   # paper-scale configs name a model folder to fill in
         assert "/" in cfg.model
+    if cfg.task == "reasoning":
+        assert {r.method for r in runs if r.trains} == {"r2"}
+        n = cfg.n_documents
+        assert experiment.adv_slot(cfg, n) == f"{n - 2},{n - 1}"      # the last two documents
 
 
 def test_experiment_config_errors(tmp_path: Path) -> None:
@@ -271,3 +276,66 @@ def test_shards_split_the_runs_and_share_the_stages(tmp_path: Path, tiny_model_d
     assert (out / "shared" / ".lock").exists()
     with pytest.raises(ConfigError, match="--shard: '2/2'"):
         ExperimentConfig(shard="2/2")
+
+
+# ---------------------------------------------------------------------------------------------
+# A small reasoning (R2) grid end to end
+# ---------------------------------------------------------------------------------------------
+
+def test_reasoning_config_errors() -> None:
+    with pytest.raises(ConfigError, match="task: reasoning trains r2 only"):
+        ExperimentConfig(task="reasoning", grids=[{"methods": ["r1"]}])
+    with pytest.raises(ConfigError, match="configurations places hop documents"):
+        ExperimentConfig(configurations="0,1", grids=[{"methods": ["r1"]}])
+    cfg = ExperimentConfig(task="reasoning", grids=[{"methods": ["r2"]}])
+    assert cfg.advantageous == "last" and cfg.template == "reasoning"
+    assert ExperimentConfig().advantageous == "first"
+
+
+def test_reasoning_grid_tabulates_em_by_configuration(tmp_path: Path, tiny_model_dir: Path,
+                                                      reasoning_oracle_hf: Any) -> None:
+    from pos2distill import train
+
+    out = tmp_path / "exp"
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "out": str(out), "model": str(tiny_model_dir), "task": "reasoning",
+        "train_data": "synthetic-reasoning:train", "test_data": "synthetic-reasoning:test",
+        "n_documents": 6, "n_test": 2, "configurations": "0,1;1,0;0,2;4,5",
+        "train": {"lr": 1e-2, "epochs": 1, "batch_size": 4, "warmup_ratio": 0.0},
+        "generation": {"max_new_tokens": 8},
+        "grids": [{"methods": ["r2"], "seeds": [0, 1], "K": [1], "n_train": [3],
+                   "eval_documents": [6]}]}))
+    trained = []
+    real_train = train.main
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "main", lambda cfg: trained.append(cfg) or real_train(cfg))
+        assert cli.main(["-q", "experiment", str(config)]) == 0
+    assert [(c.method, c.seed) for c in trained] == [("r2", 0), ("r2", 1)]
+    # The shared stages are the reasoning ones: CoT teacher at the last two documents, R2 pairs.
+    teach_text = (out / "shared" / "teach-n3.jsonl").read_text()
+    teach_rows = [json.loads(x) for x in teach_text.splitlines()]
+    assert teach_rows and all(r["task"] == "reasoning" for r in teach_rows)
+    pairs = (out / "shared" / "pairs" / "n3-K1-seed0.jsonl").read_text().splitlines()
+    assert len(pairs) == len(teach_rows)                       # K = 1, no anchors
+    # The oracle answers connected hops (0,1 and 4,5) only, whatever the model.
+    results = json.loads((out / "results.json").read_text())
+    by = {(r["method"], r["documents"]): r for r in results["rows"]}
+    for method in ("base", "r2"):
+        row = by[(method, 6)]
+        assert row["accuracy_by_position"] == {"0,1": 1.0, "1,0": 0.0, "0,2": 0.0, "4,5": 1.0}
+        assert row["mean"] == 0.5 and row["gap"] == 1.0
+        assert row["adv_position"] == "4,5" and row["adv_accuracy"] == 1.0
+    assert by[("r2", 6)]["seeds"] == [0, 1] and by[("r2", 6)]["mean_std"] == 0.0
+    md = (out / "results.md").read_text()
+    assert "| r2 | 1 | 3 | 6 | 2 | 0.500 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 (5,6) |" in md
+    assert "| 1,2 | 1,3 | 2,1 | 5,6 |" in md          # columns sorted by (first, second) hop
+    assert (out / "results.csv").read_text().splitlines()[0].endswith(
+        "acc_pos1-2,acc_pos1-3,acc_pos2-1,acc_pos5-6")
+    assert (out / "plots" / "accuracy_by_configuration-d6.png").exists()
+    # Re-run: every run is finished, nothing trains again, the table is the same.
+    before = md
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "main", lambda cfg: trained.append(cfg) or real_train(cfg))
+        assert cli.main(["-q", "experiment", str(config)]) == 0
+    assert len(trained) == 2 and (out / "results.md").read_text() == before

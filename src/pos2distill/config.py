@@ -363,9 +363,6 @@ class GridConfig:
             if not getattr(self, key):
                 raise ConfigError(f"grid {self.name!r}: '{key}' is empty")
         for m in self.methods:
-            if m == "r2":
-                raise ConfigError(f"grid {self.name!r}: methods: r2 trains on reasoning pairs (hop "
-                                  "positions), which the experiment runner does not build")
             _check_choice("methods", m, EXPERIMENT_METHODS)
         for k in self.K:
             _check_positive("K", k, allow_zero=True)
@@ -375,9 +372,9 @@ class GridConfig:
             _check_positive("eval-documents", d)
 
 
-#: Methods the experiment runner trains: the retrieval ones (r2 needs reasoning pairs, which the
-#: runner does not build).
-EXPERIMENT_METHODS = tuple(m for m in METHOD_NAMES if m != "r2")
+#: Methods the experiment runner trains: the retrieval ones with ``task: retrieval``, r2 with
+#: ``task: reasoning`` (checked by :class:`ExperimentConfig`).
+EXPERIMENT_METHODS = METHOD_NAMES
 #: TrainConfig fields the experiment sets itself (the rest may be given under ``train``).
 EXPERIMENT_TRAIN_FIELDS = ("pairs", "model", "out", "method", "seed", "dtype", "device",
                            "trust_remote_code")
@@ -400,8 +397,13 @@ class ExperimentConfig(ModelOptions):
                         "document count), or even:N (N evenly spaced, first and last included).")
     positions_by_documents: dict = _f({}, "Evaluated positions per document count, overriding "
                                       "--positions, e.g. {20: '0,4,9,14,19', 30: 'even:5'}.")
-    advantageous: str = _f("first", "Advantageous position of the teacher: first, last, integer.")
-    anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1).")
+    advantageous: str = _f("default", "Advantageous position of the teacher: first, last, integer "
+                           "(default first); task reasoning: the hop pair, last (default), first "
+                           "or 'A,B'.")
+    configurations: str = _f("all", "task reasoning: evaluated hop position pairs (a probe "
+                             "--configurations spec: all, connected, ..., or '0,1;5,6').")
+    anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1; r2 has "
+                         "none).")
     train: dict = _f({}, "TrainConfig options for every run (lr, epochs, batch_size, formula, "
                      "...; JSON on the command line).")
     generation: dict = _f({}, "Generation options of teach and probes: batch_size, "
@@ -418,6 +420,10 @@ class ExperimentConfig(ModelOptions):
         _check_positive("n-documents", self.n_documents)
         _check_positive("n-test", self.n_test)
         _check_positive("anchors", self.anchors, allow_zero=True)
+        if self.advantageous == "default":
+            self.advantageous = "last" if self.task == "reasoning" else "first"
+        if self.task != "reasoning" and self.configurations != "all":
+            raise ConfigError("configurations places hop documents; it needs task: reasoning")
         bad = sorted(set(self.train) & set(EXPERIMENT_TRAIN_FIELDS))
         if bad:
             raise ConfigError(f"train: {', '.join(bad)} is set by the experiment itself "
@@ -426,7 +432,14 @@ class ExperimentConfig(ModelOptions):
         self.generation_options()
         if not self.grids:
             raise ConfigError("grids: at least one grid")
-        self.grid_configs()
+        for g in self.grid_configs():
+            for m in g.methods:
+                if (m == "r2") != (self.task == "reasoning"):
+                    raise ConfigError(
+                        f"grid {g.name!r}: methods: {m}: " + (
+                            "r2 trains on reasoning pairs (hop positions): set task: reasoning"
+                            if m == "r2" else "task: reasoning trains r2 only (chain-of-thought "
+                            "pairs at hop configurations)"))
         for r in self.report_to:
             _check_choice("report-to", r, ("tensorboard", "wandb"))
         for k, v in self.positions_by_documents.items():

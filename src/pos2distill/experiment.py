@@ -25,6 +25,11 @@ Layout of ``--out``::
     results.md, results.csv, results.json
     plots/*.png
 
+``task: reasoning`` runs the same grid for R2: teach writes chains of thought at the advantageous
+hop pair, the pairs put the hops at K other configurations (no anchors), every run trains ``r2``
+and the probes measure EM by hop configuration; results keep the same keys, with configurations
+``"A,B"`` (0-based hop positions) in place of positions.
+
 Resuming: a run with a ``result.json`` of the same configuration is not touched again; an
 interrupted one continues inside its stages (teach and probes keep their finished rows, training
 its last checkpoint). Every stage keeps its own ``run.json`` guard, so a changed config is refused
@@ -113,7 +118,8 @@ def positions_for(spec: str, n_documents: int) -> str:
 
 
 def _model_kw(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {"template": cfg.template, "chat": cfg.chat, "dtype": cfg.dtype, "device": cfg.device,
+    return {"task": cfg.task, "template": cfg.template, "chat": cfg.chat, "dtype": cfg.dtype,
+            "device": cfg.device,
             "trust_remote_code": cfg.trust_remote_code}
 
 
@@ -126,22 +132,43 @@ def teach_config(cfg: ExperimentConfig, n_questions: int) -> TeachConfig:
 
 
 def probe_config(cfg: ExperimentConfig, model: str, out: Path, n_documents: int) -> ProbeConfig:
+    where = ({"configurations": cfg.configurations} if cfg.task == "reasoning" else
+             {"positions": positions_for(cfg.positions_spec(n_documents), n_documents)})
     return ProbeConfig(model=model, **_model_kw(cfg), data=cfg.test_data,
                        data_format=cfg.data_format, n_documents=n_documents, limit=cfg.n_test,
-                       seed=cfg.data_seed,
-                       positions=positions_for(cfg.positions_spec(n_documents), n_documents),
-                       out=str(out), **cfg.generation_options())
+                       seed=cfg.data_seed, **where, out=str(out), **cfg.generation_options())
 
 
 def pairs_config(cfg: ExperimentConfig, run: Run, teach_path: Path) -> PairsConfig:
     out = Path(cfg.out) / SHARED / "pairs" / f"n{run.n_train}-K{run.K}-seed{run.seed}.jsonl"
+    anchors = 0 if cfg.task == "reasoning" else cfg.anchors   # R2 has no anchors
     return PairsConfig(teach=str(teach_path), out=str(out), model=cfg.model, K=run.K,
-                       anchors=cfg.anchors, seed=run.seed)
+                       anchors=anchors, seed=run.seed)
 
 
 def train_config(cfg: ExperimentConfig, run: Run, pairs_path: str) -> TrainConfig:
     return cfg.train_config(pairs=pairs_path, out=str(run_dir(cfg, run) / "train"),
                             method=run.method, seed=run.seed)
+
+
+def adv_slot(cfg: ExperimentConfig, n_documents: int) -> int | str:
+    """The advantageous slot with ``n_documents``: a 0-based position (retrieval) or a hop
+    configuration key like ``"18,19"`` (reasoning)."""
+    if cfg.task == "reasoning":
+        from pos2distill.reasoning import resolve_configuration
+
+        return ",".join(map(str, resolve_configuration(cfg.advantageous, n_documents)))
+    return resolve_position(cfg.advantageous, n_documents)
+
+
+def slot_order(key: str | int) -> tuple[int, ...]:
+    """Sort key of a slot: a position ``"4"`` or a hop configuration ``"0,8"``."""
+    return tuple(int(x) for x in str(key).split(","))
+
+
+def slot_label(key: str | int, sep: str = ",") -> str:
+    """A slot 1-based, for people: ``"4"`` → ``5``, ``"0,8"`` → ``1,9``."""
+    return sep.join(str(int(x) + 1) for x in str(key).split(","))
 
 
 def run_dir(cfg: ExperimentConfig, run: Run) -> Path:
@@ -173,11 +200,17 @@ def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
 # Results: per-run evaluation, aggregation over seeds, tables (pure)
 # ---------------------------------------------------------------------------------------------
 
-def eval_summary(probe_summary: dict[str, Any], adv_position: int) -> dict[str, Any]:
-    """The numbers a run reports for one document count, from a probe's summary."""
-    acc = {str(r["position"]): r["accuracy"] for r in probe_summary["by_position"]}
+def eval_summary(probe_summary: dict[str, Any], adv_position: int | str) -> dict[str, Any]:
+    """The numbers a run reports for one document count, from a probe's summary. A reasoning
+    probe's EM by hop configuration goes under the same keys, keyed ``"A,B"`` (0-based)."""
+    if "by_configuration" in probe_summary:
+        acc = {c["configuration"]: c["accuracy"] for c in probe_summary["by_configuration"]}
+        n = probe_summary["n_per_configuration"]
+    else:
+        acc = {str(r["position"]): r["accuracy"] for r in probe_summary["by_position"]}
+        n = probe_summary["n_per_position"]
     return {"accuracy_by_position": acc, "mean": probe_summary["mean"],
-            "gap": probe_summary["gap"], "n_per_position": probe_summary["n_per_position"],
+            "gap": probe_summary["gap"], "n_per_position": n,
             "adv_position": adv_position, "adv_accuracy": acc.get(str(adv_position))}
 
 
@@ -214,11 +247,11 @@ def _row(method: str, K: int | None, n_train: int | None, docs: int,
         values = [e[key] for e in evs if e[key] is not None]
         row[key], row[f"{key}_std"] = _mean_std(values) if values else (None, None)
     row["adv_position"] = evs[0]["adv_position"]
-    positions = sorted({int(p) for e in evs for p in e["accuracy_by_position"]})
-    row["accuracy_by_position"] = {str(p): _mean_std([e["accuracy_by_position"][str(p)]
-                                                      for e in evs])[0] for p in positions}
-    row["accuracy_by_position_std"] = {str(p): _mean_std([e["accuracy_by_position"][str(p)]
-                                                          for e in evs])[1] for p in positions}
+    positions = sorted({p for e in evs for p in e["accuracy_by_position"]}, key=slot_order)
+    row["accuracy_by_position"] = {p: _mean_std([e["accuracy_by_position"][p]
+                                                 for e in evs])[0] for p in positions}
+    row["accuracy_by_position_std"] = {p: _mean_std([e["accuracy_by_position"][p]
+                                                     for e in evs])[1] for p in positions}
     return row
 
 
@@ -235,7 +268,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = len(r["seeds"])
-        adv = "" if r["adv_position"] is None else f" ({r['adv_position'] + 1})"
+        adv = "" if r["adv_position"] is None else f" ({slot_label(r['adv_position'])})"
         lines.append(f"| {r['method']} | {'' if r['K'] is None else r['K']} | "
                      f"{'' if r['n_train'] is None else r['n_train']} | {r['documents']} | "
                      f"{n or ''} | {_pm(r['mean'], r['mean_std'], n)} | "
@@ -245,15 +278,16 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def position_table(rows: Sequence[dict[str, Any]], n_documents: int) -> str:
-    """Accuracy by gold position (1-based columns), mean over seeds, for one document count."""
+    """Accuracy by gold position (or EM by hop configuration; 1-based columns), mean over seeds,
+    for one document count."""
     rows = [r for r in rows if r["documents"] == n_documents]
     if not rows:
         return ""
-    positions = sorted({int(p) for r in rows for p in r["accuracy_by_position"]})
-    lines = ["| method | K | questions | " + " | ".join(str(p + 1) for p in positions) + " |",
+    positions = sorted({p for r in rows for p in r["accuracy_by_position"]}, key=slot_order)
+    lines = ["| method | K | questions | " + " | ".join(map(slot_label, positions)) + " |",
              "|---|---:|---:|" + "---:|" * len(positions)]
     for r in rows:
-        cells = [f"{r['accuracy_by_position'][str(p)]:.2f}" if str(p) in r["accuracy_by_position"]
+        cells = [f"{r['accuracy_by_position'][p]:.2f}" if p in r["accuracy_by_position"]
                  else "" for p in positions]
         lines.append(f"| {r['method']} | {'' if r['K'] is None else r['K']} | "
                      f"{'' if r['n_train'] is None else r['n_train']} | " + " | ".join(cells) + " |")
@@ -261,16 +295,16 @@ def position_table(rows: Sequence[dict[str, Any]], n_documents: int) -> str:
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    positions = sorted({int(p) for r in rows for p in r["accuracy_by_position"]})
+    positions = sorted({p for r in rows for p in r["accuracy_by_position"]}, key=slot_order)
     fields = ["method", "K", "n_train", "documents", "n_seeds", "mean", "mean_std", "gap",
               "gap_std", "adv_position", "adv_accuracy", "adv_accuracy_std"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(fields + [f"acc_pos{p + 1}" for p in positions])
+    w.writerow(fields + [f"acc_pos{slot_label(p, '-')}" for p in positions])
     for r in rows:
         flat = {**r, "n_seeds": len(r["seeds"])}
         w.writerow(["" if flat[f] is None else flat[f] for f in fields]
-                   + [r["accuracy_by_position"].get(str(p), "") for p in positions])
+                   + [r["accuracy_by_position"].get(p, "") for p in positions])
     return buf.getvalue()
 
 
@@ -292,7 +326,8 @@ def make_plots(rows: Sequence[dict[str, Any]], runs: Sequence[Run], cfg: Experim
     """Accuracy by position per method (one plot per document count), mean accuracy and GAP against
     K, against the number of training questions and against the number of documents. A curve
     plot is drawn when some method has at least two points on its axis."""
-    from pos2distill.plots import plot_accuracy_by_position, plot_curves
+    from pos2distill.plots import (plot_accuracy_by_configuration, plot_accuracy_by_position,
+                                   plot_curves)
 
     K, n = main_point(runs)
     written = []
@@ -304,11 +339,19 @@ def make_plots(rows: Sequence[dict[str, Any]], runs: Sequence[Run], cfg: Experim
         series = {}
         for r in rows:
             if r["documents"] == docs and (r["method"] == BASE or at(r, K=K, n_train=n)):
-                series[r["method"]] = [(int(p), a, r["accuracy_by_position_std"][p])
-                                 for p, a in r["accuracy_by_position"].items()]
-        path = out / f"accuracy_by_position-d{docs}.png"
-        plot_accuracy_by_position(series, path, title=f"{docs} documents; trained with K={K}, "
-                                  f"{n} questions\n(mean over seeds, band ±1 std)")
+                series[r["method"]] = [(p, a, r["accuracy_by_position_std"][p])
+                                       for p, a in r["accuracy_by_position"].items()]
+        title = f"{docs} documents; trained with K={K}, {n} questions\n(mean over seeds, "
+        if cfg.task == "reasoning":   # EM by hop configuration: grouped bars
+            path = out / f"accuracy_by_configuration-d{docs}.png"
+            plot_accuracy_by_configuration(
+                {m: [(slot_label(p), a, e) for p, a, e in pts] for m, pts in series.items()},
+                path, title=title + "bars ±1 std)")
+        else:
+            path = out / f"accuracy_by_position-d{docs}.png"
+            plot_accuracy_by_position({m: [(int(p), a, e) for p, a, e in pts]
+                                       for m, pts in series.items()}, path,
+                                      title=title + "band ±1 std)")
         written.append(str(path))
 
     def curves(axis: str, fixed: dict[str, Any], base_x: Any = None) -> dict[str, dict]:
@@ -370,24 +413,39 @@ def stage_bars_below(position: int = 1) -> Iterator[None]:
         tqdm.auto.tqdm = original
 
 
+@dataclass
+class _Data(DataOptions):
+    """The experiment's data options with its task (reasoning keeps two-hop questions only)."""
+
+    task: str = "retrieval"
+
+
 def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
     """Refuse, before any work, data that cannot serve the grid."""
     from pos2distill.data import load_data
 
     n_max = max(r.n_train for r in runs)
     if any(r.trains for r in runs):
-        train = load_data(DataOptions(data=cfg.train_data, data_format=cfg.data_format,
-                                      n_documents=cfg.n_documents, limit=n_max, seed=cfg.data_seed))
+        train = load_data(_Data(task=cfg.task, data=cfg.train_data, data_format=cfg.data_format,
+                                n_documents=cfg.n_documents, limit=n_max, seed=cfg.data_seed))
         if len(train) < n_max:
-            raise ConfigError(f"n_train {n_max}: {cfg.train_data} has only {len(train)} questions")
+            kind = " two-hop" if cfg.task == "reasoning" else ""
+            raise ConfigError(f"n_train {n_max}: the first {n_max} questions of {cfg.train_data} "
+                              f"hold only {len(train)}{kind} questions")
     for docs in sorted({d for r in runs for d in r.eval_documents}):
-        test = load_data(DataOptions(data=cfg.test_data, data_format=cfg.data_format,
-                                     n_documents=docs, limit=cfg.n_test, seed=cfg.data_seed))
+        test = load_data(_Data(task=cfg.task, data=cfg.test_data, data_format=cfg.data_format,
+                               n_documents=docs, limit=cfg.n_test, seed=cfg.data_seed))
         if len(test[0].documents) != docs:
             raise ConfigError(f"eval_documents {docs}: {cfg.test_data} has "
                               f"{len(test[0].documents)} documents per question (only one-document "
                               "oracle files and the synthetic set can be built with any count)")
-        positions_for(cfg.positions_spec(docs), docs)
+        if cfg.task == "reasoning":
+            from pos2distill.positions import parse_configurations
+
+            parse_configurations(cfg.configurations, docs)
+        else:
+            positions_for(cfg.positions_spec(docs), docs)
+        adv_slot(cfg, docs)
 
 
 def teach_subset(cfg: ExperimentConfig, teach_path: Path, n_train: int, n_max: int) -> Path:
@@ -398,9 +456,9 @@ def teach_subset(cfg: ExperimentConfig, teach_path: Path, n_train: int, n_max: i
 
     if n_train == n_max:
         return teach_path
-    ids = {r.id for r in load_data(DataOptions(data=cfg.train_data, data_format=cfg.data_format,
-                                               n_documents=cfg.n_documents, limit=n_train,
-                                               seed=cfg.data_seed))}
+    ids = {r.id for r in load_data(_Data(task=cfg.task, data=cfg.train_data,
+                                         data_format=cfg.data_format, n_documents=cfg.n_documents,
+                                         limit=n_train, seed=cfg.data_seed))}
     path = teach_path.with_name(f"{teach_path.name.removesuffix('.jsonl')}-first{n_train}.jsonl")
     write_jsonl(path, [row for row in read_teacher_rows(teach_path) if row["id"] in ids])
     return path
@@ -487,7 +545,7 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     with lock():
         write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),
                                                     "runs": [dataclasses.asdict(r) for r in runs]})
-    adv_train = resolve_position(cfg.advantageous, cfg.n_documents)
+    adv_train = adv_slot(cfg, cfg.n_documents)
     todo = [r for r in mine if load_result(cfg, r) is None]
 
     base: dict[int, dict[str, Any]] = {}
@@ -506,7 +564,7 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
             stage(f"probe base, {d} documents")
             with lock():
                 s = probe.main(probe_config(cfg, cfg.model, base_probe_dir(cfg, d), d))
-            base[d] = eval_summary(s, resolve_position(cfg.advantageous, d))
+            base[d] = eval_summary(s, adv_slot(cfg, d))
             bar.update(1)
 
         for run in todo:
@@ -532,7 +590,7 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
                 for d in run.eval_documents:
                     stage(f"{run.key}: probe, {d} documents")
                     s = probe.main(probe_config(cfg, model, folder / f"probe-d{d}", d))
-                    evals[str(d)] = eval_summary(s, resolve_position(cfg.advantageous, d))
+                    evals[str(d)] = eval_summary(s, adv_slot(cfg, d))
                     bar.update(1)
                 result.update(model=model, train=summary, teacher_kept=made["questions"],
                               pairs=made["pairs"], eval=evals)
@@ -547,12 +605,15 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     rows = aggregate(results, base)
     kept = (f" Teacher kept {teach_kept} of {n_max} training questions."
             if teach_kept is not None else "")
+    reasoning = cfg.task == "reasoning"
+    what = ("reasoning (R2): exact match by hop configuration (first hop, second hop), "
+            "advantageous configuration" if reasoning else "advantageous position")
     md = ["# Results", "", f"Model `{cfg.model}`, trained with {cfg.n_documents} documents, "
-          f"advantageous position {adv_train + 1} (1-based); mean ± std over seeds "
+          f"{what} {slot_label(adv_train)} (1-based); mean ± std over seeds "
           f"({len(results)} of {len(runs)} runs finished).{kept}", "", markdown_table(rows)]
     for d in docs_all:
-        md += ["", f"## Accuracy by gold position, {d} documents (mean over seeds)", "",
-               position_table(rows, d)]
+        title = "EM by hop configuration" if reasoning else "Accuracy by gold position"
+        md += ["", f"## {title}, {d} documents (mean over seeds)", "", position_table(rows, d)]
     with lock():  # shards finishing together must not write the same files at once
         write_text_atomic(out / "results.md", "\n".join(md))
         write_text_atomic(out / "results.csv", csv_text(rows))
