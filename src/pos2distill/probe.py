@@ -133,20 +133,39 @@ def pending_prompts(cfg: Any, out: Path, records: Sequence[Record], where: Seque
                 if counts["skipped"] or counts["truncated"] else None)
     return items, too_long
 
+
+def generate_rows(cfg: Any, out: Path, items: Sequence[tuple[Record, Any, str]], tokenizer: Any, *,
+                  chat: bool, desc: str,
+                  score: Callable[[Sequence, Sequence[str]], list[dict]] = score_rows) -> None:
+    """Answer ``items`` with the generator of ``cfg.backend`` and append their scored rows to
+    ``out/rows.jsonl`` chunk by chunk (a killed probe keeps what it wrote), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from pos2distill.generation import make_generator
+    from pos2distill.records import open_text
+
+    bar = tqdm(total=len(items), desc=desc, unit="prompt")
+    generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
+    with open_text(out / ROWS, "at") as f:
+        def append(rows: list[dict]) -> None:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+
+        run_probe(items, generator, max_new_tokens=cfg.max_new_tokens, chunk=cfg.batch_size * 4,
+                  on_rows=append, score=score)
+    bar.close()
+
 def main(cfg: ProbeConfig) -> dict[str, Any]:
     """Run the probe described by ``cfg``; returns the summary."""
     if cfg.task == "reasoning":
         from pos2distill.reasoning import probe_main
 
         return probe_main(cfg)
-    from tqdm.auto import tqdm
-
     from pos2distill.data import load_data
-    from pos2distill.generation import make_generator
     from pos2distill.modeling import load_config, load_tokenizer
     from pos2distill.plots import plot_accuracy_by_position
     from pos2distill.prompts import use_chat
-    from pos2distill.records import open_text
     from pos2distill.runinfo import write_json_atomic
 
     out = Path(cfg.out)
@@ -161,17 +180,7 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
                             done_key=lambda r: (r["id"], r["position"]),
                             item_key=lambda it: (it[0].id, it[1]))
     if items:
-        bar = tqdm(total=len(items), desc=f"probe {Path(cfg.model).name}", unit="prompt")
-        generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
-        with open_text(out / ROWS, "at") as f:
-            def append(rows: list[dict]) -> None:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
-
-            run_probe(items, generator, max_new_tokens=cfg.max_new_tokens,
-                      chunk=cfg.batch_size * 4, on_rows=append)
-        bar.close()
+        generate_rows(cfg, out, items, tokenizer, chat=chat, desc=f"probe {Path(cfg.model).name}")
     rows = read_rows(out / ROWS)
     summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs, **summarize_rows(rows)}
     if too_long:

@@ -19,7 +19,6 @@ configuration), ``table.md`` and ``accuracy_by_configuration.png``.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -157,14 +156,10 @@ def plot_series(summary: dict[str, Any]) -> list[tuple[str, float, float]]:
 
 def probe_main(cfg: Any) -> dict[str, Any]:
     """``pos2distill probe --task reasoning``: EM at every requested hop configuration."""
-    from tqdm.auto import tqdm
-
     from pos2distill.data import load_data
-    from pos2distill.generation import HFGenerator
-    from pos2distill.modeling import load_causal_lm, load_config, load_tokenizer
+    from pos2distill.modeling import load_config, load_tokenizer
     from pos2distill.plots import plot_accuracy_by_configuration
-    from pos2distill.probe import pending_prompts, read_rows, run_probe
-    from pos2distill.records import open_text
+    from pos2distill.probe import generate_rows, pending_prompts, read_rows
     from pos2distill.runinfo import write_json_atomic
 
     out = Path(cfg.out)
@@ -178,21 +173,8 @@ def probe_main(cfg: Any) -> dict[str, Any]:
                             done_key=lambda r: (r["id"], r["configuration"]),
                             item_key=lambda it: (it[0].id, configuration_key(it[1])))
     if items:
-        model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                               trust_remote_code=cfg.trust_remote_code)
-        bar = tqdm(total=len(items), desc=f"probe reasoning {Path(cfg.model).name}",
-                   unit="prompt")
-        generator = HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size,
-                                progress=bar.update)
-        with open_text(out / ROWS, "at") as f:
-            def append(rows: list[dict]) -> None:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                f.flush()
-
-            run_probe(items, generator, max_new_tokens=cfg.max_new_tokens,
-                      chunk=cfg.batch_size * 4, on_rows=append, score=score_rows)
-        bar.close()
+        generate_rows(cfg, out, items, tokenizer, chat=chat,
+                      desc=f"probe reasoning {Path(cfg.model).name}", score=score_rows)
     order = [configuration_key(c) for c in configurations]
     summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs,
                **summarize_rows(read_rows(out / ROWS), order)}
