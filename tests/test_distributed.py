@@ -18,6 +18,7 @@ from conftest import FakeGenerator
 from pos2distill import pairs, synthetic, teach, train
 from pos2distill.config import TrainConfig
 from pos2distill.distributed import Dist, shard
+from pos2distill.errors import ConfigError
 from pos2distill.losses import position_weights
 from pos2distill.records import write_jsonl
 
@@ -49,7 +50,9 @@ def test_single_process_dist_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None
     t = torch.arange(3.0)
     m = torch.nn.Linear(2, 2)
     assert (d.world, d.rank, d.is_main) == (1, 0, True)
-    assert d.gather(t) is t and d.sum(t) is t and d.prepare(m) is m
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    assert d.gather(t) is t and d.sum(t) is t and d.prepare(m, opt) == (m, opt)
+    assert d.full_state_dict(m) is None and d.unwrap(m) is m and not d.sharded
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +71,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_two(args: list[str]) -> None:
-    """``pos2distill train ARGS`` as 2 CPU processes, the way torchrun/accelerate launch set them up."""
+def _launch_two(args: list[str], *, script: list[str] | None = None,
+                env: dict[str, str] | None = None) -> None:
+    """``pos2distill train ARGS`` as 2 CPU processes, the way torchrun/accelerate launch set them up
+    (``script``: another entry point, given the train arguments)."""
     port = str(_free_port())
     procs = []
+    cmd = script if script is not None else ["-m", "pos2distill", "-q", "train"]
     for rank in (0, 1):
-        env = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2"}
-        procs.append(subprocess.Popen([sys.executable, "-m", "pos2distill", "-q", "train", *args],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env_r = {**os.environ, "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2",
+                 "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": "2", **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, *cmd, *args], env=env_r,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -120,3 +126,58 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(
     for k in w1:           # ... and the same on 2 processes, up to rounding (Adam divides by
         # sqrt(v), which magnifies the rounding of near-zero gradients to ~1e-5)
         torch.testing.assert_close(w2[k], w1[k], atol=1e-4, rtol=0)
+
+
+# Stops a 2-process run for good right after its checkpoint at step STOP_AT is complete on every
+# rank, as a kill between two steps would (deterministically, for the resume test).
+_STOPPER = """
+import os, sys
+from pos2distill import train
+from pos2distill.cli import main
+
+_save = train.save_distributed_checkpoint
+
+def save_and_stop(out, dist, *, step, **kw):
+    path = _save(out, dist, step=step, **kw)
+    if step == int(os.environ["STOP_AT"]):
+        os._exit(0)
+    return path
+
+train.save_distributed_checkpoint = save_and_stop
+sys.exit(main(["-q", "train", *sys.argv[1:]]))
+"""
+
+
+def test_two_processes_resume_from_an_accelerate_checkpoint(
+        dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The checkpoint of several processes is accelerate's save_state (every rank takes part, as
+    FSDP needs); a run stopped after step 2 of 4 and re-run ends with the weights of one process,
+    and the final model is the state dict gathered from every rank."""
+    pytest.importorskip("accelerate", reason="several processes need accelerate")
+    common = dict(pairs=str(dist_pairs), model=str(tiny_model_dir), batch_size=8, epochs=2.0,
+                  lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5, grad_accum=2, save_every=2)
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in common.items()] + [f"--out={tmp_path / 'two'}"]
+    stopper = tmp_path / "stopper.py"
+    stopper.write_text(_STOPPER)
+    _launch_two(args, script=[str(stopper)], env={"STOP_AT": "2"})
+    ckpt = tmp_path / "two" / "checkpoint"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert (state["step"], state["format"], state["processes"]) == (2, "accelerate", 2)
+    assert {"model.safetensors", "random_states_0.pkl", "random_states_1.pkl"} <= \
+        {p.name for p in ckpt.iterdir()}
+    assert not (tmp_path / "two" / "model").exists() and [r["step"] for r in _log(tmp_path / "two")] == [1, 2]
+    with pytest.raises(ConfigError, match="written by 2 process"):   # one process cannot resume it
+        train.main(TrainConfig(**common, out=str(tmp_path / "two")))
+    _launch_two(args)                                                  # the same command resumes
+    train.main(TrainConfig(**common, out=str(tmp_path / "one")))
+    two, one = _log(tmp_path / "two"), _log(tmp_path / "one")
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
+    for a, b in zip(two, one):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+    from safetensors.torch import load_file
+
+    w2 = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    w1 = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    assert w2.keys() == w1.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-4, rtol=0)
