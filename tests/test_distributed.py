@@ -55,6 +55,53 @@ def test_single_process_dist_is_a_no_op(monkeypatch: pytest.MonkeyPatch) -> None
     assert d.full_state_dict(m) is None and d.unwrap(m) is m and not d.sharded
 
 
+class FakeAccelerator:
+    """Stands in for accelerate's Accelerator where this CPU cannot go (FSDP, DeepSpeed)."""
+
+    def __init__(self, kind: str, processes: int = 2):
+        self.distributed_type, self.num_processes = kind, processes
+        self.process_index, self.device = 0, "cpu"
+        self.calls: list[str] = []
+
+    def __call__(self, **kwargs: Any) -> "FakeAccelerator":
+        return self
+
+    def clip_grad_norm_(self, params: Any, max_norm: float) -> torch.Tensor:
+        self.calls.append("clip")
+        return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
+    def get_state_dict(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        self.calls.append("get_state_dict")
+        return module.state_dict()
+
+
+def _dist_with(monkeypatch: pytest.MonkeyPatch, fake: FakeAccelerator) -> Dist:
+    import accelerate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "Accelerator", fake)
+    return Dist(device="cpu")
+
+
+def test_sharded_runs_go_through_accelerate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under FSDP the gradient norm and the saved weights come from accelerate (which gathers the
+    shards); DeepSpeed and a group smaller than WORLD_SIZE are refused with one line."""
+    pytest.importorskip("accelerate", reason="several processes need accelerate")
+    fake = FakeAccelerator("DistributedType.FSDP")
+    d = _dist_with(monkeypatch, fake)
+    assert d.sharded and (d.world, d.rank, d.is_main) == (2, 0, True)
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    m(torch.ones(1, 2)).sum().backward()
+    d.clip_grad_norm(m, [], 1.0)                       # the parameters come from the module
+    sd = d.full_state_dict(m, prefix="0.")
+    assert fake.calls == ["clip", "get_state_dict"] and set(sd) == {"weight", "bias"}
+    assert not _dist_with(monkeypatch, FakeAccelerator("DistributedType.MULTI_CPU")).sharded
+    with pytest.raises(ConfigError, match="DeepSpeed is not supported"):
+        _dist_with(monkeypatch, FakeAccelerator("DistributedType.DEEPSPEED"))
+    with pytest.raises(ConfigError, match="WORLD_SIZE is 2 but accelerate formed a group of 1"):
+        _dist_with(monkeypatch, FakeAccelerator("DistributedType.NO", processes=1))
+
+
 @pytest.fixture(scope="module")
 def dist_pairs(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
     records = synthetic.generate("train", 4, n_documents=5)
@@ -148,14 +195,20 @@ sys.exit(main(["-q", "train", *sys.argv[1:]]))
 """
 
 
+@pytest.mark.parametrize("lora_rank", [pytest.param(0, id="full"),
+                                       pytest.param(4, id="lora", marks=pytest.mark.slow)])
 def test_two_processes_resume_from_an_accelerate_checkpoint(
-        dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+        dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path, lora_rank: int) -> None:
     """The checkpoint of several processes is accelerate's save_state (every rank takes part, as
     FSDP needs); a run stopped after step 2 of 4 and re-run ends with the weights of one process,
-    and the final model is the state dict gathered from every rank."""
+    and the final model is the state dict gathered from every rank. With LoRA the checkpoint keeps
+    the adapter only and the saved adapter (peft, from the gathered state dict) is the same."""
     pytest.importorskip("accelerate", reason="several processes need accelerate")
+    if lora_rank:
+        pytest.importorskip("peft", reason="LoRA needs peft")
     common = dict(pairs=str(dist_pairs), model=str(tiny_model_dir), batch_size=8, epochs=2.0,
-                  lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5, grad_accum=2, save_every=2)
+                  lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5, grad_accum=2, save_every=2,
+                  lora_rank=lora_rank)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in common.items()] + [f"--out={tmp_path / 'two'}"]
     stopper = tmp_path / "stopper.py"
     stopper.write_text(_STOPPER)
@@ -165,6 +218,10 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
     assert (state["step"], state["format"], state["processes"]) == (2, "accelerate", 2)
     assert {"model.safetensors", "random_states_0.pkl", "random_states_1.pkl"} <= \
         {p.name for p in ckpt.iterdir()}
+    from safetensors.torch import load_file
+
+    saved = load_file(ckpt / "model.safetensors")
+    assert saved and all(("lora_" in k) == bool(lora_rank) for k in saved)
     assert not (tmp_path / "two" / "model").exists() and [r["step"] for r in _log(tmp_path / "two")] == [1, 2]
     with pytest.raises(ConfigError, match="written by 2 process"):   # one process cannot resume it
         train.main(TrainConfig(**common, out=str(tmp_path / "two")))
@@ -174,10 +231,22 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
     for a, b in zip(two, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-    from safetensors.torch import load_file
+    files = ["model/model.safetensors"] + (["adapter/adapter_model.safetensors"] if lora_rank else [])
+    for f in files:
+        w2, w1 = load_file(tmp_path / "two" / f), load_file(tmp_path / "one" / f)
+        assert w2.keys() == w1.keys() and w1
+        for k in w1:
+            torch.testing.assert_close(w2[k], w1[k], atol=2e-4, rtol=0)
 
-    w2 = load_file(tmp_path / "two" / "model" / "model.safetensors")
-    w1 = load_file(tmp_path / "one" / "model" / "model.safetensors")
-    assert w2.keys() == w1.keys()
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], atol=2e-4, rtol=0)
+
+def test_fsdp_with_the_lora_teacher_is_refused(monkeypatch: pytest.MonkeyPatch, dist_pairs: Path,
+                                               tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("accelerate", reason="several processes need accelerate")
+    import accelerate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator("DistributedType.FSDP"))
+    with pytest.raises(ConfigError, match="FSDP with LoRA.*--teacher-cache"):
+        train.main(TrainConfig(pairs=str(dist_pairs), model=str(tiny_model_dir), lora_rank=2,
+                               out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()

@@ -22,6 +22,7 @@ Without a launcher (no ``WORLD_SIZE`` > 1 in the environment) nothing here impor
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,6 +34,7 @@ from torch import Tensor
 from pos2distill.errors import ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def world_size_from_env() -> int:
@@ -73,6 +75,11 @@ class Dist:
                                   "--device cuda? on CPU use --device cpu)")
             self.rank = self.accelerator.process_index
             self.device = str(self.accelerator.device)
+            if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self.sharded:
+                if self.rank == 0:
+                    log.warning("the accelerate config asks for FSDP, but accelerate shards only on "
+                                "GPUs (or other accelerators); %s runs plain data parallel "
+                                "(%s)", self.device, kind)
         else:
             self.rank, self.device = 0, device
         self.is_main = self.rank == 0
