@@ -209,7 +209,8 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
     common = dict(pairs=str(dist_pairs), model=str(tiny_model_dir), batch_size=8, epochs=2.0,
                   lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5, grad_accum=2, save_every=2,
                   lora_rank=lora_rank)
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in common.items()] + [f"--out={tmp_path / 'two'}"]
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in common.items()]
+    args.append(f"--out={tmp_path / 'two'}")
     stopper = tmp_path / "stopper.py"
     stopper.write_text(_STOPPER)
     _launch_two(args, script=[str(stopper)], env={"STOP_AT": "2"})
@@ -222,7 +223,8 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
 
     saved = load_file(ckpt / "model.safetensors")
     assert saved and all(("lora_" in k) == bool(lora_rank) for k in saved)
-    assert not (tmp_path / "two" / "model").exists() and [r["step"] for r in _log(tmp_path / "two")] == [1, 2]
+    assert not (tmp_path / "two" / "model").exists()
+    assert [r["step"] for r in _log(tmp_path / "two")] == [1, 2]
     with pytest.raises(ConfigError, match="written by 2 process"):   # one process cannot resume it
         train.main(TrainConfig(**common, out=str(tmp_path / "two")))
     _launch_two(args)                                                  # the same command resumes
@@ -231,7 +233,9 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
     for a, b in zip(two, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
-    files = ["model/model.safetensors"] + (["adapter/adapter_model.safetensors"] if lora_rank else [])
+    files = ["model/model.safetensors"]
+    if lora_rank:
+        files.append("adapter/adapter_model.safetensors")
     for f in files:
         w2, w1 = load_file(tmp_path / "two" / f), load_file(tmp_path / "one" / f)
         assert w2.keys() == w1.keys() and w1

@@ -157,7 +157,7 @@ def test_lora_resume_after_a_crash_gives_the_same_adapter(model_dir: Path, pairs
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
 
 
-# --- QLoRA: bitsandbytes needs CUDA and is not installed here, so the wiring is tested around it. ---
+# --- QLoRA: bitsandbytes needs CUDA and is not installed here; the wiring is tested around it. ---
 
 def test_quantization_kwargs() -> None:
     from transformers import BitsAndBytesConfig
@@ -173,14 +173,16 @@ def test_quantization_kwargs() -> None:
                                                device="cuda"))
     assert q16["quantization_config"].bnb_4bit_compute_dtype == torch.float16   # from --autocast
     assert q16["device_map"] == {"": "cuda"}
-    q8 = lora.quantization_kwargs(TrainConfig(lora_rank=4, load_in_8bit=True))["quantization_config"]
+    q8 = lora.quantization_kwargs(TrainConfig(lora_rank=4, load_in_8bit=True))
+    q8 = q8["quantization_config"]
     assert q8.load_in_8bit and not q8.load_in_4bit
 
 
 def test_quantization_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="quantised full fine-tuning is not supported"):
         TrainConfig(load_in_4bit=True)
-    with pytest.raises(ConfigError, match="--load-in-8bit: .* full fine-tuning is not supported; add --lora-rank"):
+    with pytest.raises(ConfigError,
+                       match="--load-in-8bit: .* fine-tuning is not supported; add --lora-rank"):
         TrainConfig(load_in_8bit=True)
     with pytest.raises(ConfigError, match="choose one"):
         TrainConfig(lora_rank=4, load_in_4bit=True, load_in_8bit=True)
@@ -188,8 +190,8 @@ def test_quantization_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_find = importlib.util.find_spec
     installed = {"bitsandbytes": None}
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: installed[name] if name in installed else real_find(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: installed[name]
+                        if name in installed else real_find(name, *a))
     with pytest.raises(ConfigError, match="--load-in-4bit needs bitsandbytes and a CUDA GPU"):
         lora.check_quantization_support("--load-in-4bit", "cuda")
     installed["bitsandbytes"] = real_find("torch")          # "installed"
@@ -238,13 +240,24 @@ def test_qlora_wiring(model_dir: Path, pairs_file: Path, tmp_path: Path,
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_load)
     calls = []
-    real_prepare, real_apply, real_merge = lora.prepare_quantized, lora.apply_lora, lora.merge_from_disk
-    monkeypatch.setattr(lora, "prepare_quantized",
-                        lambda m, **kw: (calls.append(("prepare", kw)), real_prepare(m, **kw))[1])
-    monkeypatch.setattr(lora, "apply_lora",
-                        lambda m, **kw: (calls.append(("lora", type(m).__name__)), real_apply(m, **kw))[1])
-    monkeypatch.setattr(lora, "merge_from_disk",
-                        lambda base, d: (calls.append(("merge", Path(d).name)), real_merge(base, d))[1])
+    real_prepare, real_apply, real_merge = (lora.prepare_quantized, lora.apply_lora,
+                                            lora.merge_from_disk)
+
+    def prepare(m: Any, **kw: Any) -> Any:
+        calls.append(("prepare", kw))
+        return real_prepare(m, **kw)
+
+    def apply(m: Any, **kw: Any) -> Any:
+        calls.append(("lora", type(m).__name__))
+        return real_apply(m, **kw)
+
+    def merge(base: Any, d: Path) -> Any:
+        calls.append(("merge", Path(d).name))
+        return real_merge(base, d)
+
+    monkeypatch.setattr(lora, "prepare_quantized", prepare)
+    monkeypatch.setattr(lora, "apply_lora", apply)
+    monkeypatch.setattr(lora, "merge_from_disk", merge)
     out = tmp_path / "qlora"
     summary = train.main(TrainConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out),
                                      lr=1e-2, batch_size=6, epochs=1, lora_rank=4,

@@ -66,8 +66,8 @@ class Dist:
             self.accelerator = Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision)
             kind = str(self.accelerator.distributed_type)
             if "DEEPSPEED" in kind:
-                raise ConfigError("DeepSpeed is not supported: its engine owns the backward pass and "
-                                  "the optimizer step; shard with FSDP instead "
+                raise ConfigError("DeepSpeed is not supported: its engine owns the backward pass "
+                                  "and the optimizer step; shard with FSDP instead "
                                   "(configs/accelerate/fsdp.yaml)")
             if self.accelerator.num_processes != self.world:
                 raise ConfigError(f"WORLD_SIZE is {self.world} but accelerate formed a group of "
@@ -77,8 +77,8 @@ class Dist:
             self.device = str(self.accelerator.device)
             if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not self.sharded:
                 if self.rank == 0:
-                    log.warning("the accelerate config asks for FSDP, but accelerate shards only on "
-                                "GPUs (or other accelerators); %s runs plain data parallel "
+                    log.warning("the accelerate config asks for FSDP, but accelerate shards only "
+                                "on GPUs (or other accelerators); %s runs plain data parallel "
                                 "(%s)", self.device, kind)
         else:
             self.rank, self.device = 0, device
@@ -92,7 +92,8 @@ class Dist:
     def prepare(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer
                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         """The module wrapped for data parallelism (DDP or FSDP, from accelerate's config) and its
-        optimizer, prepared together (FSDP2 swaps the optimizer's parameters for the sharded ones)."""
+        optimizer, prepared together (FSDP2 swaps the optimizer's parameters for the sharded
+        ones)."""
         if self.accelerator is None:
             return module, optimizer
         return self.accelerator.prepare(module, optimizer)
@@ -106,7 +107,8 @@ class Dist:
         norm = self.accelerator.clip_grad_norm_(module.parameters(), max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
-    def full_state_dict(self, module: torch.nn.Module, prefix: str = "") -> dict[str, Tensor] | None:
+    def full_state_dict(self, module: torch.nn.Module,
+                        prefix: str = "") -> dict[str, Tensor] | None:
         """The full (gathered) state dict of the unwrapped ``module``, keys starting with ``prefix``
         given without it; ``None`` in a single process (use the model itself). Every rank must call
         it (FSDP gathers the shards); only the main process's copy is complete."""

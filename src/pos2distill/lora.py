@@ -146,8 +146,8 @@ def save(peft_model: Any, tokenizer: Any, out: Path, *, merge: bool,
     tmp = out / ".tmp-adapter"
     if tmp.exists():
         shutil.rmtree(tmp)
-    peft_model.save_pretrained(tmp, safe_serialization=True,
-                               **({"state_dict": dict(state_dict)} if state_dict is not None else {}))
+    extra = {"state_dict": dict(state_dict)} if state_dict is not None else {}
+    peft_model.save_pretrained(tmp, safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, out / "adapter")
     paths["adapter"] = str(out / "adapter")

@@ -30,8 +30,9 @@ replaced atomically by the student weights (the adapter only, with LoRA), optimi
 RNG states and the data order. Under several processes the weights, optimizer and RNG states are
 accelerate's ``save_state`` (every rank takes part, so sharded FSDP state is gathered or saved
 sharded), next to the same ``trainer_state.json``; the final model is the state dict gathered from
-every rank (:meth:`~pos2distill.distributed.Dist.full_state_dict`), written by the main process. Re-running the same command continues from it and ends with the
-same weights as an uninterrupted run; log rows written after the checkpoint are dropped and written
+every rank (:meth:`~pos2distill.distributed.Dist.full_state_dict`), written by the main process.
+Re-running the same command continues from it and ends with the same weights as an uninterrupted
+run; log rows written after the checkpoint are dropped and written
 again. A non-finite loss stops training before the optimizer step, so the last checkpoint on disk is
 always a good one.
 """
@@ -496,9 +497,11 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     checkpoint = recover_dir(out / CHECKPOINT) if dist.is_main else None
     dist.barrier()
     checkpoint = checkpoint or ((out / CHECKPOINT) if (out / CHECKPOINT).is_dir() else None)
+    # LoRA under DDP: accelerate checkpoints keep the adapter only (FSDP writes its own files).
+    adapter_only = bool(cfg.lora_rank) and not dist.sharded
     if checkpoint is not None and dist.accelerator is not None:
         start = read_trainer_state(checkpoint, fingerprint=fp, order=order, processes=world)
-        dist.load_state(checkpoint, trainable_only=bool(cfg.lora_rank) and not dist.sharded)
+        dist.load_state(checkpoint, trainable_only=adapter_only)
     elif checkpoint is not None:
         start = load_checkpoint(checkpoint, student=student, opt=opt, sched=sched, fingerprint=fp,
                                 order=order, device=device, trainable_only=bool(cfg.lora_rank))
@@ -552,7 +555,8 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             norm = None
             if cfg.max_grad_norm > 0:
                 scaler.unscale_(opt)
-                norm = dist.clip_grad_norm(loss_module, [p for _, p in trainable], cfg.max_grad_norm)
+                norm = dist.clip_grad_norm(loss_module, [p for _, p in trainable],
+                                           cfg.max_grad_norm)
                 if not torch.isfinite(norm) and not scaler.is_enabled():
                     raise stop(step + 1, "the gradient norm", norm.item())
             lr = sched.get_last_lr()[0]  # the lr this step used
@@ -575,7 +579,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
                 if dist.accelerator is not None:
                     save_distributed_checkpoint(out, dist, step=step + 1, state=state,
-                                                trainable_only=bool(cfg.lora_rank) and not dist.sharded)
+                                                trainable_only=adapter_only)
                 elif dist.is_main:
                     save_checkpoint(out, step=step + 1, student=student, opt=opt, sched=sched,
                                     state=state, trainable_only=bool(cfg.lora_rank))
