@@ -280,3 +280,14 @@ def test_qlora_wiring(model_dir: Path, pairs_file: Path, tmp_path: Path,
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
         assert (merged(ids).logits - _load(model_dir)(ids).logits).abs().max() > 1e-4
+
+
+def test_quantization_flags_count_in_the_fingerprint_only_when_set() -> None:
+    from pos2distill.runinfo import fingerprint
+
+    plain, q4 = TrainConfig(lora_rank=4), TrainConfig(lora_rank=4, load_in_4bit=True)
+    # Unset, the flags leave the fingerprint of runs made before they existed unchanged ...
+    assert {"load_in_4bit", "load_in_8bit"} <= set(train.resume_ignores(plain))
+    # ... set, a quantised run never resumes an unquantised one.
+    assert fingerprint(q4, ignore=train.resume_ignores(q4)) != \
+        fingerprint(plain, ignore=train.resume_ignores(plain))

@@ -203,6 +203,14 @@ def _by_position(values: torch.Tensor, positions: torch.Tensor) -> dict[str, flo
 CHECKPOINT = "checkpoint"
 #: Config fields that do not change the trained weights (a run may resume with other values).
 RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk")
+#: Fields that count only when set: a run without them keeps the fingerprint it had before they
+#: existed (so older run folders still resume and experiment grids still find their runs).
+COUNT_WHEN_SET = ("load_in_4bit", "load_in_8bit")
+
+
+def resume_ignores(cfg: TrainConfig) -> tuple[str, ...]:
+    """The fields :func:`~pos2distill.runinfo.fingerprint` leaves out for ``cfg``."""
+    return RESUME_IGNORES + tuple(f for f in COUNT_WHEN_SET if not getattr(cfg, f))
 
 
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
@@ -393,7 +401,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                           f"--grad-accum {cfg.grad_accum} equal micro-batches")
     inputs = [cfg.pairs, resolve_model_path(cfg.model)] + \
         ([str(Path(cfg.teacher_cache) / "cache.json")] if cfg.teacher_cache else [])
-    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=RESUME_IGNORES) \
+    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=resume_ignores(cfg)) \
         if dist.is_main else True
     dist.barrier()
     summary_path, model_dir, log_path = out / "train_summary.json", out / "model", out / "log.jsonl"
@@ -491,7 +499,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     micro = local // cfg.grad_accum
 
     out.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(cfg, ignore=RESUME_IGNORES)
+    fp = fingerprint(cfg, ignore=resume_ignores(cfg))
     state = {"fingerprint": fp, "seed": cfg.seed, "total": total, "order": order}
     start = 0
     checkpoint = recover_dir(out / CHECKPOINT) if dist.is_main else None
