@@ -175,10 +175,30 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(
         torch.testing.assert_close(w2[k], w1[k], atol=1e-4, rtol=0)
 
 
-# Stops a 2-process run for good right after its checkpoint at step STOP_AT is complete on every
-# rank, as a kill between two steps would (deterministically, for the resume test).
-_STOPPER = """
+# The entry point of the resume test's processes: `pos2distill train ARGS`, stopped for good right
+# after its checkpoint at step STOP_AT is complete on every rank (as a kill between two steps would,
+# but deterministically). With FORCE_FSDP=1 accelerate's state is switched to FSDP right after the
+# Accelerator is built: accelerate 1.15 shards only on GPUs and other accelerators and sets up plain
+# DDP on CPU (DistributedType.MULTI_CPU), though torch's FSDP2 runs on CPU with gloo. Everything
+# after the switch (fully_shard, sharded clipping, sharded save_state/load_state, get_state_dict)
+# is accelerate's and torch's own FSDP2 code.
+_ENTRY = """
 import os, sys
+if os.environ.get("FORCE_FSDP") == "1":
+    import accelerate
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    _init = accelerate.Accelerator.__init__
+
+    def init(self, *args, **kwargs):
+        _init(self, *args, **kwargs)
+        for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+            shared["distributed_type"] = DistributedType.FSDP
+        AcceleratorState._shared_state["fsdp_plugin"] = FullyShardedDataParallelPlugin()
+
+    accelerate.Accelerator.__init__ = init
+
 from pos2distill import train
 from pos2distill.cli import main
 
@@ -186,61 +206,79 @@ _save = train.save_distributed_checkpoint
 
 def save_and_stop(out, dist, *, step, **kw):
     path = _save(out, dist, step=step, **kw)
-    if step == int(os.environ["STOP_AT"]):
+    if step == int(os.environ.get("STOP_AT", "0")):
         os._exit(0)
     return path
 
 train.save_distributed_checkpoint = save_and_stop
 sys.exit(main(["-q", "train", *sys.argv[1:]]))
 """
+# FSDP2 from the environment, as `accelerate launch --config_file configs/accelerate/fsdp.yaml`
+# sets it (one shard unit per decoder layer, sharded checkpoints).
+_FSDP_ENV = {"FORCE_FSDP": "1", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+             "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT", "FSDP_RESHARD_AFTER_FORWARD": "true"}
 
 
-@pytest.mark.parametrize("lora_rank", [pytest.param(0, id="full"),
-                                       pytest.param(4, id="lora", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("backend,lora_rank,method", [
+    pytest.param("fsdp", 0, "r1", id="fsdp"),
+    pytest.param("ddp", 0, "r1", id="ddp", marks=pytest.mark.slow),
+    pytest.param("ddp", 4, "r1", id="ddp-lora", marks=pytest.mark.slow),
+    # FSDP with LoRA needs a teacher cache or a cross-entropy method (the LoRA teacher is refused)
+    pytest.param("fsdp", 4, "sft", id="fsdp-lora", marks=pytest.mark.slow)])
 def test_two_processes_resume_from_an_accelerate_checkpoint(
-        dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path, lora_rank: int) -> None:
-    """The checkpoint of several processes is accelerate's save_state (every rank takes part, as
-    FSDP needs); a run stopped after step 2 of 4 and re-run ends with the weights of one process,
-    and the final model is the state dict gathered from every rank. With LoRA the checkpoint keeps
-    the adapter only and the saved adapter (peft, from the gathered state dict) is the same."""
+        dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path, backend: str, lora_rank: int,
+        method: str) -> None:
+    """The checkpoint of several processes is accelerate's save_state, which every rank writes
+    (sharded under FSDP); a run stopped after step 2 of 4 and re-run ends with the weights of one
+    process, and the final model is the state dict gathered from every rank. With LoRA the DDP
+    checkpoint keeps the adapter only and the saved adapter (peft, from the gathered state dict)
+    is the same."""
     pytest.importorskip("accelerate", reason="several processes need accelerate")
     if lora_rank:
         pytest.importorskip("peft", reason="LoRA needs peft")
     common = dict(pairs=str(dist_pairs), model=str(tiny_model_dir), batch_size=8, epochs=2.0,
                   lr=5e-2, warmup_ratio=0.0, max_grad_norm=0.5, grad_accum=2, save_every=2,
-                  lora_rank=lora_rank)
+                  lora_rank=lora_rank, method=method)
     args = [f"--{k.replace('_', '-')}={v}" for k, v in common.items()]
     args.append(f"--out={tmp_path / 'two'}")
-    stopper = tmp_path / "stopper.py"
-    stopper.write_text(_STOPPER)
-    _launch_two(args, script=[str(stopper)], env={"STOP_AT": "2"})
+    entry = tmp_path / "entry.py"
+    entry.write_text(_ENTRY)
+    env = _FSDP_ENV if backend == "fsdp" else {}
+    _launch_two(args, script=[str(entry)], env={**env, "STOP_AT": "2"})
     ckpt = tmp_path / "two" / "checkpoint"
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert (state["step"], state["format"], state["processes"]) == (2, "accelerate", 2)
-    assert {"model.safetensors", "random_states_0.pkl", "random_states_1.pkl"} <= \
-        {p.name for p in ckpt.iterdir()}
+    names = {p.name for p in ckpt.iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= names
     from safetensors.torch import load_file
 
-    saved = load_file(ckpt / "model.safetensors")
-    assert saved and all(("lora_" in k) == bool(lora_rank) for k in saved)
+    if backend == "fsdp":          # sharded model and optimizer (torch.distributed.checkpoint)
+        assert {"pytorch_model_fsdp_0", "optimizer_0"} <= names
+    else:
+        saved = load_file(ckpt / "model.safetensors")
+        assert saved and all(("lora_" in k) == bool(lora_rank) for k in saved)
     assert not (tmp_path / "two" / "model").exists()
     assert [r["step"] for r in _log(tmp_path / "two")] == [1, 2]
     with pytest.raises(ConfigError, match="written by 2 process"):   # one process cannot resume it
         train.main(TrainConfig(**common, out=str(tmp_path / "two")))
-    _launch_two(args)                                                  # the same command resumes
+    _launch_two(args, script=[str(entry)], env=env)                     # the same launch resumes
     train.main(TrainConfig(**common, out=str(tmp_path / "one")))
     two, one = _log(tmp_path / "two"), _log(tmp_path / "one")
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]
     for a, b in zip(two, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4, abs=1e-6)
     files = ["model/model.safetensors"]
     if lora_rank:
         files.append("adapter/adapter_model.safetensors")
+    w0 = load_file(tiny_model_dir / "model.safetensors")
     for f in files:
         w2, w1 = load_file(tmp_path / "two" / f), load_file(tmp_path / "one" / f)
         assert w2.keys() == w1.keys() and w1
         for k in w1:
             torch.testing.assert_close(w2[k], w1[k], atol=2e-4, rtol=0)
+    moved = load_file(tmp_path / "one" / files[0])
+    assert max((moved[k] - w0[k]).abs().max().item() for k in w0) > 5e-2   # a real update
 
 
 def test_fsdp_with_the_lora_teacher_is_refused(monkeypatch: pytest.MonkeyPatch, dist_pairs: Path,
