@@ -12,9 +12,8 @@ examples, and DDP's gradient average makes the update that of one process on the
 Sharded parameters (FSDP from an accelerate config file): every rank takes part in reading the full
 weights (:meth:`Dist.full_state_dict`, accelerate's ``get_state_dict``) and the main process writes
 them; resumable checkpoints go through ``accelerator.save_state``/``load_state``, which handle
-sharded model and optimizer state. The same calls run under DDP, so the 2-process CPU tests cover
-them. DeepSpeed is refused: its engine owns the backward pass and the optimizer step, which this
-loop does itself.
+sharded model and optimizer state. The same calls run under DDP. DeepSpeed is refused: its engine
+owns the backward pass and the optimizer step, which this loop does itself.
 
 Without a launcher (no ``WORLD_SIZE`` > 1 in the environment) nothing here imports accelerate:
 :class:`Dist` is a single process and the model is used as it is.
