@@ -155,3 +155,139 @@ def test_lora_resume_after_a_crash_gives_the_same_adapter(model_dir: Path, pairs
     assert a.keys() == b.keys() and a
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+# --- QLoRA: bitsandbytes needs CUDA and is not installed here; the wiring is tested around it. ---
+
+def test_quantization_kwargs() -> None:
+    from transformers import BitsAndBytesConfig
+
+    assert lora.quantization_kwargs(TrainConfig(lora_rank=4)) == {}
+    kw = lora.quantization_kwargs(TrainConfig(lora_rank=4, load_in_4bit=True), "cuda:1")
+    q = kw["quantization_config"]
+    assert isinstance(q, BitsAndBytesConfig) and kw["device_map"] == {"": "cuda:1"}
+    assert q.load_in_4bit and not q.load_in_8bit
+    assert (q.bnb_4bit_quant_type, q.bnb_4bit_use_double_quant) == ("nf4", True)
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16                 # the default compute dtype
+    q16 = lora.quantization_kwargs(TrainConfig(lora_rank=4, load_in_4bit=True, autocast="float16",
+                                               device="cuda"))
+    assert q16["quantization_config"].bnb_4bit_compute_dtype == torch.float16   # from --autocast
+    assert q16["device_map"] == {"": "cuda"}
+    q8 = lora.quantization_kwargs(TrainConfig(lora_rank=4, load_in_8bit=True))
+    q8 = q8["quantization_config"]
+    assert q8.load_in_8bit and not q8.load_in_4bit
+
+
+def test_quantization_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="quantised full fine-tuning is not supported"):
+        TrainConfig(load_in_4bit=True)
+    with pytest.raises(ConfigError,
+                       match="--load-in-8bit: .* fine-tuning is not supported; add --lora-rank"):
+        TrainConfig(load_in_8bit=True)
+    with pytest.raises(ConfigError, match="choose one"):
+        TrainConfig(lora_rank=4, load_in_4bit=True, load_in_8bit=True)
+    import importlib.util
+
+    real_find = importlib.util.find_spec
+    installed = {"bitsandbytes": None}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: installed[name]
+                        if name in installed else real_find(name, *a))
+    with pytest.raises(ConfigError, match="--load-in-4bit needs bitsandbytes and a CUDA GPU"):
+        lora.check_quantization_support("--load-in-4bit", "cuda")
+    installed["bitsandbytes"] = real_find("torch")          # "installed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU and none is visible"):
+        lora.check_quantization_support("--load-in-4bit", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="use --device cuda"):
+        lora.check_quantization_support("--load-in-8bit", "cpu")
+    lora.check_quantization_support("--load-in-4bit", "cuda:0")   # all there: no error
+
+
+def test_load_in_4bit_is_one_line_error_here(model_dir: Path, pairs_file: Path,
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """No bitsandbytes or no CUDA on this machine: one line, exit code 2, nothing loaded."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available():
+        pytest.skip("bitsandbytes and a GPU are present")
+    from pos2distill import cli
+
+    code = cli.main(["-q", "train", "--pairs", str(pairs_file), "--model", str(model_dir),
+                     "--lora-rank", "4", "--load-in-4bit", "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--load-in-4bit" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "q").exists()
+
+
+def test_qlora_wiring(model_dir: Path, pairs_file: Path, tmp_path: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the bitsandbytes checks passed, training loads the base with the quantisation
+    arguments, runs peft's k-bit preparation before the adapter, and builds the merged model from
+    the saved adapter and a fresh unquantised base (the load itself is faked: the arguments are
+    recorded and the model loads in float32)."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(lora, "check_quantization_support", lambda flag, device: None)
+    real_load, loads = AutoModelForCausalLM.from_pretrained, []
+
+    def fake_load(path: Any, *args: Any, **kw: Any) -> Any:
+        loads.append({k: kw.get(k) for k in ("quantization_config", "device_map")})
+        kw.pop("quantization_config", None)
+        kw.pop("device_map", None)
+        return real_load(path, *args, **kw)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", fake_load)
+    calls = []
+    real_prepare, real_apply, real_merge = (lora.prepare_quantized, lora.apply_lora,
+                                            lora.merge_from_disk)
+
+    def prepare(m: Any, **kw: Any) -> Any:
+        calls.append(("prepare", kw))
+        return real_prepare(m, **kw)
+
+    def apply(m: Any, **kw: Any) -> Any:
+        calls.append(("lora", type(m).__name__))
+        return real_apply(m, **kw)
+
+    def merge(base: Any, d: Path) -> Any:
+        calls.append(("merge", Path(d).name))
+        return real_merge(base, d)
+
+    monkeypatch.setattr(lora, "prepare_quantized", prepare)
+    monkeypatch.setattr(lora, "apply_lora", apply)
+    monkeypatch.setattr(lora, "merge_from_disk", merge)
+    out = tmp_path / "qlora"
+    summary = train.main(TrainConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out),
+                                     lr=1e-2, batch_size=6, epochs=1, lora_rank=4,
+                                     load_in_4bit=True))
+    assert summary["teacher"] == "lora-base"
+    student_load, merge_load = loads                   # the student, then the base for the merge
+    assert student_load["quantization_config"].load_in_4bit
+    assert student_load["device_map"] == {"": "cpu"}
+    assert merge_load == {"quantization_config": None, "device_map": None}
+    assert [c[0] for c in calls] == ["prepare", "lora", "merge"]
+    assert calls[0][1] == {"gradient_checkpointing": False}
+    assert calls[1][1] == "LlamaForCausalLM" and calls[2][1] == "adapter"
+    # The merged model is the fresh base plus the trained adapter.
+    from peft import PeftModel
+
+    monkeypatch.undo()
+    adapted = PeftModel.from_pretrained(_load(model_dir), out / "adapter").eval()
+    merged = _load(out / "model")
+    ids = torch.arange(5, 40).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
+        assert (merged(ids).logits - _load(model_dir)(ids).logits).abs().max() > 1e-4
+
+
+def test_quantization_flags_count_in_the_fingerprint_only_when_set() -> None:
+    from pos2distill.runinfo import fingerprint
+
+    plain, q4 = TrainConfig(lora_rank=4), TrainConfig(lora_rank=4, load_in_4bit=True)
+    # Unset, the flags leave the fingerprint of runs made before they existed unchanged ...
+    assert {"load_in_4bit", "load_in_8bit"} <= set(train.resume_ignores(plain))
+    # ... set, a quantised run never resumes an unquantised one.
+    assert fingerprint(q4, ignore=train.resume_ignores(q4)) != \
+        fingerprint(plain, ignore=train.resume_ignores(plain))

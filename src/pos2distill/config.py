@@ -221,6 +221,11 @@ class TrainConfig:
                            "q_proj,k_proj,v_proj,o_proj.")
     lora_merge: bool = _f(True, "With LoRA, also write OUT/model, the merged model (OUT/adapter is "
                           "always written).")
+    load_in_4bit: bool = _f(False, "QLoRA: load the frozen base in 4 bits (bitsandbytes nf4, "
+                            "double quantisation; compute dtype from --autocast, else bfloat16). "
+                            "Needs --lora-rank, a CUDA GPU and bitsandbytes.")
+    load_in_8bit: bool = _f(False, "Load the frozen base in 8 bits (bitsandbytes LLM.int8). Needs "
+                            "--lora-rank, a CUDA GPU and bitsandbytes.")
     autocast: str = _f("off", f"Autocast forward passes: {', '.join(AUTOCAST)} (float16 uses a "
                        "gradient scaler on CUDA).")
     gradient_checkpointing: bool = _f(False, "Recompute the student's activations in the backward "
@@ -235,6 +240,12 @@ class TrainConfig:
             raise ConfigError(f"--lora-dropout: must be in [0, 1), got {self.lora_dropout}")
         _check_choice("autocast", self.autocast, AUTOCAST)
         _check_positive("head-chunk", self.head_chunk)
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("--load-in-4bit and --load-in-8bit: choose one")
+        if (self.load_in_4bit or self.load_in_8bit) and not self.lora_rank:
+            flag = "--load-in-4bit" if self.load_in_4bit else "--load-in-8bit"
+            raise ConfigError(f"{flag}: quantised weights are frozen, so quantised full "
+                              "fine-tuning is not supported; add --lora-rank (QLoRA)")
         if self.teacher_cache and self.teacher_device:
             raise ConfigError("--teacher-device: the cached teacher runs no model; drop one of "
                               "--teacher-cache and --teacher-device")

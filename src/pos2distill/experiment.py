@@ -183,13 +183,14 @@ def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
     """What a finished run's results depend on: the configs of its stages (minus output paths and
     settings that do not change results)."""
     from pos2distill.runinfo import fingerprint
-    from pos2distill.train import RESUME_IGNORES
+    from pos2distill.train import resume_ignores
 
     parts = [fingerprint(teach_config(cfg, run.n_train), ignore=("out", "limit", "batch_size",
                                                                    "device")), str(run.n_train)]
     if run.trains:
         parts.append(fingerprint(pairs_config(cfg, run, Path("teach")), ignore=("out", "teach")))
-        parts.append(fingerprint(train_config(cfg, run, "pairs"), ignore=RESUME_IGNORES + ("pairs",)))
+        tc = train_config(cfg, run, "pairs")
+        parts.append(fingerprint(tc, ignore=resume_ignores(tc) + ("pairs",)))
     for d in run.eval_documents:
         parts.append(fingerprint(probe_config(cfg, "model", Path("."), d),
                                  ignore=_PROBE_IGNORES + ("model",)))

@@ -89,8 +89,13 @@ def load_config(spec: str, *, trust_remote_code: bool = False) -> Any:
 
 
 def load_causal_lm(spec: str, *, dtype: str = "float32", device: str = "cpu",
-                   trust_remote_code: bool = False) -> Any:
-    """An ``AutoModelForCausalLM`` from a local folder, in eval mode on ``device``."""
+                   trust_remote_code: bool = False,
+                   quantization: dict[str, Any] | None = None) -> Any:
+    """An ``AutoModelForCausalLM`` from a local folder, in eval mode on ``device``.
+
+    ``quantization``: extra ``from_pretrained`` arguments of a quantised load
+    (:func:`pos2distill.lora.quantization_kwargs`); such a model is placed by its ``device_map``
+    and never moved afterwards."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(spec)
@@ -99,7 +104,8 @@ def load_causal_lm(spec: str, *, dtype: str = "float32", device: str = "cpu",
     config = load_config(spec, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype],
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code,
+                                                     **(quantization or {}))
     except ValueError as e:
         raise ConfigError(f"--model: {path} is not a causal language model "
                           f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
@@ -107,4 +113,4 @@ def load_causal_lm(spec: str, *, dtype: str = "float32", device: str = "cpu",
         raise ConfigError(f"--model: cannot load {path}: {str(e).splitlines()[0]}") from None
     log.info("loaded %s (%s, %d parameters)", path, config.model_type,
              sum(p.numel() for p in model.parameters()))
-    return model.to(device).eval()
+    return (model if quantization else model.to(device)).eval()

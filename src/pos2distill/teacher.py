@@ -149,6 +149,11 @@ class ResponseLoss(torch.nn.Module):
         super().__init__()
         self.model, self.chunk = model, chunk
 
+    @property
+    def _no_split_modules(self) -> Any:
+        """The wrapped model's layer classes (FSDP's transformer auto-wrap policy reads them)."""
+        return getattr(self.model, "_no_split_modules", None)
+
     def forward(self, ids: Tensor, att: Tensor, mask: Tensor, targets: Targets) -> Tensor:
         R = mask.shape[1]
         keep = mask != 0

@@ -27,8 +27,12 @@ per-example KL first, then a second pass backpropagates with those weights.
 
 Checkpoints: every ``--save-every`` optimizer steps, and after the last one, ``OUT/checkpoint`` is
 replaced atomically by the student weights (the adapter only, with LoRA), optimizer, scheduler and
-RNG states and the data order. Re-running the same command continues from it and ends with the
-same weights as an uninterrupted run; log rows written after the checkpoint are dropped and written
+RNG states and the data order. Under several processes the weights, optimizer and RNG states are
+accelerate's ``save_state`` (every rank takes part, so sharded FSDP state is gathered or saved
+sharded), next to the same ``trainer_state.json``; the final model is the state dict gathered from
+every rank (:meth:`~pos2distill.distributed.Dist.full_state_dict`), written by the main process.
+Re-running the same command continues from it and ends with the same weights as an uninterrupted
+run; log rows written after the checkpoint are dropped and written
 again. A non-finite loss stops training before the optimizer step, so the last checkpoint on disk is
 always a good one.
 """
@@ -199,6 +203,14 @@ def _by_position(values: torch.Tensor, positions: torch.Tensor) -> dict[str, flo
 CHECKPOINT = "checkpoint"
 #: Config fields that do not change the trained weights (a run may resume with other values).
 RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk")
+#: Fields that count only when set: a run without them keeps the fingerprint it had before they
+#: existed (so older run folders still resume and experiment grids still find their runs).
+COUNT_WHEN_SET = ("load_in_4bit", "load_in_8bit")
+
+
+def resume_ignores(cfg: TrainConfig) -> tuple[str, ...]:
+    """The fields :func:`~pos2distill.runinfo.fingerprint` leaves out for ``cfg``."""
+    return RESUME_IGNORES + tuple(f for f in COUNT_WHEN_SET if not getattr(cfg, f))
 
 
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
@@ -254,6 +266,9 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
     if state.get("order") != order:
         raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
                           "another --out or delete it")
+    if state.get("processes", 1) != 1:
+        raise ConfigError(f"{path} was written by {state['processes']} processes; resume it with "
+                          "the same launch, or delete it")
     try:
         if trainable_only:
             _load_trainable(student, path / "model.safetensors")
@@ -270,6 +285,52 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
         raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
                           "over") from None
+
+
+def save_distributed_checkpoint(out: Path, dist: Dist, *, step: int, state: dict[str, Any],
+                                trainable_only: bool = False) -> Path:
+    """:func:`save_checkpoint` under several processes: every rank writes its part through
+    accelerate's ``save_state`` (model, optimizer, scheduler, per-rank RNG states; FSDP shards are
+    gathered or saved sharded, as the accelerate config says) into a temporary folder, then the main
+    process adds ``trainer_state.json`` and swaps the folder in."""
+    from pos2distill.runinfo import replace_dir
+
+    final, tmp = out / CHECKPOINT, out / (".tmp-" + CHECKPOINT)
+    if dist.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dist.save_state(tmp, trainable_only=trainable_only)
+    dist.barrier()
+    if dist.is_main:
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {**state, "step": step, "format": "accelerate", "processes": dist.world}))
+        replace_dir(tmp, final)
+    dist.barrier()
+    return final
+
+
+def read_trainer_state(path: Path, *, fingerprint: str, order: list[int], processes: int) -> int:
+    """The step of an accelerate checkpoint (:func:`save_distributed_checkpoint`), after the same
+    checks as :func:`load_checkpoint` and that it was written by as many processes."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("trainer_state.json is not a JSON object")
+        step = int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path} is a checkpoint of a different config; choose another --out "
+                          "or delete it")
+    if state.get("order") != order:
+        raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
+                          "another --out or delete it")
+    if state.get("format") != "accelerate" or state.get("processes") != processes:
+        raise ConfigError(f"{path} was written by {state.get('processes', 1)} process(es); resume "
+                          f"it with the same launch (this one has {processes}), or delete it")
+    return step
 
 
 def _load_trainable(student: Any, path: Path) -> None:
@@ -325,14 +386,22 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.teacher_cache and not method.needs_teacher:
         raise ConfigError(f"--teacher-cache: --method {cfg.method} has no teacher")
     load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)  # not a causal LM: refuse now
+    from pos2distill import lora
+
+    quantized = lora.quantization_flag(cfg)
+    if quantized:
+        lora.check_quantization_support(quantized, cfg.device)
     dist = Dist(device=cfg.device)
     world, device = dist.world, dist.device
+    if dist.sharded and cfg.lora_rank and method.needs_teacher and not cfg.teacher_cache:
+        raise ConfigError("FSDP with LoRA: the disabled-adapter teacher would run the sharded "
+                          "weights outside the wrapped forward; use --teacher-cache")
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(f"--batch-size {cfg.batch_size} must split into {world} processes x "
                           f"--grad-accum {cfg.grad_accum} equal micro-batches")
     inputs = [cfg.pairs, resolve_model_path(cfg.model)] + \
         ([str(Path(cfg.teacher_cache) / "cache.json")] if cfg.teacher_cache else [])
-    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=RESUME_IGNORES) \
+    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=resume_ignores(cfg)) \
         if dist.is_main else True
     dist.barrier()
     summary_path, model_dir, log_path = out / "train_summary.json", out / "model", out / "log.jsonl"
@@ -343,7 +412,8 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     examples = [encode_pair(r, tokenizer, target=method.target, teacher=method.needs_teacher)
                 for r in rows]
     student = load_causal_lm(cfg.model, dtype=cfg.dtype, device=device,
-                             trust_remote_code=cfg.trust_remote_code)
+                             trust_remote_code=cfg.trust_remote_code,
+                             quantization=lora.quantization_kwargs(cfg, device))
     autocast = _autocast(cfg.autocast, device)
     # --- the teacher: none (cross-entropy), cached, the LoRA base, or a frozen copy ---------------
     teacher: Any = None
@@ -362,8 +432,9 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
         teacher = OnlineTeacher(frozen.eval().requires_grad_(False), temperature=cfg.temperature,
                                 device=t_device, autocast=_autocast(cfg.autocast, t_device))
     if cfg.lora_rank:
-        from pos2distill import lora
-
+        if quantized:
+            student = lora.prepare_quantized(student,
+                                             gradient_checkpointing=cfg.gradient_checkpointing)
         student = lora.apply_lora(student, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                   dropout=cfg.lora_dropout, targets=cfg.lora_targets)
         if method.needs_teacher and teacher is None:
@@ -381,7 +452,6 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             student.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
-    loss_module = dist.prepare(ResponseLoss(student, chunk=cfg.head_chunk))
 
     def example_loss(b: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B,) per-example loss of the method: KL against the teacher, or cross-entropy."""
@@ -414,10 +484,14 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                             betas=(cfg.adam_beta1, cfg.adam_beta2))
+    # Model and optimizer are prepared together (FSDP2 swaps in the sharded parameters).
+    loss_module, opt = dist.prepare(ResponseLoss(student, chunk=cfg.head_chunk), opt)
     warmup = max(1, round(cfg.warmup_ratio * total)) if cfg.warmup_ratio > 0 else 0
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_lambda(s, total=total, warmup=warmup, min_ratio=cfg.min_lr_ratio)
         if warmup else lr_lambda(s + 1, total=total, warmup=1, min_ratio=cfg.min_lr_ratio))
+    if dist.accelerator is not None:
+        dist.register_for_checkpointing(sched)
     # float16 autocast on CUDA needs loss scaling; disabled, the scaler passes everything through.
     scaler = torch.amp.GradScaler(torch.device(device).type,
                                   enabled=cfg.autocast == "float16" and device.startswith("cuda"))
@@ -425,15 +499,21 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     micro = local // cfg.grad_accum
 
     out.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(cfg, ignore=RESUME_IGNORES)
+    fp = fingerprint(cfg, ignore=resume_ignores(cfg))
     state = {"fingerprint": fp, "seed": cfg.seed, "total": total, "order": order}
     start = 0
     checkpoint = recover_dir(out / CHECKPOINT) if dist.is_main else None
     dist.barrier()
     checkpoint = checkpoint or ((out / CHECKPOINT) if (out / CHECKPOINT).is_dir() else None)
-    if checkpoint is not None:
+    # LoRA under DDP: accelerate checkpoints keep the adapter only (FSDP writes its own files).
+    adapter_only = bool(cfg.lora_rank) and not dist.sharded
+    if checkpoint is not None and dist.accelerator is not None:
+        start = read_trainer_state(checkpoint, fingerprint=fp, order=order, processes=world)
+        dist.load_state(checkpoint, trainable_only=adapter_only)
+    elif checkpoint is not None:
         start = load_checkpoint(checkpoint, student=student, opt=opt, sched=sched, fingerprint=fp,
                                 order=order, device=device, trainable_only=bool(cfg.lora_rank))
+    if checkpoint is not None:
         log.info("resuming from %s at step %d of %d", checkpoint, start, total)
     saved = start if checkpoint is not None else None  # step of the last good checkpoint
     if dist.is_main:
@@ -483,7 +563,8 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
             norm = None
             if cfg.max_grad_norm > 0:
                 scaler.unscale_(opt)
-                norm = torch.nn.utils.clip_grad_norm_([p for _, p in trainable], cfg.max_grad_norm)
+                norm = dist.clip_grad_norm(loss_module, [p for _, p in trainable],
+                                           cfg.max_grad_norm)
                 if not torch.isfinite(norm) and not scaler.is_enabled():
                     raise stop(step + 1, "the gradient norm", norm.item())
             lr = sched.get_last_lr()[0]  # the lr this step used
@@ -504,25 +585,33 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                 log_file.flush()
             # The log row is written first: a checkpoint at step s implies log rows up to s.
             if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == total:
-                if dist.is_main:
+                if dist.accelerator is not None:
+                    save_distributed_checkpoint(out, dist, step=step + 1, state=state,
+                                                trainable_only=adapter_only)
+                elif dist.is_main:
                     save_checkpoint(out, step=step + 1, student=student, opt=opt, sched=sched,
                                     state=state, trainable_only=bool(cfg.lora_rank))
-                dist.barrier()
                 saved = step + 1
     student.eval()
     summary = {"steps": total, "examples": len(examples), "method": cfg.method, "adv_position": adv,
                "processes": world, "teacher": _teacher_kind(cfg, method.needs_teacher),
                "log": str(log_path)}
+    # Every rank takes part in gathering the weights (sharded under FSDP); the main process writes.
+    full = dist.full_state_dict(loss_module, prefix="model.")
     if dist.is_main:
         if cfg.lora_rank:
-            from pos2distill import lora
-
-            summary.update(lora.save(student, tokenizer, out, merge=cfg.lora_merge))
+            # A quantised or sharded base cannot be merged in place: merge into a fresh copy.
+            merge_base = (lambda: load_causal_lm(cfg.model, dtype=cfg.dtype, device="cpu",
+                                                 trust_remote_code=cfg.trust_remote_code)) \
+                if quantized or dist.sharded else None
+            summary.update(lora.save(student, tokenizer, out, merge=cfg.lora_merge,
+                                     state_dict=full, merge_base=merge_base))
         else:
             tmp_model = out / ".tmp-model"
             if tmp_model.exists():
                 shutil.rmtree(tmp_model)
-            student.save_pretrained(tmp_model, safe_serialization=True)
+            student.save_pretrained(tmp_model, safe_serialization=True,
+                                    **({"state_dict": full} if full is not None else {}))
             tokenizer.save_pretrained(tmp_model)
             replace_dir(tmp_model, model_dir)
             summary["model"] = str(model_dir)
