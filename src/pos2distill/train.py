@@ -254,21 +254,7 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
     """
     from safetensors.torch import load_model
 
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-        if not isinstance(state, dict):
-            raise ValueError("trainer_state.json is not a JSON object")
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
-    if state.get("fingerprint") != fingerprint:
-        raise ConfigError(f"{path} is a checkpoint of a different config; choose another --out "
-                          "or delete it")
-    if state.get("order") != order:
-        raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
-                          "another --out or delete it")
-    if state.get("processes", 1) != 1:
-        raise ConfigError(f"{path} was written by {state['processes']} processes; resume it with "
-                          "the same launch, or delete it")
+    state = _checked_trainer_state(path, fingerprint=fingerprint, order=order, processes=1)
     try:
         if trainable_only:
             _load_trainable(student, path / "model.safetensors")
@@ -314,12 +300,22 @@ def save_distributed_checkpoint(out: Path, dist: Dist, *, step: int, state: dict
 def read_trainer_state(path: Path, *, fingerprint: str, order: list[int], processes: int) -> int:
     """The step of an accelerate checkpoint (:func:`save_distributed_checkpoint`), after the same
     checks as :func:`load_checkpoint` and that it was written by as many processes."""
+    state = _checked_trainer_state(path, fingerprint=fingerprint, order=order, processes=processes)
+    try:
+        return int(state["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({e!r}); delete it to start over") from None
+
+
+def _checked_trainer_state(path: Path, *, fingerprint: str, order: list[int],
+                           processes: int) -> dict[str, Any]:
+    """``trainer_state.json`` of a checkpoint, refused unless it was written for this config, data
+    order and number of processes (one process: the single-process format)."""
     try:
         state = json.loads((path / "trainer_state.json").read_text())
         if not isinstance(state, dict):
             raise ValueError("trainer_state.json is not a JSON object")
-        step = int(state["step"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
     if state.get("fingerprint") != fingerprint:
         raise ConfigError(f"{path} is a checkpoint of a different config; choose another --out "
@@ -327,10 +323,11 @@ def read_trainer_state(path: Path, *, fingerprint: str, order: list[int], proces
     if state.get("order") != order:
         raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
                           "another --out or delete it")
-    if state.get("format") != "accelerate" or state.get("processes") != processes:
-        raise ConfigError(f"{path} was written by {state.get('processes', 1)} process(es); resume "
-                          f"it with the same launch (this one has {processes}), or delete it")
-    return step
+    written = state.get("processes", 1)
+    if written != processes or (processes > 1 and state.get("format") != "accelerate"):
+        raise ConfigError(f"{path} was written by {written} process(es); resume it with the same "
+                          f"launch (this one has {processes}), or delete it")
+    return state
 
 
 def _load_trainable(student: Any, path: Path) -> None:
