@@ -174,9 +174,9 @@ def reasoning_oracle_answer(prompt: str) -> str:
     titles = [t for t, _ in docs]
     x = m.group(1)
     i1 = titles.index(x)
-    y = re.fullmatch(rf"{x}'s manager is (\w+)\.", docs[i1][1]).group(1)  # type: ignore[union-attr]
+    y = re.fullmatch(rf"(\w+) is {x}'s manager\.", docs[i1][1]).group(1)  # type: ignore[union-attr]
     i2 = titles.index(y)
-    z = re.fullmatch(rf"{y} works in (\w+)\.", docs[i2][1]).group(1)  # type: ignore[union-attr]
+    z = re.fullmatch(rf"(\w+) is where {y} works\.", docs[i2][1]).group(1)  # type: ignore[union-attr]
     if i2 == i1 + 1:
         return reasoning_cot(x, y, z) + "\nQuestion: more"
     if i2 < i1:

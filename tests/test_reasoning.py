@@ -265,9 +265,10 @@ def test_r2_cross_entropy_masks_the_prompt_and_keeps_eos(teacher_rows: list[dict
         # Only the target tokens count: the logit before each target token predicts it.
         expected = -sum(logp[len(prompt) - 1 + t, target[t]] for t in range(len(target))) / len(target)
         assert ce[k].item() == pytest.approx(expected.item(), rel=1e-4)
-        # The prompt tokens are not scored: any prompt token loss would change the value.
+        # The prompt tokens are not scored: scoring them too gives a value the check above (same
+        # tolerance) would refuse.
         assert ce[k].item() != pytest.approx(
-            -logp[torch.arange(len(prompt) + len(target) - 1), ids[0, 1:]].mean().item(), rel=1e-3)
+            -logp[torch.arange(len(prompt) + len(target) - 1), ids[0, 1:]].mean().item(), rel=1e-4)
 
 
 def test_a_few_r2_steps_lower_the_loss(teacher_rows: list[dict[str, Any]], tok: Any,

@@ -103,8 +103,8 @@ def test_every_name_and_city_is_one_token(tok: Any) -> None:
 # The two-hop reasoning set
 
 _REASONING_Q = re.compile(r"Where does (\w+)'s manager work\?")
-_MANAGER = re.compile(r"(\w+)'s manager is (\w+)\.")
-_WORKS = re.compile(r"(\w+) works in (\w+)\.")
+_MANAGER = re.compile(r"(\w+) is (\w+)'s manager\.")  # manager, person
+_WORKS = re.compile(r"(\w+) is where (\w+) works\.")  # city, person
 
 
 def test_generate_reasoning_is_deterministic() -> None:
@@ -132,12 +132,12 @@ def test_reasoning_record_structure(split: str, n_documents: int) -> None:
             mm, mw = _MANAGER.fullmatch(d.text), _WORKS.fullmatch(d.text)
             assert (mm is None) != (mw is None), d.text
             if mm:
-                assert mm.group(1) == d.title and d.title not in managers
-                managers[d.title] = mm.group(2)
+                assert mm.group(2) == d.title and d.title not in managers
+                managers[d.title] = mm.group(1)
             else:
-                assert mw.group(1) == d.title and d.title not in cities  # type: ignore[union-attr]
-                assert mw.group(2) in synthetic.CITIES  # type: ignore[union-attr]
-                cities[d.title] = mw.group(2)  # type: ignore[union-attr]
+                assert mw.group(2) == d.title and d.title not in cities  # type: ignore[union-attr]
+                assert mw.group(1) in synthetic.CITIES  # type: ignore[union-attr]
+                cities[d.title] = mw.group(1)  # type: ignore[union-attr]
         # Complete chains: every manager has a workplace, every worker is someone's manager.
         assert set(managers.values()) == set(cities) and len(managers) == n_documents // 2
         # Nobody appears in two chains, so X and Y have exactly one role each.
@@ -145,8 +145,9 @@ def test_reasoning_record_structure(split: str, n_documents: int) -> None:
         assert len(set(names)) == n_documents
         y = managers[x]
         hop1, hop2 = (record.documents[g] for g in record.gold)
-        assert hop1.text == f"{x}'s manager is {y}." and hop1.title == x
-        assert hop2.text == f"{y} works in {cities[y]}." and hop2.title == y
+        # Each text starts with the value its title asks for (the word after the title).
+        assert hop1.text == f"{y} is {x}'s manager." and hop1.title == x
+        assert hop2.text == f"{cities[y]} is where {y} works." and hop2.title == y
         assert record.answers == (cities[y],)
         assert synthetic.record_cot(record) == (f"{x}'s manager is {y}. {y} works in {cities[y]}. "
                                                 f"The answer is: {cities[y]}")

@@ -139,3 +139,30 @@ def test_chain_accuracy_is_one_exactly_when_greedy_follows_the_chain() -> None:
     assert chain_accuracy(Oracle(True), tok, records, [(0, 1), (3, 2)]) == {(0, 1): 1.0, (3, 2): 1.0}
     assert chain_accuracy(Oracle(False), tok, records, [(0, 1)]) == {(0, 1): 0.0}
     assert sum(mask) > 10 and seq
+
+
+def test_retrieval_vocab_then_grown_for_reasoning_keeps_the_retrieval_ids(tmp_path: Path) -> None:
+    small = dict(layers=1, hidden=16, heads=2, intermediate=32, batch_size=2, lookup_steps=0,
+                 eval_per_position=1, n_documents=4)
+    first = pretrain(PretrainConfig(out=str(tmp_path / "a"), vocab="retrieval", copy_steps=1,
+                                    **small))
+    tok_a = AutoTokenizer.from_pretrained(first)
+    assert "manager" not in tok_a.get_vocab() and synthetic.NAMES[0] in tok_a.get_vocab()
+    logged: list[str] = []
+    import logging
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("pos2distill.tiny.pretrain").addHandler(handler)
+    logging.getLogger("pos2distill.tiny.pretrain").setLevel(logging.INFO)
+    try:
+        second = pretrain(PretrainConfig(out=str(tmp_path / "b"), init=str(first), copy_steps=0,
+                                         reason_steps=4, reason_stop=2, eval_every=1, **small))
+    finally:
+        logging.getLogger("pos2distill.tiny.pretrain").removeHandler(handler)
+    tok_b = AutoTokenizer.from_pretrained(second)
+    model = AutoModelForCausalLM.from_pretrained(second)
+    assert model.get_input_embeddings().num_embeddings == len(tok_b) > len(tok_a)
+    assert all(tok_b.get_vocab()[w] == i for w, i in tok_a.get_vocab().items())
+    # --reason-stop 2 of a 4-step schedule: evaluated after steps 1 and 2, then stopped.
+    assert [m.split(" accuracy")[0] for m in logged if "accuracy" in m] == ["reason step 1",
+                                                                            "reason step 2"]

@@ -70,20 +70,29 @@ def generate(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> lis
 # The synthetic two-hop reasoning benchmark (Pos2Distill-R2)
 #
 # A record asks "Where does X's manager work?". The first-hop document (title X) says
-# "X's manager is Y."; the second-hop document (title Y) says "Y works in Z.". The other documents
-# are complete chains of the same two forms among other people. Every person of a record appears in
-# exactly one chain, so each name is the subject of at most one "manager" fact and at most one
-# "works in" fact, and X and Y occur nowhere else: the answer is never ambiguous.
+# "Y is X's manager."; the second-hop document (title Y) says "Z is where Y works.". The other
+# documents are complete chains of the same two forms among other people. Every person of a record
+# appears in exactly one chain, so each name is the subject of at most one "manager" fact and at
+# most one "works" fact, and X and Y occur nowhere else: the answer is never ambiguous.
+#
+# Each document's text starts with the value its title asks for (as a retrieval document, `- Title:
+# Kavo` / `Lima`, does), while the chain-of-thought states the facts the usual way round ("X's
+# manager is Y. Y works in Z."): every hop is then "find the title of the name just written, read
+# the word after it", the one-token lookup a small model learns from document repeats. With the
+# facts written "X's manager is Y." in the documents too, the value sits four tokens after the name
+# and the tiny model's lookups stayed at chance (docs/tiny-model-notes.md).
 
 REASONING_ID_PREFIX = "synth-reasoning"
 
 
 def manager_fact(person: str, manager: str) -> str:
-    return f"{person}'s manager is {manager}."
+    """The first-hop document's text."""
+    return f"{manager} is {person}'s manager."
 
 
 def works_fact(person: str, city: str) -> str:
-    return f"{person} works in {city}."
+    """The second-hop document's text."""
+    return f"{city} is where {person} works."
 
 
 def reasoning_question(person: str) -> str:
@@ -93,7 +102,7 @@ def reasoning_question(person: str) -> str:
 def reasoning_cot(person: str, manager: str, city: str) -> str:
     """The reference chain-of-thought for a two-hop question: the two facts in hop order, then
     ``The answer is: CITY`` (the pretraining target, and what the reasoning metric reads)."""
-    return f"{manager_fact(person, manager)} {works_fact(manager, city)} The answer is: {city}"
+    return f"{person}'s manager is {manager}. {manager} works in {city}. The answer is: {city}"
 
 
 def record_cot(record: Record) -> str:

@@ -1,18 +1,25 @@
 """Pretrain the embedded tiny model: ``python -m pos2distill.tiny.pretrain [--out DIR]``.
 
-Seeded and deterministic on CPU. Two stages, each with its own AdamW, warm-up and cosine schedule and
-its own RNG stream; the model's positional bias comes only from what their data contains (no rule in
-code favours any position):
+Seeded and deterministic on CPU (for a given thread count). Each stage has its own AdamW, warm-up and
+cosine schedule and its own RNG stream; one run may chain several stages, and ``--init`` continues
+from an earlier run's folder (the shipped model is four runs, listed in its README). The model's
+positional biases come only from what the stages' data contains; no rule in code favours a position:
 
-1. **Copy warm-up.** Random sequences of name/city tokens followed by the same sequence again, loss
-   on the repeat. This forms the induction circuit ("find the earlier occurrence of this token and
-   copy what followed it") that in-context lookup needs. Repeat distances are drawn mostly short or
-   long and rarely in between, so the circuit is reliable at the distances of the last and first
-   documents of a prompt and weak at those of the middle documents.
-2. **Lookup.** Synthetic multi-document questions rendered with the package's own prompt template and
-   chat template, loss on the answer and EOS, the gold document at a position drawn from
-   ``position_probs``; a fraction of each batch stays copy examples so the circuit is kept, not
-   overwritten by shortcuts.
+1. **Copy warm-up** (``--copy-steps``, ``--warmup-task repeat|recall|docs``). Random name/city
+   sequences followed by the same sequence again, loss on the repeat: this forms the induction
+   circuit ("find the earlier occurrence of this token and copy what followed it") that in-context
+   lookup needs. Repeat distances are mostly short or long, rarely in between.
+2. **Document repeats** (``--docs-steps``, or ``--warmup-task docs``): the same on document-shaped
+   pairs (``- Title : NAME CITY``), optionally behind up to ``--prefix-max`` tokens of other
+   documents, so that repeats also occur late in a sequence.
+3. **Two-hop reasoning** (``--reason-steps``): the synthetic two-hop questions with their reference
+   chain-of-thought (loss on the chain and EOS), the hop documents at a position pair drawn from
+   :meth:`PretrainConfig.reason_pairs` (connected pairs at the edges common, every other pair,
+   far apart, reversed or in the middle, rarer), mixed with document repeats.
+4. **Lookup** (``--lookup-steps``, off in the shipped recipe): the retrieval questions themselves.
+
+The retrieval questions are never trained on in the shipped recipe: the model answers them through
+the circuit of stages 1-2, well where the gold document sits where that data put its matches.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from pos2distill import prompts, synthetic
 from pos2distill.positions import paper_configurations, place_gold, place_hops
-from pos2distill.tiny.tokenizer import build_tokenizer
+from pos2distill.tiny.tokenizer import build_tokenizer, corpus_words
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,9 @@ class PretrainConfig:
     out: str = "runs/tiny-llama"  # never the shipped folder by accident: copy it there by hand
     init: str = ""  # start from this model folder instead of random weights (experiments)
     seed: int = 0
+    # "all" words, or "retrieval" only (the first stages: the reasoning words, never seen there, are
+    # added when a later run with --init reaches the reasoning stage).
+    vocab: str = "all"
     layers: int = 4
     hidden: int = 128
     heads: int = 4
@@ -74,9 +84,12 @@ class PretrainConfig:
     # or last `reason_edge` positions get `reason_edge_mass`; every other pair shares the rest), and
     # a `reason_docs_fraction` share of each batch kept as document-shaped repeats.
     reason_steps: int = 0
-    reason_lr: float = 1e-3
+    # Stop the reasoning stage after this many of its `reason_steps` scheduled steps (0: all of them),
+    # as one keeps an intermediate checkpoint of a longer schedule.
+    reason_stop: int = 0
+    reason_lr: float = 5e-4
     reason_edge: int = 3
-    reason_edge_mass: float = 0.7
+    reason_edge_mass: float = 0.5
     reason_docs_fraction: float = 0.5
     # Lookup stage: share of copy examples in each batch; mass of the first and last `edge`
     # gold positions (the rest is spread evenly over the middle).
@@ -237,8 +250,9 @@ def first_token_accuracy(model, tokenizer, records, positions, seed: int = 1234)
 
 def _train_stage(model, name: str, steps: int, lr: float, cfg: PretrainConfig,
                  make_batch: Callable[[], Batch], pad: int,
-                 evaluate: Callable[[], str] | None = None) -> None:
-    """AdamW with linear warm-up and cosine decay to 0.1·lr over ``steps``; loss on masked tokens."""
+                 evaluate: Callable[[], str] | None = None, stop: int = 0) -> None:
+    """AdamW with linear warm-up and cosine decay to 0.1·lr over ``steps``; loss on masked tokens.
+    With ``stop`` > 0, the stage ends after that many steps of the same schedule."""
     if steps <= 0:
         return
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -247,7 +261,8 @@ def _train_stage(model, name: str, steps: int, lr: float, cfg: PretrainConfig,
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     model.train()
     t0 = time.time()
-    for step in range(steps):
+    last = min(steps, stop) if stop > 0 else steps
+    for step in range(last):
         ids, att, mask = _pad(*make_batch(), pad)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]  # (B, T-1, V)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
@@ -260,13 +275,15 @@ def _train_stage(model, name: str, steps: int, lr: float, cfg: PretrainConfig,
         sched.step()
         if (step + 1) % 50 == 0:
             log.info("%s step %d loss %.4f (%.0fs)", name, step + 1, loss.item(), time.time() - t0)
-        if evaluate is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
+        if evaluate is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == last):
             log.info("%s step %d accuracy by position: %s", name, step + 1, evaluate())
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
-    tokenizer = build_tokenizer()
+    if cfg.vocab not in ("all", "retrieval"):
+        raise ValueError(f"--vocab must be all or retrieval, got {cfg.vocab!r}")
+    tokenizer = build_tokenizer(corpus_words(reasoning=cfg.vocab == "all"))
     if cfg.init:
         model = LlamaForCausalLM.from_pretrained(cfg.init)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
@@ -323,7 +340,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 + " | reasoning " + " ".join(f"{a},{b}:{v:.2f}" for (a, b), v in chains.items()))
 
     _train_stage(model, "reason", cfg.reason_steps, cfg.reason_lr, cfg, reason_batch, pad,
-                 evaluate_both)
+                 evaluate_both, stop=cfg.reason_stop)
 
     rng = random.Random(f"{cfg.seed}|lookup")
     train = synthetic.generate("train", 20000, seed=cfg.seed, n_documents=cfg.n_documents)

@@ -31,12 +31,13 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
                                     pre_tokenizers.Punctuation(behavior="isolated")])
 
 
-def corpus_words() -> list[str]:
+def corpus_words(reasoning: bool = True) -> list[str]:
     """Every word the synthetic benchmarks' prompts (retrieval and two-hop reasoning) and the
     reasoning chain-of-thought can contain, in every template they use.
 
     The retrieval words come first (sorted), then the words only reasoning uses (sorted): a model
-    pretrained before reasoning existed keeps its token ids, and only gains new ones at the end."""
+    pretrained on retrieval-shaped data alone (``reasoning=False``: only the first part) keeps its
+    token ids when it later grows the reasoning words at the end."""
     pre = _pre_tokenizer()
     words: set[str] = set(synthetic.NAMES) | set(synthetic.CITIES)
     words |= {str(k) for k in range(0, 101)}
@@ -45,13 +46,15 @@ def corpus_words() -> list[str]:
     for template in ("authors", "litm"):
         text = prompts.user_message(record, template) + "\nAnswer:"
         words |= {w for w, _ in pre.pre_tokenize_str(text)}
-    reasoning: set[str] = set()
+    if not reasoning:
+        return sorted(words)
+    reasoning_words: set[str] = set()
     chain = synthetic.generate_reasoning("train", 1, n_documents=4)[0]
     chain = place_hops(chain, (2, 0), random.Random(0))
     for text in (prompts.user_message(chain, "reasoning") + "\nAnswer:",
                  synthetic.record_cot(chain)):
-        reasoning |= {w for w, _ in pre.pre_tokenize_str(text)}
-    return sorted(words) + sorted(reasoning - words)
+        reasoning_words |= {w for w, _ in pre.pre_tokenize_str(text)}
+    return sorted(words) + sorted(reasoning_words - words)
 
 
 def build_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
