@@ -276,7 +276,10 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
         w2, w1 = load_file(tmp_path / "two" / f), load_file(tmp_path / "one" / f)
         assert w2.keys() == w1.keys() and w1
         for k in w1:
-            torch.testing.assert_close(w2[k], w1[k], atol=2e-4, rtol=0)
+            # Float summation order differs between one and two processes, and Adam's division by
+            # the gradient scale magnifies it where a gradient is near zero (2.3e-4 seen with 2
+            # threads); 1e-3 is still 50× below the update checked below.
+            torch.testing.assert_close(w2[k], w1[k], atol=1e-3, rtol=0)
     moved = load_file(tmp_path / "one" / files[0])
     assert max((moved[k] - w0[k]).abs().max().item() for k in w0) > 5e-2   # a real update
 
