@@ -2,7 +2,7 @@
 
 Seeded and deterministic on CPU (for a given thread count). Each stage has its own AdamW, warm-up and
 cosine schedule and its own RNG stream; one run may chain several stages, and ``--init`` continues
-from an earlier run's folder (the shipped model is four runs, listed in its README). The model's
+from an earlier run's folder (the shipped model's README lists the runs that made it). The model's
 positional biases come only from what the stages' data contains; no rule in code favours a position:
 
 1. **Copy warm-up** (``--copy-steps``, ``--warmup-task repeat|recall|docs``). Random name/city
