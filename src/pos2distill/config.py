@@ -335,7 +335,7 @@ class DemoConfig:
     n_train: int = _f(400, "Training questions given to the teacher.")
     K: int = _f(4, "Trivial positions per question.")
     anchors: int = _f(1, "Anchor copies per question.")
-    lr: float = _f(1e-3, "Peak learning rate.")
+    lr: float = _f(2e-3, "R1: peak learning rate.")
     epochs: float = _f(2.0, "Passes over the pairs.")
     batch_size: int = _f(32, "Examples per optimizer step.")
     formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
