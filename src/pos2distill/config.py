@@ -30,7 +30,7 @@ C = TypeVar("C")
 
 #: Default top-k of the teacher cache (bench/cache_error.py: KL error < 1e-3 nats/token on the
 #: embedded default).
-DEFAULT_TOP_K = 256
+DEFAULT_TOP_K = 320
 #: ``--autocast`` values.
 AUTOCAST = ("off", "bfloat16", "float16")
 
