@@ -155,10 +155,12 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2]
     for a, b in zip(two, one):
         assert a["weight_by_position"].keys() == b["weight_by_position"].keys()
-        for p in a["weight_by_position"]:          # the weights of the global batch
-            assert a["weight_by_position"][p] == pytest.approx(b["weight_by_position"][p], rel=1e-5)
-            assert a["kl_by_position"][p] == pytest.approx(b["kl_by_position"][p], rel=1e-5)
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        # The weights of the global batch. Step 2 follows an Adam update whose float rounding
+        # differs between one and two processes (1.4e-5 relative seen on a KL): rel 1e-4.
+        for p in a["weight_by_position"]:
+            assert a["weight_by_position"][p] == pytest.approx(b["weight_by_position"][p], rel=1e-4)
+            assert a["kl_by_position"][p] == pytest.approx(b["kl_by_position"][p], rel=1e-4)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         # The gradient of the whole batch (before clipping): DDP's average times W is the sum.
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
