@@ -386,6 +386,15 @@ def bridge_order(documents: Sequence[Document], gold: list[int]) -> list[int]:
     return [b, a] if b_to_a and not a_to_b else gold
 
 
+def _wiki_multihop_fields(raw: Any, path: str, line: int) -> tuple[dict[str, Any], str, str,
+                                                                     tuple[str, ...]]:
+    """The row object and its ``_id``, ``question`` and ``answer`` (HotpotQA and 2Wiki share them)."""
+    obj = _object(raw, path, line)
+    return (obj, _nonempty_string(obj, "_id", path, line),
+            _nonempty_string(obj, "question", path, line),
+            _answer_and_aliases(obj, path, line, aliases=None))
+
+
 def load_hotpotqa(path: PathLike) -> list[Record]:
     """Load HotpotQA (distractor setting; a ``.json`` array or JSONL).
 
@@ -396,10 +405,7 @@ def load_hotpotqa(path: PathLike) -> list[Record]:
     p = str(path)
     records: list[Record] = []
     for line, raw in iter_rows(path):
-        obj = _object(raw, p, line)
-        rid = _nonempty_string(obj, "_id", p, line)
-        question = _nonempty_string(obj, "question", p, line)
-        answers = _answer_and_aliases(obj, p, line, aliases=None)
+        obj, rid, question, answers = _wiki_multihop_fields(raw, p, line)
         kind = obj.get("type", "bridge")
         if kind not in ("bridge", "comparison"):
             raise DataError(f"{kind!r} is not bridge or comparison", path=p, line=line,
@@ -424,10 +430,7 @@ def load_2wiki(path: PathLike) -> list[Record]:
     p = str(path)
     records: list[Record] = []
     for line, raw in iter_rows(path):
-        obj = _object(raw, p, line)
-        rid = _nonempty_string(obj, "_id", p, line)
-        question = _nonempty_string(obj, "question", p, line)
-        answers = _answer_and_aliases(obj, p, line, aliases=None)
+        obj, rid, question, answers = _wiki_multihop_fields(raw, p, line)
         documents = _context(obj, p, line)
         gold = _supporting_titles(obj, documents, p, line)
         evidences = _get(obj, "evidences", list, p, line)
