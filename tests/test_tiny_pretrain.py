@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pos2distill import synthetic
@@ -90,6 +91,77 @@ def test_doc_copy_prefix_puts_repeats_late_without_a_second_match() -> None:
         assert not set(prefix) & (set(first) - set(struct))   # one match per looked-up token
         prefixes.append(len(prefix))
     assert min(prefixes) < 30 and max(prefixes) > 70
+
+
+def test_late_fraction_puts_short_repeats_behind_a_long_prefix() -> None:
+    from pos2distill.tiny.pretrain import _doc_copy_examples
+
+    tok = build_tokenizer()
+    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    cfg = PretrainConfig(late_fraction=0.5, late_prefix=(110, 130), copy_short=(4, 15),
+                         copy_long=(100, 115), copy_middle_fraction=0.0)
+    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 200, _content(tok), 2, struct)
+    late = 0
+    for seq, mask in zip(seqs, masks):
+        n = sum(mask)
+        start = len(seq) - 2 * n
+        assert seq[start:start + n] == seq[start + n:]
+        prefix = start - 1
+        if prefix:                                    # late: a long prefix, a short repeat
+            late += 1
+            assert 110 <= prefix <= 130 and n <= 15
+        else:                                         # early: no prefix, short or long repeat
+            assert n <= 15 or 100 <= n <= 115
+    assert 70 < late < 130
+
+
+def test_early_gap_recalls_a_short_start_from_far_back() -> None:
+    from pos2distill.tiny.pretrain import _doc_copy_examples
+
+    tok = build_tokenizer()
+    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    cfg = PretrainConfig(late_fraction=0.5, late_prefix=(110, 130), copy_short=(4, 40),
+                         early_gap=(60, 110))
+    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 200, _content(tok), 2, struct)
+    for seq, mask in zip(seqs, masks):
+        n = sum(mask)
+        repeat = seq[len(seq) - n:]
+        assert n <= 40 and mask[len(seq) - n:] == [1] * n
+        first = [i for i in range(1, len(seq) - n) if seq[i:i + n] == repeat]
+        assert len(first) == 1                        # exactly one earlier occurrence to copy from
+        source, distance = first[0], len(seq) - n - first[0]
+        if source == 1:                               # early: at the start, recalled from far back
+            assert 60 <= distance - n <= 110
+        else:                                         # late: behind a long prefix, right before
+            assert 110 <= source - 1 <= 130 and distance == n
+
+
+def test_conflict_examples_put_the_true_city_at_an_edge_and_a_decoy_in_the_middle() -> None:
+    from pos2distill.tiny.pretrain import _doc_copy_examples
+
+    tok = build_tokenizer()
+    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    cfg = PretrainConfig(conflict_fraction=0.5, conflict_edge=3, n_documents=20)
+    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 40, _content(tok), 2, struct)
+    conflicts = [(s, m) for s, m in zip(seqs, masks) if len(s) == 1 + 5 * 23]
+    assert len(conflicts) == 20
+    for seq, mask in conflicts:
+        pairs = [(seq[1 + 5 * i + 3], seq[1 + 5 * i + 4]) for i in range(20)]
+        queries = [(seq[1 + 5 * i + 3], seq[1 + 5 * i + 4]) for i in range(20, 23)]
+        assert [i for i, x in enumerate(mask) if x] == [1 + 5 * i + 4 for i in range(20, 23)]
+        for name, city in queries:
+            where = [i for i, (n, _) in enumerate(pairs) if n == name]
+            assert len(where) == 2
+            edge, middle = where if where[0] < 3 else where[::-1]
+            assert (edge < 3 or edge >= 17) and 3 <= middle < 17
+            assert pairs[edge][1] == city != pairs[middle][1]
+
+
+@pytest.mark.parametrize("bad", [dict(late_fraction=1.5), dict(early_gap=(90, 60)),
+                                 dict(conflict_fraction=0.5, conflict_edge=7)])
+def test_config_rejects_impossible_data_settings(bad: dict) -> None:
+    with pytest.raises(ValueError, match="--"):
+        PretrainConfig(**bad)
 
 
 def test_reason_pairs_put_the_edge_mass_on_connected_in_order_edge_pairs() -> None:

@@ -76,6 +76,22 @@ class PretrainConfig:
     # "docs" warm-up: up to this many tokens of other document pairs (no loss) before the repeat, so
     # repeats of every distance also occur late in a sequence, where a prompt's last documents sit.
     prefix_max: int = 0
+    # Document repeats (any stage): this share sits behind ``late_prefix`` tokens of other pairs and
+    # is short (``copy_short``), so its matches lie late in the sequence, where a prompt's last
+    # documents sit; the others keep ``prefix_max``. 0 draws nothing extra (earlier recipes
+    # unchanged).
+    late_fraction: float = 0.0
+    late_prefix: tuple[int, int] = (100, 125)
+    # Document repeats that are not late: when ``early_gap`` is set, a short sequence at the start,
+    # then this many tokens of other pairs, then its repeat, so the matches are far back but still
+    # in the first tokens; (0, 0) keeps the contiguous repeat of ``_draw_distance`` tokens.
+    early_gap: tuple[int, int] = (0, 0)
+    # Document repeats (any stage): this share is replaced by conflicting mentions: ``n_documents``
+    # pairs in which ``conflict_edge`` names occur twice, each with its true city in the first or
+    # last ``conflict_edge`` pairs and another city in between, then ``- Title : NAME CITY`` for
+    # each, loss on the true city: mentions in the middle of a context are the unreliable ones.
+    conflict_fraction: float = 0.0
+    conflict_edge: int = 3
     recall_queries: int = 8
     # Stage 2: a repeat of document-shaped pairs (as --warmup-task docs), from the stage-1 model.
     docs_steps: int = 0
@@ -98,6 +114,21 @@ class PretrainConfig:
     edge_mass: float = 0.3
     eval_every: int = 250
     eval_per_position: int = 40
+
+    def __post_init__(self) -> None:
+        for name in ("late_fraction", "conflict_fraction", "reason_edge_mass",
+                     "reason_docs_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        for name in ("copy_short", "copy_long", "late_prefix", "early_gap"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"--{name.replace('_', '-')} needs 0 <= low <= high, got {lo} {hi}")
+        middle = self.n_documents - 2 * self.conflict_edge
+        if self.conflict_fraction and not 0 < self.conflict_edge <= middle:
+            raise ValueError(f"--conflict-edge {self.conflict_edge} needs at least as many middle "
+                             f"documents (n_documents = {self.n_documents})")
 
     def reason_pairs(self) -> tuple[list[tuple[int, int]], list[float]]:
         """Every ordered hop pair (first, second) and its probability in stage 3."""
@@ -138,23 +169,65 @@ def _copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids:
 
 def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
                        bos: int, struct_ids: list[int]) -> Batch:
-    """A contiguous repeat of document-shaped pairs (``- Title : NAME CITY``), so the circuit
-    forms with the prompt's structural tokens present. Distances are drawn as for the copy task."""
-    seqs, masks = [], []
+    """A repeat of document-shaped pairs (``- Title : NAME CITY``), so the circuit forms with the
+    prompt's structural tokens present. Distances are drawn as for the copy task;
+    ``late_fraction``, ``early_gap`` and ``conflict_fraction`` move where the matches lie (see
+    :class:`PretrainConfig`)."""
+    n_conflict = round(cfg.conflict_fraction * n)
+    seqs, masks = _conflict_examples(rng, cfg, n_conflict, content_ids, bos, struct_ids)
     width = len(struct_ids) + 2
-    for _ in range(n):
-        k = max(1, _draw_distance(rng, cfg) // width)
+    for _ in range(n - n_conflict):
+        late = cfg.late_fraction > 0 and rng.random() < cfg.late_fraction
+        gapped = not late and cfg.early_gap[1] > 0
+        short = late or gapped
+        k = max(1, (rng.randint(*cfg.copy_short) if short else _draw_distance(rng, cfg)) // width)
         s: list[int] = []
         for _ in range(k):
             s += struct_ids + [rng.choice(content_ids), rng.choice(content_ids)]
-        # Prefix tokens never occur in the repeat, so every lookup has exactly one match.
-        prefix: list[int] = []
+        # Prefix and gap tokens never occur in the repeat, so every lookup has exactly one match.
         others = [t for t in content_ids if t not in set(s)]
-        for _ in range(rng.randint(0, cfg.prefix_max // width) if cfg.prefix_max else 0):
-            prefix += struct_ids + [rng.choice(others), rng.choice(others)]
-        seqs.append([bos] + prefix + s + s)
-        masks.append([0] * (1 + len(prefix) + len(s)) + [1] * len(s))
+        if late:
+            n_prefix = rng.randint(cfg.late_prefix[0] // width, cfg.late_prefix[1] // width)
+        else:
+            n_prefix = rng.randint(0, cfg.prefix_max // width) if cfg.prefix_max else 0
+        prefix = _filler_pairs(rng, n_prefix, struct_ids, others)
+        gap = (_filler_pairs(rng, rng.randint(*cfg.early_gap) // width, struct_ids, others)
+               if gapped else [])
+        seqs.append([bos] + prefix + s + gap + s)
+        masks.append([0] * (1 + len(prefix) + len(s) + len(gap)) + [1] * len(s))
     return seqs, masks
+
+
+def _conflict_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
+                       bos: int, struct_ids: list[int]) -> Batch:
+    """``n_documents`` pairs where each of up to ``conflict_edge`` names occurs twice, its true city
+    at an edge pair and another city at a middle one; then a query per such name, loss on its city."""
+    seqs, masks = [], []
+    k, e = cfg.n_documents, cfg.conflict_edge
+    for _ in range(n):
+        names = rng.sample(content_ids, k)
+        cities = [rng.choice(content_ids) for _ in range(k)]
+        trues = rng.sample([*range(e), *range(k - e, k)], e)
+        for true, decoy in zip(trues, rng.sample(range(e, k - e), e)):
+            names[decoy] = names[true]
+            cities[decoy] = rng.choice([c for c in content_ids if c != cities[true]])
+        seq = [bos]
+        for name, city in zip(names, cities):
+            seq += struct_ids + [name, city]
+        mask = [0] * len(seq)
+        for true in trues:
+            seq += struct_ids + [names[true], cities[true]]
+            mask += [0] * (len(struct_ids) + 1) + [1]
+        seqs.append(seq)
+        masks.append(mask)
+    return seqs, masks
+
+
+def _filler_pairs(rng: random.Random, n: int, struct_ids: list[int], ids: list[int]) -> list[int]:
+    out: list[int] = []
+    for _ in range(n):
+        out += struct_ids + [rng.choice(ids), rng.choice(ids)]
+    return out
 
 
 def _recall_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
@@ -386,7 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.add_argument(flag, type=type(default), default=default)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = PretrainConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()})
+    try:
+        cfg = PretrainConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                for k, v in vars(args).items()})
+    except ValueError as e:
+        parser.error(str(e))
     print(f"saved to {pretrain(cfg)}")
     return 0
 
