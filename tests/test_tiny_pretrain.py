@@ -93,14 +93,19 @@ def test_doc_copy_prefix_puts_repeats_late_without_a_second_match() -> None:
     assert min(prefixes) < 30 and max(prefixes) > 70
 
 
-def test_late_fraction_puts_short_repeats_behind_a_long_prefix() -> None:
+def _doc_examples(cfg: PretrainConfig, n: int) -> tuple[list[list[int]], list[list[int]]]:
+    """``n`` document repeats of ``cfg`` (seed 0) over the real tokenizer's names and cities."""
     from pos2distill.tiny.pretrain import _doc_copy_examples
 
     tok = build_tokenizer()
     struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    return _doc_copy_examples(random.Random(0), cfg, n, _content(tok), 2, struct)
+
+
+def test_late_fraction_puts_short_repeats_behind_a_long_prefix() -> None:
     cfg = PretrainConfig(late_fraction=0.5, late_prefix=(110, 130), copy_short=(4, 15),
                          copy_long=(100, 115), copy_middle_fraction=0.0)
-    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 200, _content(tok), 2, struct)
+    seqs, masks = _doc_examples(cfg, 200)
     late = 0
     for seq, mask in zip(seqs, masks):
         n = sum(mask)
@@ -116,13 +121,9 @@ def test_late_fraction_puts_short_repeats_behind_a_long_prefix() -> None:
 
 
 def test_early_gap_recalls_a_short_start_from_far_back() -> None:
-    from pos2distill.tiny.pretrain import _doc_copy_examples
-
-    tok = build_tokenizer()
-    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
     cfg = PretrainConfig(late_fraction=0.5, late_prefix=(110, 130), copy_short=(4, 40),
                          early_gap=(60, 110))
-    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 200, _content(tok), 2, struct)
+    seqs, masks = _doc_examples(cfg, 200)
     for seq, mask in zip(seqs, masks):
         n = sum(mask)
         repeat = seq[len(seq) - n:]
@@ -137,12 +138,8 @@ def test_early_gap_recalls_a_short_start_from_far_back() -> None:
 
 
 def test_conflict_examples_put_the_true_city_at_an_edge_and_a_decoy_in_the_middle() -> None:
-    from pos2distill.tiny.pretrain import _doc_copy_examples
-
-    tok = build_tokenizer()
-    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
     cfg = PretrainConfig(conflict_fraction=0.5, conflict_edge=3, n_documents=20)
-    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 40, _content(tok), 2, struct)
+    seqs, masks = _doc_examples(cfg, 40)
     conflicts = [(s, m) for s, m in zip(seqs, masks) if len(s) == 1 + 5 * 23]
     assert len(conflicts) == 20
     for seq, mask in conflicts:

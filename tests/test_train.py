@@ -240,10 +240,10 @@ def test_grad_accum_gives_the_same_training(pairs_file: Path, sharp_model_dir: P
     # differ by a tenth of one Adam step.
     assert (diff > 1e-6).float().mean().item() < 1e-3
     assert diff.max().item() < 1e-3
-    # Not vacuous: training moved the weights well beyond that tolerance.
+    # Not vacuous: training moved most weights beyond both tolerances.
     start = _load(sharp_model_dir)
-    moved = max((p - q).abs().max().item() for p, q in zip(ma.parameters(), start.parameters()))
-    assert moved > 1e-3
+    moved = torch.cat([(p - q).abs().flatten() for p, q in zip(ma.parameters(), start.parameters())])
+    assert (moved > 1e-3).float().mean().item() > 0.5
 
 
 def test_read_pairs_errors(tmp_path: Path) -> None:

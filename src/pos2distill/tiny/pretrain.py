@@ -200,8 +200,8 @@ def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_
 
 def _conflict_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
                        bos: int, struct_ids: list[int]) -> Batch:
-    """``n_documents`` pairs where each of up to ``conflict_edge`` names occurs twice, its true city
-    at an edge pair and another city at a middle one; then a query per such name, loss on its city."""
+    """``n_documents`` pairs in which ``conflict_edge`` names occur twice each, the true city at an
+    edge pair and another city at a middle one; then a query per such name, loss on its city."""
     seqs, masks = [], []
     k, e = cfg.n_documents, cfg.conflict_edge
     for _ in range(n):
