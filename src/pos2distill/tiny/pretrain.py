@@ -185,7 +185,8 @@ def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_
         for _ in range(k):
             s += struct_ids + [rng.choice(content_ids), rng.choice(content_ids)]
         # Prefix and gap tokens never occur in the repeat, so every lookup has exactly one match.
-        others = [t for t in content_ids if t not in set(s)]
+        used = set(s)
+        others = [t for t in content_ids if t not in used]
         if late:
             n_prefix = rng.randint(cfg.late_prefix[0] // width, cfg.late_prefix[1] // width)
         else:
