@@ -52,12 +52,13 @@ def test_position_probs_sum_to_one_and_favour_the_edges() -> None:
 def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
     cfg = PretrainConfig(out=str(tmp_path / "m"), layers=1, hidden=16, heads=2, intermediate=32,
                          batch_size=2, copy_steps=2, docs_steps=1, reason_steps=2, lookup_steps=2,
-                         eval_every=2, prefix_max=10,
+                         eval_every=2, prefix_max=10, rope_theta=50.0,
                          eval_per_position=1, n_documents=4)
     out = pretrain(cfg)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers == 1 and tok.chat_template
+    assert model.config.rope_parameters["rope_theta"] == 50.0
     assert (out / "pretrain_config.json").exists()
 
 
@@ -155,7 +156,7 @@ def test_conflict_examples_put_the_true_city_at_an_edge_and_a_decoy_in_the_middl
 
 
 @pytest.mark.parametrize("bad", [dict(late_fraction=1.5), dict(early_gap=(90, 60)),
-                                 dict(conflict_fraction=0.5, conflict_edge=7)])
+                                 dict(conflict_fraction=0.5, conflict_edge=7), dict(rope_theta=0.0)])
 def test_config_rejects_impossible_data_settings(bad: dict) -> None:
     with pytest.raises(ValueError, match="--"):
         PretrainConfig(**bad)

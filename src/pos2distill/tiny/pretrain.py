@@ -59,6 +59,9 @@ class PretrainConfig:
     hidden: int = 128
     heads: int = 4
     intermediate: int = 512
+    # RoPE base of a new model (ignored with --init): a smaller base rotates every head dimension
+    # within a prompt's length, so a match far back scores differently from a recent one.
+    rope_theta: float = 10000.0
     n_documents: int = 20
     batch_size: int = 32
     lr: float = 2e-3
@@ -125,6 +128,8 @@ class PretrainConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"--{name.replace('_', '-')} needs 0 <= low <= high, got {lo} {hi}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"--rope-theta must be positive, got {self.rope_theta}")
         middle = self.n_documents - 2 * self.conflict_edge
         if self.conflict_fraction and not 0 < self.conflict_edge <= middle:
             raise ValueError(f"--conflict-edge {self.conflict_edge} needs at least as many middle "
@@ -367,7 +372,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
             num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads, max_position_embeddings=512, rope_theta=10000.0,
+            num_key_value_heads=cfg.heads, max_position_embeddings=512, rope_theta=cfg.rope_theta,
             tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     content_ids = tokenizer.convert_tokens_to_ids(list(synthetic.NAMES) + list(synthetic.CITIES))
