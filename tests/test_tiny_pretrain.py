@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pos2distill import synthetic
-from pos2distill.tiny.pretrain import PretrainConfig, _copy_examples, _recall_examples, pretrain
+from pos2distill.tiny.pretrain import (PretrainConfig, _copy_examples, _doc_copy_examples,
+                                       _recall_examples, pretrain)
 from pos2distill.tiny.tokenizer import build_tokenizer
 
 
@@ -63,8 +64,6 @@ def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
 
 
 def test_doc_copy_examples_repeat_document_shaped_pairs() -> None:
-    from pos2distill.tiny.pretrain import _doc_copy_examples
-
     tok = build_tokenizer()
     struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
     seqs, masks = _doc_copy_examples(random.Random(0), PretrainConfig(), 10, _content(tok), 2, struct)
@@ -76,8 +75,6 @@ def test_doc_copy_examples_repeat_document_shaped_pairs() -> None:
 
 
 def test_doc_copy_prefix_puts_repeats_late_without_a_second_match() -> None:
-    from pos2distill.tiny.pretrain import _doc_copy_examples
-
     tok = build_tokenizer()
     struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
     cfg = PretrainConfig(prefix_max=100)
@@ -96,8 +93,6 @@ def test_doc_copy_prefix_puts_repeats_late_without_a_second_match() -> None:
 
 def _doc_examples(cfg: PretrainConfig, n: int) -> tuple[list[list[int]], list[list[int]]]:
     """``n`` document repeats of ``cfg`` (seed 0) over the real tokenizer's names and cities."""
-    from pos2distill.tiny.pretrain import _doc_copy_examples
-
     tok = build_tokenizer()
     struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
     return _doc_copy_examples(random.Random(0), cfg, n, _content(tok), 2, struct)

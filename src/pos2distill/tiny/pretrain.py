@@ -186,9 +186,7 @@ def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_
         gapped = not late and cfg.early_gap[1] > 0
         short = late or gapped
         k = max(1, (rng.randint(*cfg.copy_short) if short else _draw_distance(rng, cfg)) // width)
-        s: list[int] = []
-        for _ in range(k):
-            s += struct_ids + [rng.choice(content_ids), rng.choice(content_ids)]
+        s = _filler_pairs(rng, k, struct_ids, content_ids)
         # Prefix and gap tokens never occur in the repeat, so every lookup has exactly one match.
         used = set(s)
         others = [t for t in content_ids if t not in used]
