@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pos2distill import synthetic
 from pos2distill.tiny.pretrain import (PretrainConfig, _copy_examples, _doc_copy_examples,
-                                       _recall_examples, pretrain)
+                                       _recall_examples, main, pretrain)
 from pos2distill.tiny.tokenizer import build_tokenizer
 
 
@@ -231,3 +232,23 @@ def test_retrieval_vocab_then_grown_for_reasoning_keeps_the_retrieval_ids(tmp_pa
     # --reason-stop 2 of a 4-step schedule: evaluated after steps 1 and 2, then stopped.
     assert [m.split(" accuracy")[0] for m in logged if "accuracy" in m] == ["reason step 1",
                                                                             "reason step 2"]
+
+
+def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(PretrainConfig):
+        assert f.metadata["help"], f.name
+        flag = "--" + f.name.replace("_", "-")
+        assert f"{flag} " in text, flag
+        assert " ".join(f.metadata["help"].split()[:3]) in text, flag
+    assert "--copy-short LOW HIGH" in text
+
+
+def test_bad_option_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--late-fraction", "1.5"])
+    assert info.value.code == 2
+    assert "--late-fraction must be in [0, 1], got 1.5" in capsys.readouterr().err

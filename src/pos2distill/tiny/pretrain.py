@@ -39,6 +39,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pos2distill import prompts, synthetic
+from pos2distill.config import option
 from pos2distill.positions import paper_configurations, place_gold, place_hops
 from pos2distill.tiny.tokenizer import build_tokenizer, corpus_words
 
@@ -49,74 +50,70 @@ Batch = tuple[list[list[int]], list[list[int]]]
 
 @dataclass
 class PretrainConfig:
-    out: str = "runs/tiny-llama"  # never the shipped folder by accident: copy it there by hand
-    init: str = ""  # start from this model folder instead of random weights (experiments)
-    seed: int = 0
-    # "all" words, or "retrieval" only (the first stages: the reasoning words, never seen there, are
-    # added when a later run with --init reaches the reasoning stage).
-    vocab: str = "all"
-    layers: int = 4
-    hidden: int = 128
-    heads: int = 4
-    intermediate: int = 512
-    # RoPE base of a new model (ignored with --init): a smaller base rotates every head dimension
-    # within a prompt's length, so a match far back scores differently from a recent one.
-    rope_theta: float = 10000.0
-    n_documents: int = 20
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    copy_steps: int = 600
-    # Stage 1 task: "repeat" (a sequence then itself), "recall" (one-token associative recall) or
-    # "docs" (a repeat of document-shaped pairs).
-    warmup_task: str = "repeat"
-    lookup_steps: int = 1500
-    lookup_lr: float = 1e-3
-    # Copy stage: repeat length (= distance) drawn from "short", "long" or, rarely, "middle".
-    copy_short: tuple[int, int] = (4, 25)
-    copy_long: tuple[int, int] = (85, 115)
-    copy_middle_fraction: float = 0.05
-    # "docs" warm-up: up to this many tokens of other document pairs (no loss) before the repeat, so
-    # repeats of every distance also occur late in a sequence, where a prompt's last documents sit.
-    prefix_max: int = 0
-    # Document repeats (any stage): this share sits behind ``late_prefix`` tokens of other pairs and
-    # is short (``copy_short``), so its matches lie late in the sequence, where a prompt's last
-    # documents sit; the others keep ``prefix_max``. 0 draws nothing extra (earlier recipes
-    # unchanged).
-    late_fraction: float = 0.0
-    late_prefix: tuple[int, int] = (100, 125)
-    # Document repeats that are not late: when ``early_gap`` is set, a short sequence at the start,
-    # then this many tokens of other pairs, then its repeat, so the matches are far back but still
-    # in the first tokens; (0, 0) keeps the contiguous repeat of ``_draw_distance`` tokens.
-    early_gap: tuple[int, int] = (0, 0)
-    # Document repeats (any stage): this share is replaced by conflicting mentions: ``n_documents``
-    # pairs in which ``conflict_edge`` names occur twice, each with its true city in the first or
-    # last ``conflict_edge`` pairs and another city in between, then ``- Title : NAME CITY`` for
-    # each, loss on the true city: mentions in the middle of a context are the unreliable ones.
-    conflict_fraction: float = 0.0
-    conflict_edge: int = 3
-    recall_queries: int = 8
-    # Stage 2: a repeat of document-shaped pairs (as --warmup-task docs), from the stage-1 model.
-    docs_steps: int = 0
-    # Stage 3, two-hop reasoning: chain-of-thought on synthetic two-hop questions, the hop documents
-    # at a position pair drawn from `reason_pair_probs` (connected, in-order pairs touching the first
-    # or last `reason_edge` positions get `reason_edge_mass`; every other pair shares the rest), and
-    # a `reason_docs_fraction` share of each batch kept as document-shaped repeats.
-    reason_steps: int = 0
-    # Stop the reasoning stage after this many of its `reason_steps` scheduled steps (0: all of them),
-    # as one keeps an intermediate checkpoint of a longer schedule.
-    reason_stop: int = 0
-    reason_lr: float = 5e-4
-    reason_edge: int = 3
-    reason_edge_mass: float = 0.5
-    reason_docs_fraction: float = 0.5
-    # Lookup stage: share of copy examples in each batch; mass of the first and last `edge`
-    # gold positions (the rest is spread evenly over the middle).
-    lookup_copy_fraction: float = 0.5
-    edge: int = 3
-    edge_mass: float = 0.3
-    eval_every: int = 250
-    eval_per_position: int = 40
+    """One pretraining run: the model, then its stages in order (a stage with 0 steps is skipped).
+    Each field's help is its ``--help`` line."""
+
+    out: str = option("runs/tiny-llama", "Output folder (never the shipped one: copy the weights there "
+                  "by hand).")
+    init: str = option("", "Start from this model folder instead of random weights.")
+    seed: int = option(0, "Seed of the weights and of every stage's data stream.")
+    vocab: str = option("all", "'all' words, or 'retrieval' only: for the first stages; the reasoning "
+                    "words are added, mean-initialised, when a later --init run reaches stage 3.")
+    layers: int = option(4, "Decoder layers of a new model.")
+    hidden: int = option(128, "Hidden size of a new model.")
+    heads: int = option(4, "Attention heads of a new model.")
+    intermediate: int = option(512, "MLP width of a new model.")
+    rope_theta: float = option(10000.0, "RoPE base of a new model (ignored with --init): a smaller base "
+                           "rotates every head dimension within a prompt, so a match far back "
+                           "scores differently from a recent one.")
+    n_documents: int = option(20, "Documents per synthetic prompt (and per evaluation).")
+    batch_size: int = option(32, "Sequences per step.")
+    lr: float = option(2e-3, "Peak learning rate of stages 1 and 2.")
+    warmup_steps: int = option(100, "Linear warm-up steps of every stage (at most a tenth of it).")
+    copy_steps: int = option(600, "Stage 1 steps.")
+    warmup_task: str = option("repeat", "Stage 1 task: 'repeat' (a sequence then itself), 'recall' "
+                          "(one-token associative recall) or 'docs' (a repeat of document-shaped "
+                          "pairs).")
+    lookup_steps: int = option(1500, "Stage 4 steps (the retrieval questions themselves; 0 in the "
+                           "shipped recipe).")
+    lookup_lr: float = option(1e-3, "Peak learning rate of stage 4.")
+    copy_short: tuple[int, int] = option((4, 25), "Repeat length (= match distance) range of a 'short' "
+                                     "repeat.")
+    copy_long: tuple[int, int] = option((85, 115), "Repeat length range of a 'long' repeat.")
+    copy_middle_fraction: float = option(0.05, "Share of repeats whose length lies between the short "
+                                     "and the long range (the rest: half short, half long).")
+    prefix_max: int = option(0, "Document repeats: up to this many tokens of other pairs (no loss) "
+                         "before the repeat, so that repeats also occur late in a sequence.")
+    late_fraction: float = option(0.0, "Document repeats: this share is short (--copy-short) and sits "
+                              "behind --late-prefix tokens of other pairs, so its matches lie where "
+                              "a prompt's last documents sit.")
+    late_prefix: tuple[int, int] = option((100, 125), "Prefix length range of the late repeats.")
+    early_gap: tuple[int, int] = option((0, 0), "Document repeats that are not late: a short sequence "
+                                    "at the start, this many tokens of other pairs, then its repeat "
+                                    "(matches far back but in the first tokens); 0 0 keeps the "
+                                    "contiguous repeat.")
+    conflict_fraction: float = option(0.0, "Document repeats: this share is replaced by sequences in "
+                                  "which --conflict-edge names occur twice, the true city at an edge "
+                                  "pair, another in the middle; loss on the true city.")
+    conflict_edge: int = option(3, "Duplicated names per conflict sequence (and the width of its edges).")
+    recall_queries: int = option(8, "Queries per one-token recall sequence.")
+    docs_steps: int = option(0, "Stage 2 steps: document repeats, after stage 1.")
+    reason_steps: int = option(0, "Stage 3 steps (its cosine schedule's length): two-hop "
+                           "chain-of-thought mixed with document repeats.")
+    reason_stop: int = option(0, "End stage 3 after this many of its scheduled steps (0: all), as one "
+                          "keeps an intermediate checkpoint of a longer schedule.")
+    reason_lr: float = option(5e-4, "Peak learning rate of stage 3.")
+    reason_edge: int = option(3, "Stage 3: the first and last this many positions are the 'edges'.")
+    reason_edge_mass: float = option(0.5, "Stage 3: probability of a connected, in-order hop pair "
+                                 "touching an edge; every other ordered pair shares the rest.")
+    reason_docs_fraction: float = option(0.5, "Stage 3: share of each batch kept as document repeats.")
+    lookup_copy_fraction: float = option(0.5, "Stage 4: share of each batch kept as one-token recall.")
+    edge: int = option(3, "Stage 4: the first and last this many gold positions are the 'edges'.")
+    edge_mass: float = option(0.3, "Stage 4: probability of an edge gold position (the rest spread "
+                          "evenly over the middle).")
+    eval_every: int = option(250, "Evaluate stages 3 and 4 every this many steps.")
+    eval_per_position: int = option(40, "Held-out questions per position (or hop configuration) in "
+                                "those evaluations.")
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "conflict_fraction", "reason_edge_mass",
@@ -457,10 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(PretrainConfig):
         default = getattr(defaults, f.name)
         flag = f"--{f.name.replace('_', '-')}"
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_ = f"{f.metadata['help']} (default: {shown})"
         if isinstance(default, tuple):
-            parser.add_argument(flag, type=int, nargs=2, default=default)
+            parser.add_argument(flag, type=int, nargs=2, default=default, metavar=("LOW", "HIGH"),
+                                help=help_)
         else:
-            parser.add_argument(flag, type=type(default), default=default)
+            parser.add_argument(flag, type=type(default), default=default, help=help_)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
