@@ -119,6 +119,16 @@ def test_bad_flag_value_is_one_line_without_traceback() -> None:
                            "pos2distill, paper, uniform\n")
 
 
+@pytest.mark.parametrize("command", ["probe", "teach", "experiment"])
+def test_blank_instruction_is_one_line(command: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-q", command, "--instruction", " \t", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pos2distill {command}: error: --instruction: only whitespace; give the "
+                   "instruction text, or leave it empty for the template's own\n")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("n", ["1", "500"])
 def test_synthetic_n_documents_out_of_range(n: str, tmp_path: Path, tiny_model_dir: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,6 +36,9 @@ def test_defaults_are_valid_and_every_field_has_help(cls: type) -> None:
     (ProbeConfig, {"limit": -1}, "--limit"),
     (ProbeConfig, {"batch_size": 0}, "--batch-size"),
     (ProbeConfig, {"max_new_tokens": 0}, "--max-new-tokens"),
+    (ProbeConfig, {"instruction": "   "}, "--instruction: only whitespace"),
+    (TeachConfig, {"instruction": "\n\t"}, "--instruction: only whitespace"),
+    (ExperimentConfig, {"instruction": " "}, "--instruction: only whitespace"),
     (TeachConfig, {"batch_size": -2}, "--batch-size"),
     (TeachConfig, {"advantageous": "auto"}, "--advantageous auto needs --probe"),
     (PairsConfig, {"anchors": -1}, "--anchors"),
@@ -120,6 +123,28 @@ def test_flag_types() -> None:
     assert (cfg.lr, cfg.batch_size, cfg.grad_accum) == (1e-3, 8, 2)
     with pytest.raises(ConfigError, match="not divisible"):
         from_args(TrainConfig, _parse(TrainConfig, ["--batch-size", "5", "--grad-accum", "2"]))
+
+
+def test_instruction_flag_and_yaml(tmp_path: Path) -> None:
+    assert ProbeConfig().instruction == "" and TeachConfig().instruction == ""
+    cfg = from_args(ProbeConfig, _parse(ProbeConfig, ["--instruction", "Answer the question."]))
+    assert cfg.instruction == "Answer the question."
+    path = tmp_path / "exp.yaml"
+    path.write_text("instruction: |-\n  You are a careful assistant.\n  Be brief.\n")
+    assert from_yaml(ExperimentConfig, path).instruction == ("You are a careful assistant.\n"
+                                                             "Be brief.")
+
+
+def test_instruction_counts_in_the_fingerprint_only_when_set() -> None:
+    from pos2distill.runinfo import fingerprint
+
+    plain, custom = ProbeConfig(), ProbeConfig(instruction="Answer the question.")
+    # Unset, it leaves the fingerprint of runs made before it existed unchanged ...
+    assert plain.fingerprint_ignores() == ("instruction",)
+    # ... set, a run with another instruction never resumes this one.
+    assert custom.fingerprint_ignores() == ()
+    assert fingerprint(custom, ignore=custom.fingerprint_ignores()) != \
+        fingerprint(plain, ignore=plain.fingerprint_ignores())
 
 
 def test_yaml_scientific_notation(tmp_path: Path) -> None:

@@ -144,6 +144,18 @@ def test_experiment_config_errors(tmp_path: Path) -> None:
     assert ExperimentConfig(grids=[{"K": 2}]).grid_configs()[0].K == [2]   # one value is a list
 
 
+def test_instruction_reaches_teach_and_probes() -> None:
+    custom = ExperimentConfig(instruction="Answer the question.", grids=[{"K": [4]}])
+    (run,) = experiment.plan_runs(custom.grid_configs())
+    assert experiment.teach_config(custom, 10).instruction == "Answer the question."
+    assert experiment.probe_config(custom, "m", Path("p"), 20).instruction == "Answer the question."
+    # A run is finished for one instruction only; without one, runs from before it existed are
+    # still found (the unset field is left out of the fingerprint).
+    plain = ExperimentConfig(grids=[{"K": [4]}])
+    assert experiment.run_fingerprint(custom, run) != experiment.run_fingerprint(plain, run)
+    assert experiment.teach_config(plain, 10).fingerprint_ignores() == ("instruction",)
+
+
 # ---------------------------------------------------------------------------------------------
 # A small grid end to end
 # ---------------------------------------------------------------------------------------------

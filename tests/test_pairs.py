@@ -12,8 +12,9 @@ import pytest
 
 from conftest import FakeGenerator
 from pos2distill import pairs, synthetic, teach
-from pos2distill.config import PairsConfig
+from pos2distill.config import PairsConfig, TeachConfig
 from pos2distill.errors import ConfigError
+from pos2distill.prompts import INSTRUCTIONS
 from pos2distill.records import Record, write_jsonl
 
 N_DOCS = 10
@@ -23,7 +24,8 @@ def titles(prompt: str) -> list[str]:
     return [line[len("- Title: "):] for line in prompt.splitlines() if line.startswith("- Title: ")]
 
 
-def teacher_rows_for(tok: Any, adv: int, n: int = 4, n_documents: int = N_DOCS) -> list[dict]:
+def teacher_rows_for(tok: Any, adv: int, n: int = 4, n_documents: int = N_DOCS,
+                     instruction: str = "") -> list[dict]:
     records = synthetic.generate("train", n, n_documents=n_documents)
     # The fake answers every question (with a second line, which pairs must drop).
     answer = {r.question: r.answers[0] for r in records}
@@ -33,7 +35,8 @@ def teacher_rows_for(tok: Any, adv: int, n: int = 4, n_documents: int = N_DOCS) 
         return f"  {answer[question]}  \nsecond line"
 
     return teach.teacher_rows(records, FakeGenerator(reply), tok, adv_position=adv,
-                              template="authors", chat="auto", seed=0, max_new_tokens=8)
+                              template="authors", chat="auto", seed=0, max_new_tokens=8,
+                              instruction=instruction)
 
 
 @pytest.mark.parametrize("adv", [0, 4, N_DOCS - 1])
@@ -91,6 +94,40 @@ def test_make_pairs_full_response_and_plain_prompts(tok: Any) -> None:
     (p,) = pairs.make_pairs(plain_rows, tok, K=1, anchors=0, seed=0)
     assert p["chat"] is False and p["student_prompt"].endswith("\nAnswer:")
     assert "<|user|>" not in p["student_prompt"]
+
+
+def test_make_pairs_keep_the_teachers_instruction(tok: Any) -> None:
+    custom = pairs.make_pairs(teacher_rows_for(tok, 0, instruction="Answer the question."), tok,
+                              K=3, anchors=1, seed=0)
+    default = pairs.make_pairs(teacher_rows_for(tok, 0), tok, K=3, anchors=1, seed=0)
+    for c, d in zip(custom, default, strict=True):
+        for key in ("student_prompt", "teacher_prompt"):
+            assert c[key].startswith("<|bos|><|user|>\nAnswer the question.\n- Title: ")
+            # Only the instruction line differs: same positions, same distractor orders.
+            assert c[key].replace("Answer the question.", INSTRUCTIONS["authors"], 1) == d[key]
+
+
+def test_teacher_rows_from_before_instructions_still_load(tok: Any) -> None:
+    rows = teacher_rows_for(tok, 0, n=2)
+    old = [{k: v for k, v in row.items() if k != "instruction"} for row in rows]
+    assert pairs.make_pairs(old, tok, K=2, anchors=1, seed=0) == \
+        pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0)
+
+
+def test_teach_then_pairs_with_a_custom_instruction(tiny_model_dir: Path, tmp_path: Path,
+                                                    oracle_hf: Any) -> None:
+    teach.main(TeachConfig(model=str(tiny_model_dir), data="synthetic:train", limit=3,
+                           n_documents=5, out=str(tmp_path / "teach.jsonl"),
+                           instruction="Answer the question."))
+    result = pairs.main(PairsConfig(teach=str(tmp_path / "teach.jsonl"),
+                                    out=str(tmp_path / "pairs.jsonl"), model=str(tiny_model_dir),
+                                    K=2, anchors=1))
+    assert result["pairs"] == 9
+    written = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    for row in written:
+        for key in ("student_prompt", "teacher_prompt"):
+            assert row[key].startswith("<|bos|><|user|>\nAnswer the question.\n- Title: ")
+            assert INSTRUCTIONS["authors"] not in row[key]
 
 
 def test_k_equal_to_all_trivial_positions(tok: Any) -> None:

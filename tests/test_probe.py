@@ -12,6 +12,7 @@ from conftest import FakeGenerator, first_title
 from pos2distill import probe, synthetic
 from pos2distill.config import ProbeConfig
 from pos2distill.errors import ConfigError
+from pos2distill.prompts import INSTRUCTIONS
 from pos2distill.records import Document, Record, write_records
 
 
@@ -34,6 +35,16 @@ def test_probe_prompts_put_gold_at_each_position(records: list[Record], tok: Any
     assert [p for *_, p in again] == [p for *_, p in items]
     other = probe.probe_prompts(records, [0, 2, 4], tok, template="authors", chat="auto", seed=1)
     assert [p for *_, p in other] != [p for *_, p in items]
+
+
+def test_probe_prompts_with_a_custom_instruction(records: list[Record], tok: Any) -> None:
+    default = probe.probe_prompts(records, [0, 4], tok, template="authors", chat="auto", seed=0)
+    custom = probe.probe_prompts(records, [0, 4], tok, template="authors", chat="auto", seed=0,
+                                 instruction="Answer the question.")
+    for (r, p, d), (r2, p2, c) in zip(default, custom, strict=True):
+        assert (r, p) == (r2, p2)
+        assert c.startswith("<|bos|><|user|>\nAnswer the question.\n- Title: ")
+        assert c.replace("Answer the question.", INSTRUCTIONS["authors"], 1) == d
 
 
 def test_run_probe_with_a_first_position_biased_fake(records: list[Record], tok: Any) -> None:
@@ -159,6 +170,17 @@ def test_probe_main_end_to_end_and_resume(tiny_model_dir: Path, tmp_path: Path,
     with pytest.raises(ConfigError, match="different config"):
         probe.main(ProbeConfig(**{**cfg.__dict__, "positions": "0,4"}))
     assert len(_rows(out)) == 15
+
+
+def test_probe_main_records_the_instruction(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probe"
+    cfg = ProbeConfig(model=str(tiny_model_dir), data="synthetic:test", limit=1, n_documents=3,
+                      out=str(out), max_new_tokens=2, instruction="Answer the question.")
+    probe.main(cfg)
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["instruction"] == "Answer the question."
+    with pytest.raises(ConfigError, match="different config"):
+        probe.main(ProbeConfig(**{**cfg.__dict__, "instruction": ""}))
 
 
 def test_probe_main_on_a_records_file(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from pos2distill.errors import ConfigError
-from pos2distill.prompts import (TEMPLATES, encode_prompt, has_chat_template, render_prompt,
-                                 use_chat, user_message)
+from pos2distill.prompts import (INSTRUCTIONS, TEMPLATES, encode_prompt, has_chat_template,
+                                 render_prompt, use_chat, user_message)
 from pos2distill.records import Document, Record
 
 RECORD = Record(id="q", question="What is the capital of Norway?", answers=("Oslo",),
@@ -175,3 +175,52 @@ def test_golden_reasoning_string(tok: Any) -> None:
     assert render_prompt(REASONING_RECORD, tok, template="reasoning") == REASONING_CHAT
     plain = render_prompt(REASONING_RECORD, tok, template="reasoning", chat="off")
     assert plain == REASONING_CHAT.removeprefix("<|bos|><|user|>\n") + "\nAnswer:"
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's own instruction line (--instruction)
+
+CUSTOM = "Answer the question."
+AUTHORS_CUSTOM_PLAIN = (
+    "Answer the question.\n"
+    "- Title: Norway\n"
+    "Oslo is the capital.\n"
+    "- Title: Peru\n"
+    "Lima is the capital.\n"
+    "\n"
+    "Question: What is the capital of Norway?\n"
+    "Answer:"
+)
+
+
+def test_empty_instruction_keeps_the_golden_prompts(tok: Any) -> None:
+    plain = PlainTokenizer()
+    assert render_prompt(RECORD, plain, template="authors", instruction="") == AUTHORS_PLAIN
+    assert render_prompt(RECORD, plain, template="litm", instruction="") == LITM_PLAIN
+    assert render_prompt(KV_RECORD, plain, template="kv", instruction="") == KV_PLAIN
+    assert render_prompt(RECORD, tok, template="authors", instruction="") == AUTHORS_CHAT
+    assert render_prompt(REASONING_RECORD, tok, template="reasoning",
+                         instruction="") == REASONING_CHAT
+    assert user_message(RECORD, "authors", instruction="") == user_message(RECORD, "authors")
+
+
+def test_golden_custom_instruction_string(tok: Any) -> None:
+    assert render_prompt(RECORD, PlainTokenizer(), template="authors",
+                         instruction=CUSTOM) == AUTHORS_CUSTOM_PLAIN
+    assert render_prompt(RECORD, tok, template="authors", instruction=CUSTOM) == (
+        "<|bos|><|user|>\n" + AUTHORS_CUSTOM_PLAIN.removesuffix("\nAnswer:"))
+
+
+@pytest.mark.parametrize("record, template", [(RECORD, "authors"), (RECORD, "litm"),
+                                              (KV_RECORD, "kv"), (REASONING_RECORD, "reasoning")])
+@pytest.mark.parametrize("instruction", [CUSTOM, "You are a careful assistant.\nBe brief. "])
+def test_instruction_replaces_only_the_instruction_line(record: Record, template: str,
+                                                        instruction: str) -> None:
+    default = render_prompt(record, PlainTokenizer(), template=template, chat="off")
+    custom = render_prompt(record, PlainTokenizer(), template=template, chat="off",
+                           instruction=instruction)
+    # The template's own line opens the prompt; the user's text takes its place verbatim
+    # (inner newlines and trailing spaces included) and nothing else moves.
+    assert default.startswith(INSTRUCTIONS[template] + "\n")
+    assert custom == instruction + default.removeprefix(INSTRUCTIONS[template])
+    assert INSTRUCTIONS[template] not in custom

@@ -19,7 +19,7 @@ from pos2distill import pairs, probe, reasoning, report, synthetic, teach, train
 from pos2distill.config import PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.positions import configuration_key, hop_group, place_hops, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt
+from pos2distill.prompts import INSTRUCTIONS, encode_prompt, render_prompt
 from pos2distill.records import Document, Record, write_jsonl
 
 _DOC = re.compile(r"^- Title: (\w+)\n(.*)$", re.MULTILINE)
@@ -230,6 +230,22 @@ def test_reasoning_pairs(teacher_rows: list[dict[str, Any]], records: list[Recor
     assert {hop_group(tuple(r["configuration"])) for r in named} == {"reversed"}
     with pytest.raises(ConfigError, match="--K 5 is larger than the 4"):
         pairs.make_pairs(teacher_rows, tok, K=5, anchors=0, seed=0, configurations="reversed")
+
+
+def test_reasoning_pairs_keep_the_teachers_instruction(records: list[Record], tok: Any) -> None:
+    instruction = "Answer the question. End with: The answer is: X"
+    rows = teach.teacher_rows(records, FakeGenerator(reasoning_oracle_answer), tok,
+                              adv_position=(8, 9), template="reasoning", chat="auto", seed=0,
+                              max_new_tokens=40, instruction=instruction)
+    assert all(row["correct"] and row["instruction"] == instruction for row in rows)
+    for row in pairs.make_pairs(rows, tok, K=2, anchors=0, seed=0):
+        for key in ("student_prompt", "teacher_prompt"):
+            assert row[key].startswith(f"<|bos|><|user|>\n{instruction}\n- Title: ")
+            assert INSTRUCTIONS["reasoning"] not in row[key]
+    # Rows written before --instruction existed render the template's own.
+    old = [{k: v for k, v in row.items() if k != "instruction"} for row in rows]
+    for row in pairs.make_pairs(old, tok, K=1, anchors=0, seed=0):
+        assert row["student_prompt"].startswith(f"<|bos|><|user|>\n{INSTRUCTIONS['reasoning']}\n")
 
 
 def test_pairs_main_reasoning_needs_K(teacher_rows: list[dict[str, Any]], tiny_model_dir: Path,

@@ -40,6 +40,22 @@ def test_teacher_rows_keep_exact_prompts(records: list[Record], tok: Any) -> Non
         assert row["correct"] is True
 
 
+def test_teacher_rows_with_a_custom_instruction(records: list[Record], tok: Any) -> None:
+    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
+                              chat="auto", seed=3, max_new_tokens=9,
+                              instruction="Answer the question.")
+    for record, row in zip(records, rows):
+        assert row["teacher_prompt"] == render_prompt(
+            place_gold(record, 0, rng_for(3, record.id, 0)), tok, template="authors",
+            instruction="Answer the question.")
+        assert row["teacher_prompt"].startswith("<|bos|><|user|>\nAnswer the question.\n- Title: ")
+        assert row["instruction"] == "Answer the question." and row["correct"] is True
+    # The default rows say so too: the pairs render their student prompts from the row.
+    default = teach.teacher_rows(records[:1], FakeGenerator(), tok, adv_position=0,
+                                 template="authors", chat="auto", seed=3, max_new_tokens=9)
+    assert default[0]["instruction"] == ""
+
+
 def test_teacher_rows_mark_wrong_answers(records: list[Record], tok: Any) -> None:
     # The oracle only answers when the gold document is first: at position 2 every answer is wrong.
     rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=2, template="authors",
@@ -98,6 +114,22 @@ def test_teach_main_keeps_correct_rows_and_reuses_a_complete_run(
     assert teach.main(cfg) == result
     with pytest.raises(ConfigError, match="different config"):
         teach.main(TeachConfig(**{**cfg.__dict__, "advantageous": "last"}))
+
+
+def test_teach_main_records_the_instruction(tiny_model_dir: Path, tmp_path: Path,
+                                            oracle_hf: Any) -> None:
+    out = tmp_path / "teach.jsonl"
+    cfg = TeachConfig(model=str(tiny_model_dir), data="synthetic:train", limit=2, n_documents=4,
+                      out=str(out), instruction="Answer the question.")
+    assert teach.main(cfg)["kept"] == 2
+    rows = teach.read_teacher_rows(out)
+    assert all(row["instruction"] == "Answer the question." for row in rows)
+    assert all("\nAnswer the question.\n- Title: " in row["teacher_prompt"] for row in rows)
+    run = json.loads(out.with_name(out.name + ".run.json").read_text())
+    assert run["config"]["instruction"] == "Answer the question."
+    # Another instruction is another run: refused in the same place, never mixed.
+    with pytest.raises(ConfigError, match="different config"):
+        teach.main(TeachConfig(**{**cfg.__dict__, "instruction": ""}))
 
 
 def test_teach_main_resumes_a_partial_run(tiny_model_dir: Path, tmp_path: Path,

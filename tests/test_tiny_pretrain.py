@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pos2distill import synthetic
@@ -62,6 +63,24 @@ def test_smoke_run_saves_a_loadable_model(tmp_path: Path) -> None:
     assert model.config.num_hidden_layers == 1 and tok.chat_template
     assert model.config.rope_parameters["rope_theta"] == 50.0
     assert (out / "pretrain_config.json").exists()
+
+
+def test_init_keeps_its_rope_base_unless_given_one(tmp_path: Path) -> None:
+    small = dict(layers=1, hidden=16, heads=2, intermediate=32, batch_size=2, copy_steps=1,
+                 lookup_steps=0, n_documents=4)
+    first = pretrain(PretrainConfig(out=str(tmp_path / "a"), rope_theta=50.0, **small))
+    kept = pretrain(PretrainConfig(out=str(tmp_path / "b"), init=str(first), **small))
+    rebased = pretrain(PretrainConfig(out=str(tmp_path / "c"), init=str(first), rope_theta=7.0,
+                                      **small))
+    fresh = pretrain(PretrainConfig(out=str(tmp_path / "d"), **small))
+    theta = {d: AutoModelForCausalLM.from_pretrained(d).config.rope_parameters["rope_theta"]
+             for d in (kept, rebased, fresh)}
+    assert theta == {kept: 50.0, rebased: 7.0, fresh: 10000.0}
+    # The rotary tables follow the saved base: a re-based model differs from its init.
+    ids = torch.tensor([[2, 10, 11, 12, 13, 14]])
+    a = AutoModelForCausalLM.from_pretrained(kept).model.rotary_emb(torch.zeros(1), ids)[0]
+    b = AutoModelForCausalLM.from_pretrained(rebased).model.rotary_emb(torch.zeros(1), ids)[0]
+    assert not torch.allclose(a, b)
 
 
 def test_doc_copy_examples_repeat_document_shaped_pairs() -> None:
@@ -152,7 +171,7 @@ def test_conflict_examples_put_the_true_city_at_an_edge_and_a_decoy_in_the_middl
 
 
 @pytest.mark.parametrize("bad", [dict(late_fraction=1.5), dict(early_gap=(90, 60)),
-                                 dict(conflict_fraction=0.5, conflict_edge=7), dict(rope_theta=0.0)])
+                                 dict(conflict_fraction=0.5, conflict_edge=7), dict(rope_theta=-1.0)])
 def test_config_rejects_impossible_data_settings(bad: dict) -> None:
     with pytest.raises(ValueError, match="--"):
         PretrainConfig(**bad)

@@ -35,10 +35,14 @@ DEFAULT_TOP_K = 320
 AUTOCAST = ("off", "bfloat16", "float16")
 
 
-def option(default: Any, help: str, **kw: Any) -> Any:
+def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
     return field(default=default, metadata={"help": help, **kw})
+
+
+#: A typed config field whose ``help`` is its ``--help`` line (for configs outside this module).
+option = _f
 
 
 def _check_choice(flag: str, value: Any, choices: typing.Iterable[Any]) -> None:
@@ -59,35 +63,47 @@ _TOO_LONG_HELP = ("A prompt longer than the model's context minus --max-new-toke
 
 @dataclass
 class ModelOptions:
-    model: str = option("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
-    task: str = option("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
+    model: str = _f("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
+    task: str = _f("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
                    "hop documents at position pairs, reasoning EM: Pos2Distill-R2).")
-    template: str = option("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
+    template: str = _f("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
                        "--task reasoning, authors otherwise).")
-    chat: str = option("auto", "Use the tokenizer's chat template: auto (when it has one), on, off.")
-    dtype: str = option("float32", "Model weights dtype: float32, bfloat16, float16.")
-    device: str = option("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
-    trust_remote_code: bool = option(False, "Allow model code from the model folder (off by default).")
+    instruction: str = _f("", "Text that replaces the template's instruction line, verbatim "
+                          "(e.g. your RAG pipeline's instruction, to measure its positional bias); "
+                          "empty = the template's own.")
+    chat: str = _f("auto", "Use the tokenizer's chat template: auto (when it has one), on, off.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    device: str = _f("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
         if self.template == "auto":
             self.template = "reasoning" if self.task == "reasoning" else "authors"
         _check_choice("template", self.template, TEMPLATES)
+        if self.instruction and not self.instruction.strip():
+            raise ConfigError("--instruction: only whitespace; give the instruction text, or leave "
+                              "it empty for the template's own")
         _check_choice("chat", self.chat, ("auto", "on", "off"))
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+
+    def fingerprint_ignores(self) -> tuple[str, ...]:
+        """Fields a run's fingerprint leaves out when unset: a run without them keeps the
+        fingerprint it had before they existed, so older probe and teach outputs still resume and
+        experiment grids still find their finished runs (as ``train.COUNT_WHEN_SET``)."""
+        return () if self.instruction else ("instruction",)
 
 
 @dataclass
 class DataOptions:
-    data: str = option("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
+    data: str = _f("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
                    "key-value or our own format), or synthetic:train / synthetic:test, or "
                    "synthetic-reasoning:train / synthetic-reasoning:test (two-hop).")
-    data_format: str = option("auto", f"Data format: auto, {', '.join(FORMATS)}.")
-    n_documents: int = option(20, "Documents per question for single-document (oracle) files and "
+    data_format: str = _f("auto", f"Data format: auto, {', '.join(FORMATS)}.")
+    n_documents: int = _f(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")
-    limit: int = option(0, "Use only the first N questions (0 = all).")
-    seed: int = option(0, "Seed for distractor orders and data building.")
+    limit: int = _f(0, "Use only the first N questions (0 = all).")
+    seed: int = _f(0, "Seed for distractor orders and data building.")
 
     def __post_init__(self) -> None:
         _check_choice("data-format", self.data_format, ("auto",) + FORMATS)
@@ -97,10 +113,10 @@ class DataOptions:
 
 @dataclass
 class GenerationOptions:
-    batch_size: int = option(64, "Prompts per generation batch.")
-    max_new_tokens: int = option(32, "Tokens generated per answer.")
-    too_long: str = option("fail", _TOO_LONG_HELP)
-    backend: str = option("hf", "Generation backend: hf (transformers, batched with a KV cache) or "
+    batch_size: int = _f(64, "Prompts per generation batch.")
+    max_new_tokens: int = _f(32, "Tokens generated per answer.")
+    too_long: str = _f("fail", _TOO_LONG_HELP)
+    backend: str = _f("hf", "Generation backend: hf (transformers, batched with a KV cache) or "
                       "vllm (when installed).")
 
     def __post_init__(self) -> None:
@@ -114,9 +130,9 @@ class GenerationOptions:
 class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
     """Accuracy by gold position: batched greedy generation at every requested position."""
 
-    out: str = option("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
-    positions: str = option("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
-    configurations: str = option("all", "--task reasoning: hop position pairs, 0-based (first hop, "
+    out: str = _f("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
+    positions: str = _f("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+    configurations: str = _f("all", "--task reasoning: hop position pairs, 0-based (first hop, "
                              "second hop): all (the paper's 12, scaled to the document count), "
                              "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
 
@@ -135,13 +151,13 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
 class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
     """Teacher responses at the advantageous position, kept only when correct."""
 
-    data: str = option("synthetic:train", DataOptions.__dataclass_fields__["data"].metadata["help"])
-    out: str = option("runs/teach.jsonl", "Output JSONL: one row per kept question.")
-    advantageous: str = option("default", "Advantageous gold position: first, last, an integer, or "
+    data: str = _f("synthetic:train", DataOptions.__dataclass_fields__["data"].metadata["help"])
+    out: str = _f("runs/teach.jsonl", "Output JSONL: one row per kept question.")
+    advantageous: str = _f("default", "Advantageous gold position: first, last, an integer, or "
                            "auto (the best of --probe); default first. --task reasoning: the hop "
                            "pair, like 18,19, last (the last two documents, the default), first "
                            "(the first two), or auto (the best configuration of --probe).")
-    probe: str = option("", "Probe folder (or its summary.json) for --advantageous auto.")
+    probe: str = _f("", "Probe folder (or its summary.json) for --advantageous auto.")
 
     def __post_init__(self) -> None:
         ModelOptions.__post_init__(self)
@@ -157,15 +173,15 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
 class PairsConfig:
     """Training pairs: K trivial positions per question plus anchor copies."""
 
-    teach: str = option("runs/teach.jsonl", "Teacher responses from `pos2distill teach`.")
-    out: str = option("runs/pairs.jsonl", "Output JSONL: one row per (question, student position).")
-    model: str = option("tiny", "Model folder whose tokenizer renders the prompts (chat template).")
-    K: int = option(4, "Distinct trivial (non-advantageous) positions per question (paper: 4).")
-    anchors: int = option(1, "Copies per question with the student also at the advantageous position.")
-    seed: int = option(0, "Seed for position draws and distractor orders.")
-    first_line: bool = option(True, "Distil only the first line of the teacher's response "
+    teach: str = _f("runs/teach.jsonl", "Teacher responses from `pos2distill teach`.")
+    out: str = _f("runs/pairs.jsonl", "Output JSONL: one row per (question, student position).")
+    model: str = _f("tiny", "Model folder whose tokenizer renders the prompts (chat template).")
+    K: int = _f(4, "Distinct trivial (non-advantageous) positions per question (paper: 4).")
+    anchors: int = _f(1, "Copies per question with the student also at the advantageous position.")
+    seed: int = _f(0, "Seed for position draws and distractor orders.")
+    first_line: bool = _f(True, "Distil only the first line of the teacher's response "
                           "(short-answer retrieval).")
-    configurations: str = option("any", "Reasoning teacher rows (R2): the hop position pairs the K "
+    configurations: str = _f("any", "Reasoning teacher rows (R2): the hop position pairs the K "
                              "are drawn from: any (every ordered pair but the advantageous one), "
                              "or a --configurations spec of `probe`. R2 has no anchors: --anchors "
                              "and --first-line apply to retrieval rows only.")
@@ -182,55 +198,55 @@ class TrainConfig:
     """Training on pairs: Pos2Distill-R1 (teacher = the frozen starting model), its ablations and
     the baselines, chosen by --method (see pos2distill.methods)."""
 
-    pairs: str = option("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
-    model: str = option("tiny", "Starting model (student init and frozen teacher).")
-    out: str = option("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
-    method: str = option("r1", f"Training method: {', '.join(METHOD_NAMES)} (sft/seqkd/r2: "
+    pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
+    model: str = _f("tiny", "Starting model (student init and frozen teacher).")
+    out: str = _f("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
+    method: str = _f("r1", f"Training method: {', '.join(METHOD_NAMES)} (sft/seqkd/r2: "
                      "cross-entropy, no teacher model; kl: uniform weights, no anchors; kl+align: "
                      "position-aware weights, no anchors; r1: weights + anchors).")
-    formula: str = option("pos2distill", "Position-aware weights of r1 and kl+align: "
+    formula: str = _f("pos2distill", "Position-aware weights of r1 and kl+align: "
                       f"{', '.join(WEIGHT_FORMULAS)}.")
-    anchor_weight: float = option(1.0, "λ, the weight of anchor examples in r1 (paper: 1).")
-    temperature: float = option(1.0, "Softmax temperature of the KL.")
-    lr: float = option(3e-6, "Peak learning rate (paper: 3e-6 for 7B; tiny models want ~1e-3).")
-    epochs: float = option(1.0, "Passes over the pairs.")
-    batch_size: int = option(32, "Examples per optimizer step (the batch the weights group).")
-    grad_accum: int = option(1, "Micro-batches per optimizer step (batch_size must divide evenly).")
-    warmup_ratio: float = option(0.05, "Fraction of steps of linear warm-up.")
-    min_lr_ratio: float = option(0.1, "Cosine schedule floor, as a fraction of --lr.")
-    weight_decay: float = option(0.01, "AdamW weight decay.")
-    adam_beta1: float = option(0.9, "AdamW beta1.")
-    adam_beta2: float = option(0.95, "AdamW beta2.")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 = off).")
-    seed: int = option(0, "Seed for data order and initialisation of anything random.")
-    dtype: str = option("float32", "Model weights dtype: float32, bfloat16, float16.")
-    device: str = option("cpu", "Torch device.")
-    log_every: int = option(1, "Write a log row every N optimizer steps.")
-    save_every: int = option(50, "Optimizer steps between checkpoints in OUT/checkpoint (0 = only at "
+    anchor_weight: float = _f(1.0, "λ, the weight of anchor examples in r1 (paper: 1).")
+    temperature: float = _f(1.0, "Softmax temperature of the KL.")
+    lr: float = _f(3e-6, "Peak learning rate (paper: 3e-6 for 7B; tiny models want ~1e-3).")
+    epochs: float = _f(1.0, "Passes over the pairs.")
+    batch_size: int = _f(32, "Examples per optimizer step (the batch the weights group).")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step (batch_size must divide evenly).")
+    warmup_ratio: float = _f(0.05, "Fraction of steps of linear warm-up.")
+    min_lr_ratio: float = _f(0.1, "Cosine schedule floor, as a fraction of --lr.")
+    weight_decay: float = _f(0.01, "AdamW weight decay.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.95, "AdamW beta2.")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).")
+    seed: int = _f(0, "Seed for data order and initialisation of anything random.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    device: str = _f("cpu", "Torch device.")
+    log_every: int = _f(1, "Write a log row every N optimizer steps.")
+    save_every: int = _f(50, "Optimizer steps between checkpoints in OUT/checkpoint (0 = only at "
                          "the end); re-running the same command resumes from the last one.")
-    trust_remote_code: bool = option(False, "Allow model code from the model folder (off by default).")
-    teacher_cache: str = option("", "Teacher cache folder from `pos2distill cache` (KL methods): the "
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
+    teacher_cache: str = _f("", "Teacher cache folder from `pos2distill cache` (KL methods): the "
                             "teacher is read from it instead of run (empty = online teacher).")
-    teacher_device: str = option("", "Device of the online teacher, e.g. cuda:1, or cpu to offload it "
+    teacher_device: str = _f("", "Device of the online teacher, e.g. cuda:1, or cpu to offload it "
                              "(empty = --device).")
-    lora_rank: int = option(0, "LoRA rank (0 = full fine-tuning). With LoRA the teacher is the base "
+    lora_rank: int = _f(0, "LoRA rank (0 = full fine-tuning). With LoRA the teacher is the base "
                         "model with the adapter disabled: no second copy.")
-    lora_alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / rank).")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
-    lora_targets: str = option("all-linear", "Modules given an adapter: all-linear, or names such as "
+    lora_alpha: float = _f(16.0, "LoRA alpha (the update is scaled by alpha / rank).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_targets: str = _f("all-linear", "Modules given an adapter: all-linear, or names such as "
                            "q_proj,k_proj,v_proj,o_proj.")
-    lora_merge: bool = option(True, "With LoRA, also write OUT/model, the merged model (OUT/adapter is "
+    lora_merge: bool = _f(True, "With LoRA, also write OUT/model, the merged model (OUT/adapter is "
                           "always written).")
-    load_in_4bit: bool = option(False, "QLoRA: load the frozen base in 4 bits (bitsandbytes nf4, "
+    load_in_4bit: bool = _f(False, "QLoRA: load the frozen base in 4 bits (bitsandbytes nf4, "
                             "double quantisation; compute dtype from --autocast, else bfloat16). "
                             "Needs --lora-rank, a CUDA GPU and bitsandbytes.")
-    load_in_8bit: bool = option(False, "Load the frozen base in 8 bits (bitsandbytes LLM.int8). Needs "
+    load_in_8bit: bool = _f(False, "Load the frozen base in 8 bits (bitsandbytes LLM.int8). Needs "
                             "--lora-rank, a CUDA GPU and bitsandbytes.")
-    autocast: str = option("off", f"Autocast forward passes: {', '.join(AUTOCAST)} (float16 uses a "
+    autocast: str = _f("off", f"Autocast forward passes: {', '.join(AUTOCAST)} (float16 uses a "
                        "gradient scaler on CUDA).")
-    gradient_checkpointing: bool = option(False, "Recompute the student's activations in the backward "
+    gradient_checkpointing: bool = _f(False, "Recompute the student's activations in the backward "
                                       "pass (less memory, about a third more compute).")
-    head_chunk: int = option(1024, "Response tokens per output-head chunk (peak logits memory is "
+    head_chunk: int = _f(1024, "Response tokens per output-head chunk (peak logits memory is "
                          "head-chunk x vocabulary).")
 
     def __post_init__(self) -> None:
@@ -274,17 +290,17 @@ class TrainConfig:
 class CacheConfig:
     """The teacher's top-k distribution over every response token, computed once for training."""
 
-    pairs: str = option("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
-    model: str = option("tiny", "The teacher: the starting model `train` will use.")
-    out: str = option("runs/teacher_cache", "Output folder (teacher.safetensors, cache.json).")
-    top_k: int = option(DEFAULT_TOP_K, "Teacher log-probabilities kept per token, plus one tail bucket "
+    pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
+    model: str = _f("tiny", "The teacher: the starting model `train` will use.")
+    out: str = _f("runs/teacher_cache", "Output folder (teacher.safetensors, cache.json).")
+    top_k: int = _f(DEFAULT_TOP_K, "Teacher log-probabilities kept per token, plus one tail bucket "
                     "(0 = the whole vocabulary).")
-    temperature: float = option(1.0, "Softmax temperature (must match train's --temperature).")
-    batch_size: int = option(16, "Teacher prompts per forward pass.")
-    dtype: str = option("float32", "Model weights dtype: float32, bfloat16, float16.")
-    autocast: str = option("off", f"Autocast the forward pass: {', '.join(AUTOCAST)}.")
-    device: str = option("cpu", "Torch device.")
-    trust_remote_code: bool = option(False, "Allow model code from the model folder (off by default).")
+    temperature: float = _f(1.0, "Softmax temperature (must match train's --temperature).")
+    batch_size: int = _f(16, "Teacher prompts per forward pass.")
+    dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
+    autocast: str = _f("off", f"Autocast the forward pass: {', '.join(AUTOCAST)}.")
+    device: str = _f("cpu", "Torch device.")
+    trust_remote_code: bool = _f(False, "Allow model code from the model folder (off by default).")
 
     def __post_init__(self) -> None:
         _check_positive("top-k", self.top_k, allow_zero=True)
@@ -298,10 +314,10 @@ class CacheConfig:
 class ReportConfig:
     """Before/after tables and plots from two probe outputs."""
 
-    before: str = option("runs/probe_before", "Probe folder of the starting model.")
-    after: str = option("runs/probe_after", "Probe folder of the trained model.")
-    out: str = option("runs/report", "Output folder: report.md, report.json, plot.")
-    title: str = option("", "Plot title.")
+    before: str = _f("runs/probe_before", "Probe folder of the starting model.")
+    after: str = _f("runs/probe_after", "Probe folder of the trained model.")
+    out: str = _f("runs/report", "Output folder: report.md, report.json, plot.")
+    title: str = _f("", "Plot title.")
 
 
 @dataclass
@@ -309,13 +325,13 @@ class CrossTaskConfig:
     """Cross-task table (the paper's Table 6 shape) from probe folders: each trained model on
     retrieval and on reasoning, next to the base model. Leave out the probes you do not have."""
 
-    base_retrieval: str = option("", "Retrieval probe folder of the base model.")
-    base_reasoning: str = option("", "Reasoning probe folder (--task reasoning) of the base model.")
-    r1_retrieval: str = option("", "Retrieval probe of the R1-trained model (its own task).")
-    r1_reasoning: str = option("", "Reasoning probe of the R1-trained model.")
-    r2_retrieval: str = option("", "Retrieval probe of the R2-trained model.")
-    r2_reasoning: str = option("", "Reasoning probe of the R2-trained model (its own task).")
-    out: str = option("runs/cross_task", "Output folder: cross_task.md, cross_task.json.")
+    base_retrieval: str = _f("", "Retrieval probe folder of the base model.")
+    base_reasoning: str = _f("", "Reasoning probe folder (--task reasoning) of the base model.")
+    r1_retrieval: str = _f("", "Retrieval probe of the R1-trained model (its own task).")
+    r1_reasoning: str = _f("", "Reasoning probe of the R1-trained model.")
+    r2_retrieval: str = _f("", "Retrieval probe of the R2-trained model.")
+    r2_reasoning: str = _f("", "Reasoning probe of the R2-trained model (its own task).")
+    out: str = _f("runs/cross_task", "Output folder: cross_task.md, cross_task.json.")
 
     def __post_init__(self) -> None:
         if not (self.base_retrieval or self.base_reasoning):
@@ -329,22 +345,22 @@ class DemoConfig:
     for retrieval (R1), reasoning (R2, plus the R2 model on retrieval) or both (plus the cross-task
     table)."""
 
-    out: str = option("runs/demo", "Output folder.")
-    model: str = option("tiny", "Model (default: the embedded tiny model).")
-    n_test: int = option(100, "Held-out questions, each probed at every position (configuration).")
-    n_train: int = option(400, "Training questions given to the teacher.")
-    K: int = option(4, "Trivial positions per question.")
-    anchors: int = option(1, "Anchor copies per question.")
-    lr: float = option(2e-3, "R1: peak learning rate.")
-    epochs: float = option(2.0, "Passes over the pairs.")
-    batch_size: int = option(32, "Examples per optimizer step.")
-    formula: str = option("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
-    seed: int = option(0, "Seed for everything.")
-    task: str = option("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
+    out: str = _f("runs/demo", "Output folder.")
+    model: str = _f("tiny", "Model (default: the embedded tiny model).")
+    n_test: int = _f(100, "Held-out questions, each probed at every position (configuration).")
+    n_train: int = _f(400, "Training questions given to the teacher.")
+    K: int = _f(4, "Trivial positions per question.")
+    anchors: int = _f(1, "Anchor copies per question.")
+    lr: float = _f(2e-3, "R1: peak learning rate.")
+    epochs: float = _f(2.0, "Passes over the pairs.")
+    batch_size: int = _f(32, "Examples per optimizer step.")
+    formula: str = _f("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
+    seed: int = _f(0, "Seed for everything.")
+    task: str = _f("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
                    "model on retrieval) or both (both chains and the cross-task table).")
-    r2_lr: float = option(1e-3, "R2: peak learning rate.")
-    r2_epochs: float = option(2.0, "R2: passes over the pairs.")
-    r2_max_new_tokens: int = option(24, "R2: tokens generated per chain-of-thought (the synthetic "
+    r2_lr: float = _f(1e-3, "R2: peak learning rate.")
+    r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
+    r2_max_new_tokens: int = _f(24, "R2: tokens generated per chain-of-thought (the synthetic "
                                 "one is 17 tokens and EOS).")
 
     def __post_init__(self) -> None:
@@ -362,12 +378,12 @@ class GridConfig:
     """One grid of an experiment: every combination of its lists is a run (method, K, number of
     training questions, seed), each evaluated at every number of documents in ``eval_documents``."""
 
-    name: str = option("grid", "Name of the grid (for logs).")
-    methods: list[str] = option(["r1"], "Training methods (see `pos2distill train --method`).")
-    seeds: list[int] = option([0], "Training seeds (pairs' positions and distractor orders, data order).")
-    K: list[int] = option([4], "Trivial positions per question; K = 0 is the untrained base model.")
-    n_train: list[int] = option([400], "Training questions given to the teacher (the first N).")
-    eval_documents: list[int] = option([20], "Documents per question at evaluation.")
+    name: str = _f("grid", "Name of the grid (for logs).")
+    methods: list[str] = _f(["r1"], "Training methods (see `pos2distill train --method`).")
+    seeds: list[int] = _f([0], "Training seeds (pairs' positions and distractor orders, data order).")
+    K: list[int] = _f([4], "Trivial positions per question; K = 0 is the untrained base model.")
+    n_train: list[int] = _f([400], "Training questions given to the teacher (the first N).")
+    eval_documents: list[int] = _f([20], "Documents per question at evaluation.")
 
     def __post_init__(self) -> None:
         for key in ("methods", "seeds", "K", "n_train", "eval_documents"):
@@ -396,33 +412,33 @@ class ExperimentConfig(ModelOptions):
     """A grid of training runs sharing cached stages, evaluated by position, with a results table
     (mean ± std over seeds) and plots. Re-running the same command resumes it."""
 
-    out: str = option("runs/experiment", "Output folder (shared/, runs/, results.*, plots/).")
-    train_data: str = option("synthetic:train", "Training questions (the teacher answers them).")
-    test_data: str = option("synthetic:test", "Held-out questions for evaluation.")
-    data_format: str = option("auto", "Data format of both files: auto, records, litm, authors, kv.")
-    data_seed: int = option(0, "Seed of questions, teacher and evaluation distractor orders: the same "
+    out: str = _f("runs/experiment", "Output folder (shared/, runs/, results.*, plots/).")
+    train_data: str = _f("synthetic:train", "Training questions (the teacher answers them).")
+    test_data: str = _f("synthetic:test", "Held-out questions for evaluation.")
+    data_format: str = _f("auto", "Data format of both files: auto, records, litm, authors, kv.")
+    data_seed: int = _f(0, "Seed of questions, teacher and evaluation distractor orders: the same "
                         "for every run, so every model is compared on the same prompts.")
-    n_documents: int = option(20, "Documents per training question.")
-    n_test: int = option(100, "Held-out questions, each asked at every evaluated position.")
-    positions: str = option("all", "Evaluated gold positions: all, a list like 0,4,9 (valid for every "
+    n_documents: int = _f(20, "Documents per training question.")
+    n_test: int = _f(100, "Held-out questions, each asked at every evaluated position.")
+    positions: str = _f("all", "Evaluated gold positions: all, a list like 0,4,9 (valid for every "
                         "document count), or even:N (N evenly spaced, first and last included).")
-    positions_by_documents: dict = option({}, "Evaluated positions per document count, overriding "
+    positions_by_documents: dict = _f({}, "Evaluated positions per document count, overriding "
                                       "--positions, e.g. {20: '0,4,9,14,19', 30: 'even:5'}.")
-    advantageous: str = option("default", "Advantageous position of the teacher: first, last, integer "
+    advantageous: str = _f("default", "Advantageous position of the teacher: first, last, integer "
                            "(default first); task reasoning: the hop pair, last (default), first "
                            "or 'A,B'.")
-    configurations: str = option("all", "task reasoning: evaluated hop position pairs (a probe "
+    configurations: str = _f("all", "task reasoning: evaluated hop position pairs (a probe "
                              "--configurations spec: all, connected, ..., or '0,1;5,6').")
-    anchors: int = option(1, "Anchor copies per question in the pairs (used by sft and r1; r2 has "
+    anchors: int = _f(1, "Anchor copies per question in the pairs (used by sft and r1; r2 has "
                          "none).")
-    train: dict = option({}, "TrainConfig options for every run (lr, epochs, batch_size, formula, "
+    train: dict = _f({}, "TrainConfig options for every run (lr, epochs, batch_size, formula, "
                      "...; JSON on the command line).")
-    generation: dict = option({}, "Generation options of teach and probes: batch_size, "
+    generation: dict = _f({}, "Generation options of teach and probes: batch_size, "
                           "max_new_tokens, too_long (JSON on the command line).")
-    grids: list[dict] = option([{}], "Grids of runs (name, methods, seeds, K, n_train, "
+    grids: list[dict] = _f([{}], "Grids of runs (name, methods, seeds, K, n_train, "
                            "eval_documents); runs shared by several grids are trained once.")
-    report_to: list[str] = option([], "Also log to: tensorboard, wandb (need those packages).")
-    shard: str = option("", "I/N: run only the runs whose index modulo N is I (one process per GPU; "
+    report_to: list[str] = _f([], "Also log to: tensorboard, wandb (need those packages).")
+    shard: str = _f("", "I/N: run only the runs whose index modulo N is I (one process per GPU; "
                     "shared stages are locked so the shards share them). Empty: every run.")
 
     def __post_init__(self) -> None:

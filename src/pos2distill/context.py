@@ -77,11 +77,12 @@ class Fitted:
 
 def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, *, template: str,
                chat: str, seed: int, copy: int = 0, max_tokens: int | None,
-               too_long: str) -> Fitted | None:
+               too_long: str, instruction: str = "") -> Fitted | None:
     """The prompt of ``record`` with its gold at ``position`` (distractor order from
     ``rng_for(seed, record.id, position, copy)``), made to fit ``max_tokens`` by the ``too_long``
     policy. None means skipped. A tuple ``position`` places the hop documents, one position per
-    hop (:func:`pos2distill.positions.place_hops`)."""
+    hop (:func:`pos2distill.positions.place_hops`). A non-empty ``instruction`` replaces the
+    template's instruction line."""
     if too_long not in TOO_LONG:
         raise ConfigError(f"--too-long: {too_long!r} is not one of {', '.join(TOO_LONG)}")
     chat_on = use_chat(tokenizer, chat)  # type: ignore[arg-type]
@@ -90,7 +91,8 @@ def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, 
         rng = rng_for(seed, r.id, position, copy)
         placed = (place_hops(r, position, rng) if isinstance(position, tuple)
                   else place_gold(r, position, rng))
-        return render_prompt(placed, tokenizer, template=template, chat=chat)  # type: ignore[arg-type]
+        return render_prompt(placed, tokenizer, template=template, chat=chat,  # type: ignore[arg-type]
+                             instruction=instruction)
 
     def length(prompt: str) -> int:
         return len(encode_prompt(tokenizer, prompt, chat=chat_on))

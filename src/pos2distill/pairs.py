@@ -60,6 +60,7 @@ def make_pairs(teacher_rows: Sequence[dict[str, Any]], tokenizer: Any, *, K: int
             pairs.append({"id": f"{record.id}#{copy}", "question_id": record.id, "position": pos,
                           "anchor": pos == adv, "adv_position": adv,
                           "student_prompt": render_prompt(placed, tokenizer, template=row["template"],
+                                                          instruction=row.get("instruction", ""),
                                                           chat="on" if chat else "off"),
                           "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response,
                           "answers": list(record.answers)})

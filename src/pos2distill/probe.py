@@ -30,7 +30,7 @@ ROWS, SUMMARY, TABLE, PLOT = "rows.jsonl", "summary.json", "table.md", "accuracy
 
 def probe_prompts(records: Sequence[Record], positions: Sequence[Any], tokenizer: Any, *,
                   template: str, chat: str, seed: int, max_tokens: int | None = None,
-                  too_long: str = "fail",
+                  too_long: str = "fail", instruction: str = "",
                   counts: dict[str, int] | None = None) -> list[tuple[Record, int, str]]:
     """(record, position, prompt) for every question at every position (an int, or a tuple of
     hop positions for multi-hop records), made to fit
@@ -40,7 +40,7 @@ def probe_prompts(records: Sequence[Record], positions: Sequence[Any], tokenizer
     for r in records:
         for p in positions:
             fitted = fit_prompt(r, p, tokenizer, template=template, chat=chat, seed=seed,
-                                max_tokens=max_tokens, too_long=too_long)
+                                max_tokens=max_tokens, too_long=too_long, instruction=instruction)
             if fitted is None:
                 skipped += 1
                 continue
@@ -115,7 +115,7 @@ def pending_prompts(cfg: Any, out: Path, records: Sequence[Record], where: Seque
     counts: dict[str, int] = {}
     all_items = probe_prompts(records, where, tokenizer, template=cfg.template, chat=cfg.chat,
                               seed=cfg.seed, max_tokens=budget, too_long=cfg.too_long,
-                              counts=counts)
+                              instruction=cfg.instruction, counts=counts)
     if not all_items:
         raise ConfigError(f"--too-long {cfg.too_long}: no prompt fits the model's context "
                           f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
@@ -124,7 +124,7 @@ def pending_prompts(cfg: Any, out: Path, records: Sequence[Record], where: Seque
                     counts["skipped"], budget, counts["truncated"], cfg.too_long)
     inputs = [cfg.data, resolve_model_path(cfg.model)]
     start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
-              ignore=("out", "batch_size", "device"))
+              ignore=("out", "batch_size", "device") + cfg.fingerprint_ignores())
     done = {done_key(r) for r in read_rows(out / ROWS)}
     items = [it for it in all_items if item_key(it) not in done]
     if done:

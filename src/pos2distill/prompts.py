@@ -11,6 +11,10 @@ already in prompt order (see :mod:`pos2distill.positions`):
 - ``reasoning``: multi-hop questions with chain-of-thought: the instruction first, the documents as in
   ``authors``, then ``Question: {question}`` last, so the reasoning starts right after the question.
 
+Every template opens with its instruction line (:data:`INSTRUCTIONS`); ``instruction`` replaces that
+text verbatim (a RAG pipeline's own instruction, to measure the positional bias it gives) and leaves the
+rest of the layout as it is.
+
 The body becomes one user turn in the model's chat template when the tokenizer has one (``chat="auto"``),
 or is used as plain text followed by ``Answer:`` otherwise.
 """
@@ -34,39 +38,46 @@ REASONING_INSTRUCTION = ("Answer the question using only the provided documents 
 KV_INSTRUCTION = ("Extract the value corresponding to the specified key in the JSON object below.")
 
 
-def _authors(record: Record) -> str:
+#: Each template's own instruction line.
+INSTRUCTIONS = {"authors": QA_INSTRUCTION, "litm": QA_INSTRUCTION, "kv": KV_INSTRUCTION,
+                "reasoning": REASONING_INSTRUCTION}
+
+
+def _authors(record: Record, instruction: str) -> str:
     docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
-    return f"{QA_INSTRUCTION}\n{docs}\n\nQuestion: {record.question}"
+    return f"{instruction}\n{docs}\n\nQuestion: {record.question}"
 
 
-def _reasoning(record: Record) -> str:
+def _reasoning(record: Record, instruction: str) -> str:
     docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
-    return f"{REASONING_INSTRUCTION}\n{docs}\n\nQuestion: {record.question}"
+    return f"{instruction}\n{docs}\n\nQuestion: {record.question}"
 
 
-def _litm(record: Record) -> str:
+def _litm(record: Record, instruction: str) -> str:
     docs = "\n".join(f"Document [{k}](Title: {d.title}) {d.text}"
                      for k, d in enumerate(record.documents, start=1))
-    return f"{QA_INSTRUCTION}\n\n{docs}\n\nQuestion: {record.question}\nAnswer:"
+    return f"{instruction}\n\n{docs}\n\nQuestion: {record.question}\nAnswer:"
 
 
-def _kv(record: Record) -> str:
+def _kv(record: Record, instruction: str) -> str:
     # Documents of a kv record hold one '"key": "value"' pair each (see loaders.load_kv).
     body = ",\n ".join(d.text for d in record.documents)
-    return (f"{KV_INSTRUCTION}\n\nJSON data:\n{{{body}}}\n\n"
+    return (f"{instruction}\n\nJSON data:\n{{{body}}}\n\n"
             f"Key: {json.dumps(record.question)}\nCorresponding value:")
 
 
 _RENDERERS = {"authors": _authors, "litm": _litm, "kv": _kv, "reasoning": _reasoning}
 
 
-def user_message(record: Record, template: str = "authors") -> str:
-    """The prompt body (documents in ``record.documents`` order)."""
+def user_message(record: Record, template: str = "authors", *, instruction: str = "") -> str:
+    """The prompt body (documents in ``record.documents`` order). A non-empty ``instruction``
+    replaces the template's own (:data:`INSTRUCTIONS`) verbatim."""
     try:
-        return _RENDERERS[template](record)
+        render = _RENDERERS[template]
     except KeyError:
         raise ConfigError(f"--template: unknown template {template!r}; "
                           f"choose one of {', '.join(TEMPLATES)}") from None
+    return render(record, instruction or INSTRUCTIONS[template])
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -88,9 +99,10 @@ def use_chat(tokenizer: Any, chat: ChatMode) -> bool:
 
 
 def render_prompt(record: Record, tokenizer: Any, *, template: str = "authors",
-                  chat: ChatMode = "auto") -> str:
-    """The exact prompt text given to the model (generation starts right after it)."""
-    body = user_message(record, template)
+                  chat: ChatMode = "auto", instruction: str = "") -> str:
+    """The exact prompt text given to the model (generation starts right after it); a non-empty
+    ``instruction`` replaces the template's instruction line (see :func:`user_message`)."""
+    body = user_message(record, template, instruction=instruction)
     if use_chat(tokenizer, chat):
         return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
                                              add_generation_prompt=True)

@@ -225,6 +225,7 @@ def make_pairs(row: dict[str, Any], tokenizer: Any, *, K: int, seed: int,
                       "configuration": list(pair), "adv_configuration": list(adv),
                       "group": hop_group(pair),
                       "student_prompt": render_prompt(placed, tokenizer, template=row["template"],
+                                                      instruction=row.get("instruction", ""),
                                                       chat="on" if chat else "off"),
                       "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response,
                       "answers": list(record.answers)})

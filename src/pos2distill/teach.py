@@ -28,21 +28,23 @@ log = logging.getLogger(__name__)
 
 def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, adv_position: int | tuple[int, ...],
                     template: str, chat: str, seed: int, max_tokens: int | None = None,
-                    too_long: str = "fail") -> list[Fitted]:
+                    too_long: str = "fail", instruction: str = "") -> list[Fitted]:
     """The teacher prompt of every record that fits ``max_tokens`` under the ``too_long`` policy
     (:func:`pos2distill.context.fit_prompt`); skipped records are left out."""
     fitted = (fit_prompt(r, adv_position, tokenizer, template=template, chat=chat, seed=seed,
-                         max_tokens=max_tokens, too_long=too_long) for r in records)
+                         max_tokens=max_tokens, too_long=too_long, instruction=instruction)
+              for r in records)
     return [f for f in fitted if f is not None]
 
 
 def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *,
                    adv_position: int | tuple[int, ...], template: str, chat: str,
-                   max_new_tokens: int) -> list[dict[str, Any]]:
+                   max_new_tokens: int, instruction: str = "") -> list[dict[str, Any]]:
     """One row per prompt (kept or not): the record it shows (fewer distractors when truncated),
     teacher prompt, response, correctness. A tuple ``adv_position`` is a reasoning teacher (hop
     configuration, chain-of-thought scored by reasoning EM): its rows also hold ``task`` and
-    ``adv_configuration``, and ``adv_position`` is the first hop's position."""
+    ``adv_configuration``, and ``adv_position`` is the first hop's position. Rows keep
+    ``template``, ``instruction`` and ``chat``: the pairs render the student prompts with them."""
     from pos2distill.metrics import reasoning_em
 
     responses = generator.generate([f.prompt for f in prompts], max_new_tokens=max_new_tokens)
@@ -53,20 +55,22 @@ def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *,
         adv = {"adv_position": adv_position[0], "task": "reasoning",
                "adv_configuration": list(adv_position)}
     return [{"id": f.record.id, "record": f.record.to_dict(), **adv,
-             "template": template, "chat": chat, "teacher_prompt": f.prompt,
-             "dropped_distractors": f.dropped, "response": resp,
+             "template": template, "instruction": instruction, "chat": chat,
+             "teacher_prompt": f.prompt, "dropped_distractors": f.dropped, "response": resp,
              "correct": score(resp, f.record.answers) == 1.0}
             for f, resp in zip(prompts, responses)]
 
 
 def teacher_rows(records: Sequence[Record], generator: Generator, tokenizer: Any, *,
                  adv_position: int | tuple[int, ...], template: str, chat: str, seed: int, max_new_tokens: int,
-                 max_tokens: int | None = None, too_long: str = "fail") -> list[dict[str, Any]]:
+                 max_tokens: int | None = None, too_long: str = "fail",
+                 instruction: str = "") -> list[dict[str, Any]]:
     """One row per record that fits (kept or not): record, teacher prompt, response, correctness."""
     prompts = teacher_prompts(records, tokenizer, adv_position=adv_position, template=template,
-                              chat=chat, seed=seed, max_tokens=max_tokens, too_long=too_long)
+                              chat=chat, seed=seed, max_tokens=max_tokens, too_long=too_long,
+                              instruction=instruction)
     return answer_prompts(prompts, generator, adv_position=adv_position, template=template,
-                          chat=chat, max_new_tokens=max_new_tokens)
+                          chat=chat, max_new_tokens=max_new_tokens, instruction=instruction)
 
 
 def resolve_advantageous(cfg: TeachConfig, n_documents: int) -> int | tuple[int, ...]:
@@ -121,12 +125,13 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     budget = prompt_budget(config, tokenizer, cfg.max_new_tokens)
     prompts = teacher_prompts(records, tokenizer, adv_position=adv, template=cfg.template,
                               chat=cfg.chat, seed=cfg.seed, max_tokens=budget,
-                              too_long=cfg.too_long)
+                              too_long=cfg.too_long, instruction=cfg.instruction)
     if not prompts:
         raise ConfigError(f"--too-long {cfg.too_long}: no teacher prompt fits the model's context "
                           f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
     inputs = [p for p in (cfg.data, resolve_model_path(cfg.model), cfg.probe) if p and Path(p).exists()]
-    resumed = start_run(out, cfg, inputs=inputs, stage="teach", ignore=("out", "batch_size", "device"))
+    resumed = start_run(out, cfg, inputs=inputs, stage="teach",
+                        ignore=("out", "batch_size", "device") + cfg.fingerprint_ignores())
     if resumed and out.exists() and not partial.exists():
         rows = read_teacher_rows(out)
         log.info("%s is complete (%d rows); nothing to do", out, len(rows))
@@ -143,7 +148,8 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
             for start in range(0, len(todo), chunk):
                 rows = answer_prompts(todo[start:start + chunk], generator, adv_position=adv,
                                       template=cfg.template, chat=cfg.chat,
-                                      max_new_tokens=cfg.max_new_tokens)
+                                      max_new_tokens=cfg.max_new_tokens,
+                                      instruction=cfg.instruction)
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()

@@ -53,67 +53,88 @@ class PretrainConfig:
     """One pretraining run: the model, then its stages in order (a stage with 0 steps is skipped).
     Each field's help is its ``--help`` line."""
 
-    out: str = option("runs/tiny-llama", "Output folder (never the shipped one: copy the weights there "
-                  "by hand).")
+    out: str = option("runs/tiny-llama",
+                      "Output folder (never the shipped one: copy the weights there by hand).")
     init: str = option("", "Start from this model folder instead of random weights.")
     seed: int = option(0, "Seed of the weights and of every stage's data stream.")
-    vocab: str = option("all", "'all' words, or 'retrieval' only: for the first stages; the reasoning "
-                    "words are added, mean-initialised, when a later --init run reaches stage 3.")
+    vocab: str = option("all",
+                        "'all' words, or 'retrieval' only: for the first stages; the reasoning "
+                        "words are added, mean-initialised, when a later --init run reaches stage "
+                        "3.")
     layers: int = option(4, "Decoder layers of a new model.")
     hidden: int = option(128, "Hidden size of a new model.")
     heads: int = option(4, "Attention heads of a new model.")
     intermediate: int = option(512, "MLP width of a new model.")
-    rope_theta: float = option(10000.0, "RoPE base of a new model (ignored with --init): a smaller base "
-                           "rotates every head dimension within a prompt, so a match far back "
-                           "scores differently from a recent one.")
+    rope_theta: float = option(0.0,
+                               "RoPE base. 0: 10000 (the Llama default) for a new model, the "
+                               "loaded one's with --init; another value re-bases the --init model. "
+                               "A smaller base rotates every head dimension within a prompt, so a "
+                               "match far back scores lower than a recent one.")
     n_documents: int = option(20, "Documents per synthetic prompt (and per evaluation).")
     batch_size: int = option(32, "Sequences per step.")
     lr: float = option(2e-3, "Peak learning rate of stages 1 and 2.")
     warmup_steps: int = option(100, "Linear warm-up steps of every stage (at most a tenth of it).")
     copy_steps: int = option(600, "Stage 1 steps.")
-    warmup_task: str = option("repeat", "Stage 1 task: 'repeat' (a sequence then itself), 'recall' "
-                          "(one-token associative recall) or 'docs' (a repeat of document-shaped "
-                          "pairs).")
-    lookup_steps: int = option(1500, "Stage 4 steps (the retrieval questions themselves; 0 in the "
-                           "shipped recipe).")
+    warmup_task: str = option("repeat",
+                              "Stage 1 task: 'repeat' (a sequence then itself), 'recall' "
+                              "(one-token associative recall) or 'docs' (a repeat of "
+                              "document-shaped pairs).")
+    lookup_steps: int = option(1500,
+                               "Stage 4 steps (the retrieval questions themselves; 0 in the "
+                               "shipped recipe).")
     lookup_lr: float = option(1e-3, "Peak learning rate of stage 4.")
-    copy_short: tuple[int, int] = option((4, 25), "Repeat length (= match distance) range of a 'short' "
-                                     "repeat.")
+    copy_short: tuple[int, int] = option((4, 25),
+                                         "Repeat length (= match distance) range of a 'short' "
+                                         "repeat.")
     copy_long: tuple[int, int] = option((85, 115), "Repeat length range of a 'long' repeat.")
-    copy_middle_fraction: float = option(0.05, "Share of repeats whose length lies between the short "
-                                     "and the long range (the rest: half short, half long).")
-    prefix_max: int = option(0, "Document repeats: up to this many tokens of other pairs (no loss) "
-                         "before the repeat, so that repeats also occur late in a sequence.")
-    late_fraction: float = option(0.0, "Document repeats: this share is short (--copy-short) and sits "
-                              "behind --late-prefix tokens of other pairs, so its matches lie where "
-                              "a prompt's last documents sit.")
+    copy_middle_fraction: float = option(0.05,
+                                         "Share of repeats whose length lies between the short and "
+                                         "the long range (the rest: half short, half long).")
+    prefix_max: int = option(0,
+                             "Document repeats: up to this many tokens of other pairs (no loss) "
+                             "before the repeat, so that repeats also occur late in a sequence.")
+    late_fraction: float = option(0.0,
+                                  "Document repeats: this share is short (--copy-short) and sits "
+                                  "behind --late-prefix tokens of other pairs, so its matches lie "
+                                  "where a prompt's last documents sit.")
     late_prefix: tuple[int, int] = option((100, 125), "Prefix length range of the late repeats.")
-    early_gap: tuple[int, int] = option((0, 0), "Document repeats that are not late: a short sequence "
-                                    "at the start, this many tokens of other pairs, then its repeat "
-                                    "(matches far back but in the first tokens); 0 0 keeps the "
-                                    "contiguous repeat.")
-    conflict_fraction: float = option(0.0, "Document repeats: this share is replaced by sequences in "
-                                  "which --conflict-edge names occur twice, the true city at an edge "
-                                  "pair, another in the middle; loss on the true city.")
-    conflict_edge: int = option(3, "Duplicated names per conflict sequence (and the width of its edges).")
+    early_gap: tuple[int, int] = option((0, 0),
+                                        "Document repeats that are not late: a short sequence at "
+                                        "the start, this many tokens of other pairs, then its "
+                                        "repeat (matches far back but in the first tokens); 0 0 "
+                                        "keeps the contiguous repeat.")
+    conflict_fraction: float = option(0.0,
+                                      "Document repeats: this share is replaced by sequences in "
+                                      "which --conflict-edge names occur twice, the true city at "
+                                      "an edge pair, another in the middle; loss on the true city.")
+    conflict_edge: int = option(3,
+                                "Duplicated names per conflict sequence (and the width of its "
+                                "edges).")
     recall_queries: int = option(8, "Queries per one-token recall sequence.")
     docs_steps: int = option(0, "Stage 2 steps: document repeats, after stage 1.")
-    reason_steps: int = option(0, "Stage 3 steps (its cosine schedule's length): two-hop "
-                           "chain-of-thought mixed with document repeats.")
-    reason_stop: int = option(0, "End stage 3 after this many of its scheduled steps (0: all), as one "
-                          "keeps an intermediate checkpoint of a longer schedule.")
+    reason_steps: int = option(0,
+                               "Stage 3 steps (its cosine schedule's length): two-hop "
+                               "chain-of-thought mixed with document repeats.")
+    reason_stop: int = option(0,
+                              "End stage 3 after this many of its scheduled steps (0: all), as one "
+                              "keeps an intermediate checkpoint of a longer schedule.")
     reason_lr: float = option(5e-4, "Peak learning rate of stage 3.")
     reason_edge: int = option(3, "Stage 3: the first and last this many positions are the 'edges'.")
-    reason_edge_mass: float = option(0.5, "Stage 3: probability of a connected, in-order hop pair "
-                                 "touching an edge; every other ordered pair shares the rest.")
-    reason_docs_fraction: float = option(0.5, "Stage 3: share of each batch kept as document repeats.")
-    lookup_copy_fraction: float = option(0.5, "Stage 4: share of each batch kept as one-token recall.")
+    reason_edge_mass: float = option(0.5,
+                                     "Stage 3: probability of a connected, in-order hop pair "
+                                     "touching an edge; every other ordered pair shares the rest.")
+    reason_docs_fraction: float = option(0.5,
+                                         "Stage 3: share of each batch kept as document repeats.")
+    lookup_copy_fraction: float = option(0.5,
+                                         "Stage 4: share of each batch kept as one-token recall.")
     edge: int = option(3, "Stage 4: the first and last this many gold positions are the 'edges'.")
-    edge_mass: float = option(0.3, "Stage 4: probability of an edge gold position (the rest spread "
-                          "evenly over the middle).")
+    edge_mass: float = option(0.3,
+                              "Stage 4: probability of an edge gold position (the rest spread "
+                              "evenly over the middle).")
     eval_every: int = option(250, "Evaluate stages 3 and 4 every this many steps.")
-    eval_per_position: int = option(40, "Held-out questions per position (or hop configuration) in "
-                                "those evaluations.")
+    eval_per_position: int = option(40,
+                                    "Held-out questions per position (or hop configuration) in "
+                                    "those evaluations.")
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "conflict_fraction", "reason_edge_mass",
@@ -125,8 +146,8 @@ class PretrainConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"--{name.replace('_', '-')} needs 0 <= low <= high, got {lo} {hi}")
-        if self.rope_theta <= 0:
-            raise ValueError(f"--rope-theta must be positive, got {self.rope_theta}")
+        if self.rope_theta < 0:
+            raise ValueError(f"--rope-theta must be positive (or 0: unchanged), got {self.rope_theta}")
         middle = self.n_documents - 2 * self.conflict_edge
         if self.conflict_fraction and not 0 < self.conflict_edge <= middle:
             raise ValueError(f"--conflict-edge {self.conflict_edge} needs at least as many middle "
@@ -359,7 +380,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
         raise ValueError(f"--vocab must be all or retrieval, got {cfg.vocab!r}")
     tokenizer = build_tokenizer(corpus_words(reasoning=cfg.vocab == "all"))
     if cfg.init:
-        model = LlamaForCausalLM.from_pretrained(cfg.init)
+        config = LlamaConfig.from_pretrained(cfg.init)
+        if cfg.rope_theta:
+            config.rope_parameters["rope_theta"] = cfg.rope_theta
+        model = LlamaForCausalLM.from_pretrained(cfg.init, config=config)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             # A model from before the reasoning words existed: same ids, new rows at the end.
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
@@ -367,7 +391,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         model = LlamaForCausalLM(LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
             num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-            num_key_value_heads=cfg.heads, max_position_embeddings=512, rope_theta=cfg.rope_theta,
+            num_key_value_heads=cfg.heads, max_position_embeddings=512,
+            rope_theta=cfg.rope_theta or 10000.0,
             tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     content_ids = tokenizer.convert_tokens_to_ids(list(synthetic.NAMES) + list(synthetic.CITIES))
