@@ -140,11 +140,10 @@ def test_instruction_counts_in_the_fingerprint_only_when_set() -> None:
 
     plain, custom = ProbeConfig(), ProbeConfig(instruction="Answer the question.")
     # Unset, it leaves the fingerprint of runs made before it existed unchanged ...
-    assert plain.fingerprint_ignores() == ("instruction",)
+    assert fingerprint(plain) == fingerprint(plain, ignore=("instruction",))
     # ... set, a run with another instruction never resumes this one.
-    assert custom.fingerprint_ignores() == ()
-    assert fingerprint(custom, ignore=custom.fingerprint_ignores()) != \
-        fingerprint(plain, ignore=plain.fingerprint_ignores())
+    assert fingerprint(custom) != fingerprint(custom, ignore=("instruction",))
+    assert fingerprint(custom) != fingerprint(plain)
 
 
 def test_yaml_scientific_notation(tmp_path: Path) -> None:

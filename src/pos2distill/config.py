@@ -70,7 +70,7 @@ class ModelOptions:
                        "--task reasoning, authors otherwise).")
     instruction: str = _f("", "Text that replaces the template's instruction line, verbatim "
                           "(e.g. your RAG pipeline's instruction, to measure its positional bias); "
-                          "empty = the template's own.")
+                          "empty = the template's own.", count_when_set=True)
     chat: str = _f("auto", "Use the tokenizer's chat template: auto (when it has one), on, off.")
     dtype: str = _f("float32", "Model weights dtype: float32, bfloat16, float16.")
     device: str = _f("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
@@ -86,12 +86,6 @@ class ModelOptions:
                               "it empty for the template's own")
         _check_choice("chat", self.chat, ("auto", "on", "off"))
         _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
-
-    def fingerprint_ignores(self) -> tuple[str, ...]:
-        """Fields a run's fingerprint leaves out when unset: a run without them keeps the
-        fingerprint it had before they existed, so older probe and teach outputs still resume and
-        experiment grids still find their finished runs (as ``train.COUNT_WHEN_SET``)."""
-        return () if self.instruction else ("instruction",)
 
 
 @dataclass
@@ -239,9 +233,9 @@ class TrainConfig:
                           "always written).")
     load_in_4bit: bool = _f(False, "QLoRA: load the frozen base in 4 bits (bitsandbytes nf4, "
                             "double quantisation; compute dtype from --autocast, else bfloat16). "
-                            "Needs --lora-rank, a CUDA GPU and bitsandbytes.")
+                            "Needs --lora-rank, a CUDA GPU and bitsandbytes.", count_when_set=True)
     load_in_8bit: bool = _f(False, "Load the frozen base in 8 bits (bitsandbytes LLM.int8). Needs "
-                            "--lora-rank, a CUDA GPU and bitsandbytes.")
+                            "--lora-rank, a CUDA GPU and bitsandbytes.", count_when_set=True)
     autocast: str = _f("off", f"Autocast forward passes: {', '.join(AUTOCAST)} (float16 uses a "
                        "gradient scaler on CUDA).")
     gradient_checkpointing: bool = _f(False, "Recompute the student's activations in the backward "

@@ -185,17 +185,15 @@ def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
     from pos2distill.runinfo import fingerprint
     from pos2distill.train import resume_ignores
 
-    teach_cfg = teach_config(cfg, run.n_train)
-    parts = [fingerprint(teach_cfg, ignore=("out", "limit", "batch_size", "device")
-                         + teach_cfg.fingerprint_ignores()), str(run.n_train)]
+    parts = [fingerprint(teach_config(cfg, run.n_train), ignore=("out", "limit", "batch_size",
+                                                                   "device")), str(run.n_train)]
     if run.trains:
         parts.append(fingerprint(pairs_config(cfg, run, Path("teach")), ignore=("out", "teach")))
         tc = train_config(cfg, run, "pairs")
         parts.append(fingerprint(tc, ignore=resume_ignores(tc) + ("pairs",)))
     for d in run.eval_documents:
-        probe_cfg = probe_config(cfg, "model", Path("."), d)
-        parts.append(fingerprint(probe_cfg, ignore=_PROBE_IGNORES + ("model",)
-                                 + probe_cfg.fingerprint_ignores()))
+        parts.append(fingerprint(probe_config(cfg, "model", Path("."), d),
+                                 ignore=_PROBE_IGNORES + ("model",)))
     return hashlib.sha256("|".join([run.key, *parts]).encode()).hexdigest()[:16]
 
 

@@ -124,7 +124,7 @@ def pending_prompts(cfg: Any, out: Path, records: Sequence[Record], where: Seque
                     counts["skipped"], budget, counts["truncated"], cfg.too_long)
     inputs = [cfg.data, resolve_model_path(cfg.model)]
     start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
-              ignore=("out", "batch_size", "device") + cfg.fingerprint_ignores())
+              ignore=("out", "batch_size", "device"))
     done = {done_key(r) for r in read_rows(out / ROWS)}
     items = [it for it in all_items if item_key(it) not in done]
     if done:

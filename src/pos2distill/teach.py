@@ -131,7 +131,7 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
                           f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
     inputs = [p for p in (cfg.data, resolve_model_path(cfg.model), cfg.probe) if p and Path(p).exists()]
     resumed = start_run(out, cfg, inputs=inputs, stage="teach",
-                        ignore=("out", "batch_size", "device") + cfg.fingerprint_ignores())
+                        ignore=("out", "batch_size", "device"))
     if resumed and out.exists() and not partial.exists():
         rows = read_teacher_rows(out)
         log.info("%s is complete (%d rows); nothing to do", out, len(rows))

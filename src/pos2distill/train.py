@@ -203,14 +203,11 @@ def _by_position(values: torch.Tensor, positions: torch.Tensor) -> dict[str, flo
 CHECKPOINT = "checkpoint"
 #: Config fields that do not change the trained weights (a run may resume with other values).
 RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk")
-#: Fields that count only when set: a run without them keeps the fingerprint it had before they
-#: existed (so older run folders still resume and experiment grids still find their runs).
-COUNT_WHEN_SET = ("load_in_4bit", "load_in_8bit")
 
 
 def resume_ignores(cfg: TrainConfig) -> tuple[str, ...]:
     """The fields :func:`~pos2distill.runinfo.fingerprint` leaves out for ``cfg``."""
-    return RESUME_IGNORES + tuple(f for f in COUNT_WHEN_SET if not getattr(cfg, f))
+    return RESUME_IGNORES
 
 
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
