@@ -271,3 +271,23 @@ def test_bad_option_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]
         main(["--late-fraction", "1.5"])
     assert info.value.code == 2
     assert "--late-fraction must be in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_lead_opens_a_share_of_the_repeats_with_no_loss_on_it() -> None:
+    tok = build_tokenizer()
+    struct = tok.convert_tokens_to_ids(["-", "Title", ":"])
+    lead = [4, 5, 6]
+    base = PretrainConfig(late_fraction=0.3, late_prefix=(30, 40), prefix_max=20)
+    plain = _doc_copy_examples(random.Random(0), base, 30, _content(tok), 2, struct)
+    # No lead asked for: the same data as before the option existed, whatever lead_ids is.
+    assert _doc_copy_examples(random.Random(0), base, 30, _content(tok), 2, struct, lead) == plain
+    cfg = dataclasses.replace(base, lead_fraction=0.5)
+    seqs, masks = _doc_copy_examples(random.Random(0), cfg, 200, _content(tok), 2, struct, lead)
+    led = [i for i, seq in enumerate(seqs) if seq[1:4] == lead]
+    assert 60 < len(led) < 140
+    for i in led:
+        assert masks[i][:4] == [0, 0, 0, 0] and seqs[i][0] == 2
+    for seq, mask in zip(seqs, masks):
+        # The loss still covers exactly the repeat: the lead never enters it.
+        n = sum(mask)
+        assert seq[-n:] == seq[-2 * n:-n] and mask[-n:] == [1] * n

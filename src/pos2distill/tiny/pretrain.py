@@ -33,7 +33,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -103,6 +103,11 @@ class PretrainConfig:
                                         "the start, this many tokens of other pairs, then its "
                                         "repeat (matches far back but in the first tokens); 0 0 "
                                         "keeps the contiguous repeat.")
+    lead_fraction: float = option(0.0,
+                                  "Document repeats: this share opens with the retrieval prompt's "
+                                  "instruction line (no loss on it), as pretraining text holds "
+                                  "instructions: a prompt's first documents then follow words the "
+                                  "model has seen.")
     conflict_fraction: float = option(0.0,
                                       "Document repeats: this share is replaced by sequences in "
                                       "which --conflict-edge names occur twice, the true city at "
@@ -137,7 +142,7 @@ class PretrainConfig:
                                     "those evaluations.")
 
     def __post_init__(self) -> None:
-        for name in ("late_fraction", "conflict_fraction", "reason_edge_mass",
+        for name in ("late_fraction", "lead_fraction", "conflict_fraction", "reason_edge_mass",
                      "reason_docs_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -191,11 +196,11 @@ def _copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids:
 
 
 def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_ids: list[int],
-                       bos: int, struct_ids: list[int]) -> Batch:
+                       bos: int, struct_ids: list[int], lead_ids: Sequence[int] = ()) -> Batch:
     """A repeat of document-shaped pairs (``- Title : NAME CITY``), so the circuit forms with the
     prompt's structural tokens present. Distances are drawn as for the copy task;
-    ``late_fraction``, ``early_gap`` and ``conflict_fraction`` move where the matches lie (see
-    :class:`PretrainConfig`)."""
+    ``late_fraction``, ``early_gap`` and ``conflict_fraction`` move where the matches lie, and a
+    ``lead_fraction`` share opens with ``lead_ids`` (see :class:`PretrainConfig`)."""
     n_conflict = round(cfg.conflict_fraction * n)
     seqs, masks = _conflict_examples(rng, cfg, n_conflict, content_ids, bos, struct_ids)
     width = len(struct_ids) + 2
@@ -215,8 +220,10 @@ def _doc_copy_examples(rng: random.Random, cfg: PretrainConfig, n: int, content_
         prefix = _filler_pairs(rng, n_prefix, struct_ids, others)
         gap = (_filler_pairs(rng, rng.randint(*cfg.early_gap) // width, struct_ids, others)
                if gapped else [])
-        seqs.append([bos] + prefix + s + gap + s)
-        masks.append([0] * (1 + len(prefix) + len(s) + len(gap)) + [1] * len(s))
+        # Drawn last, and only when used: recipes without a lead keep their data stream.
+        lead = list(lead_ids) if cfg.lead_fraction and rng.random() < cfg.lead_fraction else []
+        seqs.append([bos] + lead + prefix + s + gap + s)
+        masks.append([0] * (1 + len(lead) + len(prefix) + len(s) + len(gap)) + [1] * len(s))
     return seqs, masks
 
 
@@ -400,8 +407,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     copy_rng = random.Random(f"{cfg.seed}|copy")
     struct_ids = tokenizer.convert_tokens_to_ids(["-", "Title", ":"])
+    # The retrieval prompt's opening as the chat template writes it: the user turn, the instruction.
+    lead_ids = (tokenizer.convert_tokens_to_ids(["<|user|>"])
+                + tokenizer(prompts.INSTRUCTIONS["authors"], add_special_tokens=False)["input_ids"])
     warmups = {"repeat": _copy_examples, "recall": _recall_examples,
-               "docs": lambda *a: _doc_copy_examples(*a, struct_ids)}
+               "docs": lambda *a: _doc_copy_examples(*a, struct_ids, lead_ids)}
     if cfg.warmup_task not in warmups:
         raise ValueError(f"--warmup-task must be one of {', '.join(warmups)}, got {cfg.warmup_task!r}")
     warmup = warmups[cfg.warmup_task]
