@@ -186,6 +186,18 @@ def test_demo_both_tasks(tiny_model_dir: Path, tmp_path: Path, reasoning_oracle_
     assert (tmp_path / "demo" / "cross" / "r1_on_reasoning" / "summary.json").is_file()
 
 
+def test_demo_r2_training_questions_default_to_r1s_and_can_differ() -> None:
+    def limits(**kw: Any) -> tuple[int, int]:
+        cfg = DemoConfig(n_train=40, **kw)
+        return (demo.stage_configs(cfg)["teach"].limit,
+                demo.reasoning_stage_configs(cfg)["reasoning_teach"].limit)
+
+    assert limits() == (40, 40)
+    assert limits(r2_n_train=900) == (40, 900)
+    with pytest.raises(ConfigError, match="--r2-n-train: must be >= 0"):
+        DemoConfig(r2_n_train=-1)
+
+
 @pytest.mark.slow
 def test_demo_reasoning_with_the_real_generator_on_a_random_model(tiny_model_dir: Path,
                                                                   tmp_path: Path) -> None:

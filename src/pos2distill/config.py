@@ -354,6 +354,8 @@ class DemoConfig:
                    "model on retrieval) or both (both chains and the cross-task table).")
     r2_lr: float = _f(1e-3, "R2: peak learning rate.")
     r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
+    r2_n_train: int = _f(0, "R2: training questions given to the teacher (0: as many as "
+                         "--n-train).")
     r2_max_new_tokens: int = _f(24, "R2: tokens generated per chain-of-thought (the synthetic "
                                 "one is 17 tokens and EOS).")
 
@@ -364,6 +366,7 @@ class DemoConfig:
         _check_choice("task", self.task, ("retrieval", "reasoning", "both"))
         _check_positive("r2-lr", self.r2_lr)
         _check_positive("r2-epochs", self.r2_epochs)
+        _check_positive("r2-n-train", self.r2_n_train, allow_zero=True)
         _check_positive("r2-max-new-tokens", self.r2_max_new_tokens)
 
 
