@@ -289,5 +289,5 @@ def test_quantization_flags_count_in_the_fingerprint_only_when_set() -> None:
     # Unset, the flags leave the fingerprint of runs made before they existed unchanged ...
     assert fingerprint(plain) == fingerprint(plain, ignore=("load_in_4bit", "load_in_8bit"))
     # ... set, a quantised run never resumes an unquantised one.
-    assert fingerprint(q4, ignore=train.resume_ignores(q4)) != \
-        fingerprint(plain, ignore=train.resume_ignores(plain))
+    assert fingerprint(q4, ignore=train.RESUME_IGNORES) != \
+        fingerprint(plain, ignore=train.RESUME_IGNORES)

@@ -183,14 +183,14 @@ def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
     """What a finished run's results depend on: the configs of its stages (minus output paths and
     settings that do not change results)."""
     from pos2distill.runinfo import fingerprint
-    from pos2distill.train import resume_ignores
+    from pos2distill.train import RESUME_IGNORES
 
     parts = [fingerprint(teach_config(cfg, run.n_train), ignore=("out", "limit", "batch_size",
                                                                    "device")), str(run.n_train)]
     if run.trains:
         parts.append(fingerprint(pairs_config(cfg, run, Path("teach")), ignore=("out", "teach")))
         tc = train_config(cfg, run, "pairs")
-        parts.append(fingerprint(tc, ignore=resume_ignores(tc) + ("pairs",)))
+        parts.append(fingerprint(tc, ignore=RESUME_IGNORES + ("pairs",)))
     for d in run.eval_documents:
         parts.append(fingerprint(probe_config(cfg, "model", Path("."), d),
                                  ignore=_PROBE_IGNORES + ("model",)))

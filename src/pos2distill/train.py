@@ -205,11 +205,6 @@ CHECKPOINT = "checkpoint"
 RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk")
 
 
-def resume_ignores(cfg: TrainConfig) -> tuple[str, ...]:
-    """The fields :func:`~pos2distill.runinfo.fingerprint` leaves out for ``cfg``."""
-    return RESUME_IGNORES
-
-
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
                     sched: Any, state: dict[str, Any], trainable_only: bool = False) -> Path:
     """Write ``out/checkpoint`` after optimizer step ``step``: student weights (safetensors),
@@ -395,7 +390,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
                           f"--grad-accum {cfg.grad_accum} equal micro-batches")
     inputs = [cfg.pairs, resolve_model_path(cfg.model)] + \
         ([str(Path(cfg.teacher_cache) / "cache.json")] if cfg.teacher_cache else [])
-    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=resume_ignores(cfg)) \
+    resumed = start_run(out, cfg, inputs=inputs, stage="train", ignore=RESUME_IGNORES) \
         if dist.is_main else True
     dist.barrier()
     summary_path, model_dir, log_path = out / "train_summary.json", out / "model", out / "log.jsonl"
@@ -493,7 +488,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     micro = local // cfg.grad_accum
 
     out.mkdir(parents=True, exist_ok=True)
-    fp = fingerprint(cfg, ignore=resume_ignores(cfg))
+    fp = fingerprint(cfg, ignore=RESUME_IGNORES)
     state = {"fingerprint": fp, "seed": cfg.seed, "total": total, "order": order}
     start = 0
     checkpoint = recover_dir(out / CHECKPOINT) if dist.is_main else None
