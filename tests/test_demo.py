@@ -123,7 +123,7 @@ PAPER_KEYS = ["0,1", "5,6", "12,13", "17,18", "0,8", "5,13", "6,14", "8,16", "8,
 def test_demo_reasoning_end_to_end(tiny_model_dir: Path, tmp_path: Path,
                                    reasoning_oracle_hf: Any) -> None:
     cfg = DemoConfig(model=str(tiny_model_dir), out=str(tmp_path / "demo"), task="reasoning",
-                     n_test=2, n_train=6, epochs=1, r2_epochs=1, batch_size=4)
+                     n_test=2, n_train=6, r2_n_train=6, epochs=1, r2_epochs=1, batch_size=4)
     result = demo.main(cfg)
     out = tmp_path / "demo"
     summary = json.loads((out / "summary.json").read_text())
@@ -172,7 +172,8 @@ def test_demo_reasoning_end_to_end(tiny_model_dir: Path, tmp_path: Path,
 
 def test_demo_both_tasks(tiny_model_dir: Path, tmp_path: Path, reasoning_oracle_hf: Any) -> None:
     cfg = DemoConfig(model=str(tiny_model_dir), out=str(tmp_path / "demo"), task="both",
-                     n_test=1, n_train=4, epochs=1, r2_epochs=1, batch_size=4)
+                     n_test=1, n_train=4, r2_n_train=4, epochs=1, r2_epochs=1,
+                     batch_size=4)
     demo.main(cfg)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert set(summary) == {"retrieval", "reasoning", "cross_task", "config"}
@@ -186,14 +187,15 @@ def test_demo_both_tasks(tiny_model_dir: Path, tmp_path: Path, reasoning_oracle_
     assert (tmp_path / "demo" / "cross" / "r1_on_reasoning" / "summary.json").is_file()
 
 
-def test_demo_r2_training_questions_default_to_r1s_and_can_differ() -> None:
+def test_demo_r2_training_questions_are_their_own_and_zero_follows_r1s() -> None:
     def limits(**kw: Any) -> tuple[int, int]:
         cfg = DemoConfig(n_train=40, **kw)
         return (demo.stage_configs(cfg)["teach"].limit,
                 demo.reasoning_stage_configs(cfg)["reasoning_teach"].limit)
 
-    assert limits() == (40, 40)
+    assert limits() == (40, 2500)
     assert limits(r2_n_train=900) == (40, 900)
+    assert limits(r2_n_train=0) == (40, 40)
     with pytest.raises(ConfigError, match="--r2-n-train: must be >= 0"):
         DemoConfig(r2_n_train=-1)
 

@@ -352,9 +352,9 @@ class DemoConfig:
     seed: int = _f(0, "Seed for everything.")
     task: str = _f("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
                    "model on retrieval) or both (both chains and the cross-task table).")
-    r2_lr: float = _f(1e-3, "R2: peak learning rate.")
-    r2_epochs: float = _f(2.0, "R2: passes over the pairs.")
-    r2_n_train: int = _f(0, "R2: training questions given to the teacher (0: as many as "
+    r2_lr: float = _f(7e-4, "R2: peak learning rate.")
+    r2_epochs: float = _f(1.0, "R2: passes over the pairs.")
+    r2_n_train: int = _f(2500, "R2: training questions given to the teacher (0: as many as "
                          "--n-train).")
     r2_max_new_tokens: int = _f(24, "R2: tokens generated per chain-of-thought (the synthetic "
                                 "one is 17 tokens and EOS).")
