@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from pos2distill import cache, pairs, teach, train
+from pos2distill.stages import cache, pairs, teach, train
 from pos2distill.config import CacheConfig, PairsConfig, TeachConfig
-from pos2distill.heads import head, response_hidden
-from pos2distill.losses import topk_token_kl
+from pos2distill.training.heads import head, response_hidden
+from pos2distill.training.losses import topk_token_kl
 from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
-from pos2distill.teacher import OnlineTeacher
+from pos2distill.training.teacher import OnlineTeacher
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from pos2distill import synthetic
+from pos2distill.data import synthetic
 from pos2distill.generation import HFGenerator
 from pos2distill.modeling import load_causal_lm, load_tokenizer
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import encode_prompt, render_prompt
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def build_model(seed: int = 0) -> torch.nn.Module:
 
 
 def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    from pos2distill.train import Example, batch_tensors
+    from pos2distill.stages.train import Example, batch_tensors
 
     g = torch.Generator().manual_seed(1)
     examples = []
@@ -65,8 +65,8 @@ def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
 
 def prepare(work: Path, args: argparse.Namespace) -> None:
     """Save the model and write the teacher cache of the batch (its own child: not measured)."""
-    from pos2distill import cache
-    from pos2distill.heads import head, response_hidden
+    from pos2distill.stages import cache
+    from pos2distill.training.heads import head, response_hidden
 
     model = build_model().eval()
     model.save_pretrained(work / "model")
@@ -127,9 +127,9 @@ def reference_step(student: torch.nn.Module, teacher: torch.nn.Module,
 def child(variant: str, work: Path, args: argparse.Namespace) -> dict:
     import copy
 
-    from pos2distill.cache import CacheReader
-    from pos2distill.losses import position_weights, weighted_loss
-    from pos2distill.teacher import CachedTeacher, CrossEntropyTargets, OnlineTeacher, ResponseLoss
+    from pos2distill.stages.cache import CacheReader
+    from pos2distill.training.losses import position_weights, weighted_loss
+    from pos2distill.training.teacher import CachedTeacher, CrossEntropyTargets, OnlineTeacher, ResponseLoss
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)

@@ -166,7 +166,7 @@ def reasoning_oracle_answer(prompt: str) -> str:
     """Parses a synthetic ``reasoning`` prompt. Hops adjacent and in order (connected): the
     reference chain-of-thought (plus a tail the metric must ignore); reversed: a chain with a wrong
     answer; apart and in order (disconnected): no "the answer is" at all."""
-    from pos2distill.synthetic import reasoning_cot
+    from pos2distill.data.synthetic import reasoning_cot
 
     m = _REASONING_Q.search(prompt)
     assert m, f"not a synthetic reasoning question: {prompt!r}"

@@ -16,12 +16,14 @@ from conftest import FakeGenerator, save_model_dir, tiny_llama
 from pos2distill.tiny.tokenizer import build_tokenizer
 
 V = len(build_tokenizer())  # the random test models' vocabulary (the tiny tokenizer's)
-from pos2distill import cache, cli, pairs, synthetic, teach, train
+from pos2distill.stages import cache, pairs, teach, train
+from pos2distill import cli
+from pos2distill.data import synthetic
 from pos2distill.config import CacheConfig
 from pos2distill.errors import ConfigError
-from pos2distill.heads import head
-from pos2distill.records import write_jsonl
-from pos2distill.teacher import CachedTeacher, OnlineTeacher
+from pos2distill.training.heads import head
+from pos2distill.data.records import write_jsonl
+from pos2distill.training.teacher import CachedTeacher, OnlineTeacher
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +142,8 @@ def test_default_k_error_bound_on_the_embedded_model(tmp_path: Path) -> None:
     cached estimator at the default k is a lower bound of the exact KL within 1e-3 nats/token on
     average (bench/cache_error.py measures the same on 200 questions)."""
     from pos2distill.config import DEFAULT_TOP_K, PairsConfig, TeachConfig
-    from pos2distill.heads import response_hidden
-    from pos2distill.losses import topk_token_kl
+    from pos2distill.training.heads import response_hidden
+    from pos2distill.training.losses import topk_token_kl
     from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
 
     teach.main(TeachConfig(model="tiny", data="synthetic:train", limit=12,

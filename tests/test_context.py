@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from pos2distill import synthetic
-from pos2distill.context import (Fitted, context_length, fit_prompt, keep_distractors,
+from pos2distill.data import synthetic
+from pos2distill.tasks.fitting import (Fitted, context_length, fit_prompt, keep_distractors,
                                  prompt_budget)
 from pos2distill.errors import ConfigError
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt
-from pos2distill.records import Document, Record
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import encode_prompt, render_prompt
+from pos2distill.data.records import Document, Record
 
 
 def test_context_length_takes_the_smaller_sane_limit() -> None:

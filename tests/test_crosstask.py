@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pos2distill.crosstask import cross_task, markdown
+from pos2distill.stages.crosstask import cross_task, markdown
 
 
 def s(mean: float, gap: float) -> dict[str, float]:

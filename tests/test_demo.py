@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import OracleHFGenerator, ReasoningOracleHFGenerator
-from pos2distill import demo
+from pos2distill.recipes import demo
 from pos2distill.config import DemoConfig
 from pos2distill.errors import ConfigError
 

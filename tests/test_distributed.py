@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from conftest import FakeGenerator
-from pos2distill import pairs, synthetic, teach, train
+from pos2distill.stages import pairs, teach, train
+from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
-from pos2distill.distributed import Dist, shard
+from pos2distill.training.distributed import Dist, shard
 from pos2distill.errors import ConfigError
-from pos2distill.losses import position_weights
-from pos2distill.records import write_jsonl
+from pos2distill.training.losses import position_weights
+from pos2distill.data.records import write_jsonl
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -201,7 +202,7 @@ if os.environ.get("FORCE_FSDP") == "1":
 
     accelerate.Accelerator.__init__ = init
 
-from pos2distill import train
+from pos2distill.stages import train
 from pos2distill.cli import main
 
 _save = train.save_distributed_checkpoint

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pos2distill import cli, experiment, synthetic
+from pos2distill import cli
+from pos2distill.recipes import experiment
+from pos2distill.data import synthetic
 from pos2distill.config import ExperimentConfig, GridConfig, from_yaml
 from pos2distill.errors import ConfigError
 from pos2distill.runinfo import fingerprint
@@ -181,7 +183,8 @@ class Stop(KeyboardInterrupt):
 def test_grid_stops_resumes_and_tabulates(tmp_path: Path, tiny_model_dir: Path, oracle_hf: Any,
                                           monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from pos2distill import modeling, train
+    from pos2distill import modeling
+    from pos2distill.stages import train
 
     out = tmp_path / "exp"
     config = _write_config(tmp_path / "exp.yaml", out, tiny_model_dir)
@@ -273,7 +276,7 @@ def test_grid_stops_resumes_and_tabulates(tmp_path: Path, tiny_model_dir: Path, 
 def test_shards_split_the_runs_and_share_the_stages(tmp_path: Path, tiny_model_dir: Path,
                                                     oracle_hf: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from pos2distill import train
+    from pos2distill.stages import train
     from pos2distill.config import from_yaml
 
     out = tmp_path / "exp"
@@ -308,7 +311,7 @@ def test_reasoning_config_errors() -> None:
 
 def test_reasoning_grid_tabulates_em_by_configuration(tmp_path: Path, tiny_model_dir: Path,
                                                       reasoning_oracle_hf: Any) -> None:
-    from pos2distill import train
+    from pos2distill.stages import train
 
     out = tmp_path / "exp"
     config = tmp_path / "exp.yaml"

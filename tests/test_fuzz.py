@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pos2distill.errors import Pos2DistillError
-from pos2distill.loaders import FORMATS, build_from_oracle, load_records
-from pos2distill.positions import place_gold
-from pos2distill.prompts import TEMPLATES, user_message
-from pos2distill.records import Record, write_records
+from pos2distill.data.loaders import FORMATS, build_from_oracle, load_records
+from pos2distill.tasks.positions import place_gold
+from pos2distill.tasks.prompts import TEMPLATES, user_message
+from pos2distill.data.records import Record, write_records
 
 # POS2DISTILL_FUZZ_EXAMPLES=5000 for a longer hunt than the fast suite's.
 FUZZ = settings(max_examples=int(os.environ.get("POS2DISTILL_FUZZ_EXAMPLES", 300)), deadline=None,
@@ -203,7 +203,7 @@ def test_unpaired_surrogate_is_a_data_error(tmp_path: Path) -> None:
 @given(spec=st.text(max_size=12) | st.lists(st.integers(-3, 30), max_size=4),
        n=st.integers(1, 25))
 def test_position_parsers_raise_only_typed_errors(spec: Any, n: int) -> None:
-    from pos2distill.positions import parse_positions, resolve_position
+    from pos2distill.tasks.positions import parse_positions, resolve_position
 
     try:
         assert all(0 <= p < n for p in parse_positions(spec, n))

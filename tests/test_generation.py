@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import torch
 
-from pos2distill import synthetic
+from pos2distill.data import synthetic
 from pos2distill.generation import HFGenerator
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import encode_prompt, render_prompt
 
 
 class RecordingTokenizer:

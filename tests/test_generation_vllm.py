@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import torch
 
-from pos2distill import synthetic
+from pos2distill.data import synthetic
 from pos2distill.config import ProbeConfig
 from pos2distill.errors import ConfigError
 from pos2distill.generation import HFGenerator, VLLMGenerator, make_generator
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import render_prompt
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import render_prompt
 
 
 @dataclass

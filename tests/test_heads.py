@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from pos2distill import train
-from pos2distill.cache import topk_rows
-from pos2distill.heads import chunked_token_map, plain_head, response_hidden
-from pos2distill.losses import per_example_kl, per_token_kl, topk_token_kl
-from pos2distill.teacher import OnlineTeacher, ResponseLoss, TopKTargets
+from pos2distill.stages import train
+from pos2distill.stages.cache import topk_rows
+from pos2distill.training.heads import chunked_token_map, plain_head, response_hidden
+from pos2distill.training.losses import per_example_kl, per_token_kl, topk_token_kl
+from pos2distill.training.teacher import OnlineTeacher, ResponseLoss, TopKTargets
 from test_train import ROWS
 
 
@@ -168,7 +168,7 @@ def test_cached_targets_equal_online_at_full_vocabulary(double_model: Any, tok: 
     b = _batch(tok)
     online = OnlineTeacher(double_model).targets(b, b["mask"])
     with torch.no_grad():
-        from pos2distill.heads import head
+        from pos2distill.training.heads import head
         t_logits = head(double_model, online.hidden)
     lp, ids, tail = topk_rows(t_logits, t_logits.shape[-1])
     cached = TopKTargets({"logprobs": lp, "ids": ids, "log_tail": tail}, temperature=1.0)

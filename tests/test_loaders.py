@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.loaders import (FORMATS, build_from_oracle, detect_format, load_authors, load_kv,
+from pos2distill.data.loaders import (FORMATS, build_from_oracle, detect_format, load_authors, load_kv,
                                  load_litm_qa, load_records)
 from pos2distill.metrics import normalize_answer
-from pos2distill.records import Document, Record, write_records
+from pos2distill.data.records import Document, Record, write_records
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 NQ_ORACLE = DATA / "nq-open-oracle.jsonl.gz"

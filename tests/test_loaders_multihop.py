@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from pos2distill.config import ProbeConfig
-from pos2distill.data import load_data
+from pos2distill.data.resolve import load_data
 from pos2distill.errors import DataError
-from pos2distill.loaders import (detect_format, iter_rows, load_2wiki, load_hotpotqa, load_musique,
+from pos2distill.data.loaders import (detect_format, iter_rows, load_2wiki, load_hotpotqa, load_musique,
                                  load_records)
 
 # MuSiQue (musique_ans_v1.0_*.jsonl): the second hop's paragraph comes first in `paragraphs`, so the

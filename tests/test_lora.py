@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from conftest import FakeGenerator, save_model_dir, tiny_llama
-from pos2distill import lora, pairs, synthetic, teach, train
+from pos2distill.training import lora
+from pos2distill.stages import pairs, teach, train
+from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError
-from pos2distill.records import write_jsonl
-from pos2distill.teacher import OnlineTeacher
+from pos2distill.data.records import write_jsonl
+from pos2distill.training.teacher import OnlineTeacher
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'pos2distill[lora]')")
 

@@ -1,4 +1,4 @@
-"""Tests for pos2distill.losses: hand-computed values, invariants, and a slow loop reference."""
+"""Tests for pos2distill.training.losses: hand-computed values, invariants, and a slow loop reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pos2distill.losses import (
+from pos2distill.training.losses import (
     per_example_cross_entropy,
     per_example_kl,
     position_weights,

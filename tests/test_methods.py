@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from conftest import FakeGenerator, save_model_dir
-from pos2distill import pairs, synthetic, teach, train
+from pos2distill.stages import pairs, teach, train
+from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.losses import per_example_kl, position_weights
-from pos2distill.methods import METHOD_NAMES, METHODS, get_method
-from pos2distill.prompts import encode_prompt
-from pos2distill.records import write_jsonl
+from pos2distill.training.losses import per_example_kl, position_weights
+from pos2distill.training.methods import METHOD_NAMES, METHODS, get_method
+from pos2distill.tasks.prompts import encode_prompt
+from pos2distill.data.records import write_jsonl
 
 
 def test_registry_is_the_documented_table() -> None:

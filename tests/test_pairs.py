@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 
 from conftest import FakeGenerator
-from pos2distill import pairs, synthetic, teach
+from pos2distill.stages import pairs, teach
+from pos2distill.data import synthetic
 from pos2distill.config import PairsConfig, TeachConfig
 from pos2distill.errors import ConfigError
-from pos2distill.prompts import INSTRUCTIONS
-from pos2distill.records import Record, write_jsonl
+from pos2distill.tasks.prompts import INSTRUCTIONS
+from pos2distill.data.records import Record, write_jsonl
 
 N_DOCS = 10
 

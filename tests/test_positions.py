@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.positions import (HOP_GROUPS, configuration_key, hop_group, paper_configurations,
+from pos2distill.tasks.positions import (HOP_GROUPS, configuration_key, hop_group, paper_configurations,
                                    parse_configurations, parse_positions, place_gold, place_hops,
                                    resolve_position, rng_for)
-from pos2distill.records import Document, Record
+from pos2distill.data.records import Document, Record
 
 
 def make_record(n: int, gold: int = 0, record_id: str = "q1") -> Record:

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from conftest import FakeGenerator, first_title
-from pos2distill import probe, synthetic
+from pos2distill.stages import probe
+from pos2distill.data import synthetic
 from pos2distill.config import ProbeConfig
 from pos2distill.errors import ConfigError
-from pos2distill.prompts import INSTRUCTIONS
-from pos2distill.records import Document, Record, write_records
+from pos2distill.tasks.prompts import INSTRUCTIONS
+from pos2distill.data.records import Document, Record, write_records
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from pos2distill.errors import ConfigError
-from pos2distill.prompts import (INSTRUCTIONS, TEMPLATES, encode_prompt, has_chat_template,
+from pos2distill.tasks.prompts import (INSTRUCTIONS, TEMPLATES, encode_prompt, has_chat_template,
                                  render_prompt, use_chat, user_message)
-from pos2distill.records import Document, Record
+from pos2distill.data.records import Document, Record
 
 RECORD = Record(id="q", question="What is the capital of Norway?", answers=("Oslo",),
                 documents=(Document("Norway", "Oslo is the capital."),

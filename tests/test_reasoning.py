@@ -15,12 +15,14 @@ import pytest
 import torch
 
 from conftest import FakeGenerator, ReasoningOracleHFGenerator, reasoning_oracle_answer
-from pos2distill import pairs, probe, reasoning, report, synthetic, teach, train
+from pos2distill.stages import pairs, probe, report, teach, train
+from pos2distill.tasks import reasoning
+from pos2distill.data import synthetic
 from pos2distill.config import PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.positions import configuration_key, hop_group, place_hops, rng_for
-from pos2distill.prompts import INSTRUCTIONS, encode_prompt, render_prompt
-from pos2distill.records import Document, Record, write_jsonl
+from pos2distill.tasks.positions import configuration_key, hop_group, place_hops, rng_for
+from pos2distill.tasks.prompts import INSTRUCTIONS, encode_prompt, render_prompt
+from pos2distill.data.records import Document, Record, write_jsonl
 
 _DOC = re.compile(r"^- Title: (\w+)\n(.*)$", re.MULTILINE)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pos2distill import report
+from pos2distill.stages import report
 from pos2distill.config import ReportConfig
 from pos2distill.errors import ConfigError
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from pos2distill import synthetic
+from pos2distill.data import synthetic
 from pos2distill.config import ProbeConfig
-from pos2distill.data import load_data
+from pos2distill.data.resolve import load_data
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import encode_prompt, render_prompt
 
 
 
@@ -186,7 +186,7 @@ def test_load_data_synthetic_reasoning() -> None:
 
 @pytest.mark.parametrize("chat", ["auto", "off"])
 def test_tokenizer_covers_reasoning_prompts_and_cot(tok: Any, chat: str) -> None:
-    from pos2distill.positions import place_hops
+    from pos2distill.tasks.positions import place_hops
 
     for k, record in enumerate(synthetic.generate_reasoning("test", 6, seed=1)):
         pair = [(0, 1), (8, 0), (19, 3)][k % 3]

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from conftest import FakeGenerator, first_title
-from pos2distill import synthetic, teach
+from pos2distill.data import synthetic
+from pos2distill.stages import teach
 from pos2distill.config import TeachConfig
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import render_prompt
-from pos2distill.records import Record, write_jsonl
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import render_prompt
+from pos2distill.data.records import Record, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,8 @@ def test_teach_too_long_fail_skip_truncate(short_context_model_dir: Path, tmp_pa
                                            capsys: pytest.CaptureFixture[str]) -> None:
     from test_probe import long_and_short_records
 
-    from pos2distill import cli, pairs
+    from pos2distill import cli
+    from pos2distill.stages import pairs
 
     data = tmp_path / "mixed.jsonl"
     write_jsonl(data, [r.to_dict() for r in long_and_short_records()])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pos2distill import synthetic
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt
+from pos2distill.data import synthetic
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import encode_prompt, render_prompt
 from pos2distill.tiny import TINY_MODEL_DIR
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pos2distill import synthetic
+from pos2distill.data import synthetic
 from pos2distill.tiny.pretrain import (PretrainConfig, _copy_examples, _doc_copy_examples,
                                        _recall_examples, main, pretrain)
 from pos2distill.tiny.tokenizer import build_tokenizer

@@ -19,7 +19,8 @@ from pos2distill.errors import Pos2DistillError
 
 
 def _commands() -> dict[str, tuple[type, Callable[[Any], Any], str]]:
-    from pos2distill import cache, crosstask, demo, experiment, pairs, probe, report, teach, train
+    from pos2distill.stages import cache, crosstask, pairs, probe, report, teach, train
+    from pos2distill.recipes import demo, experiment
 
     return {
         "probe": (ProbeConfig, probe.main, "Accuracy by gold position (or by hop configuration)."),

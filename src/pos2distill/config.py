@@ -16,15 +16,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from pos2distill.context import TOO_LONG
+from pos2distill.tasks.fitting import TOO_LONG
 from pos2distill.errors import ConfigError
 
 #: ``--task`` values: retrieval (R1: one gold document) and reasoning (R2: multi-hop with CoT).
 TASKS = ("retrieval", "reasoning")
-from pos2distill.loaders import FORMATS
-from pos2distill.losses import WEIGHT_FORMULAS
-from pos2distill.methods import METHOD_NAMES, get_method
-from pos2distill.prompts import TEMPLATES
+from pos2distill.data.loaders import FORMATS
+from pos2distill.training.losses import WEIGHT_FORMULAS
+from pos2distill.training.methods import METHOD_NAMES, get_method
+from pos2distill.tasks.prompts import TEMPLATES
 
 C = TypeVar("C")
 
@@ -190,7 +190,7 @@ class PairsConfig:
 @dataclass
 class TrainConfig:
     """Training on pairs: Pos2Distill-R1 (teacher = the frozen starting model), its ablations and
-    the baselines, chosen by --method (see pos2distill.methods)."""
+    the baselines, chosen by --method (see pos2distill.training.methods)."""
 
     pairs: str = _f("runs/pairs.jsonl", "Training pairs from `pos2distill pairs`.")
     model: str = _f("tiny", "Starting model (student init and frozen teacher).")

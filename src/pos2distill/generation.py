@@ -16,7 +16,7 @@ BACKENDS = ("hf", "vllm")
 
 import torch
 
-from pos2distill.prompts import encode_prompt
+from pos2distill.tasks.prompts import encode_prompt
 
 
 class Generator(Protocol):
@@ -62,7 +62,7 @@ class HFGenerator:
 class VLLMGenerator:
     """Greedy generation with a vLLM engine (``vllm.LLM``) behind the :class:`Generator` interface.
 
-    Prompts go in as the token ids :func:`~pos2distill.prompts.encode_prompt` gives (exactly what
+    Prompts go in as the token ids :func:`~pos2distill.tasks.prompts.encode_prompt` gives (exactly what
     :class:`HFGenerator` feeds the model); each row stops at EOS; completions are decoded by our
     tokenizer with special tokens removed. vLLM batches and pages the KV cache itself.
 

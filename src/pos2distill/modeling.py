@@ -94,7 +94,7 @@ def load_causal_lm(spec: str, *, dtype: str = "float32", device: str = "cpu",
     """An ``AutoModelForCausalLM`` from a local folder, in eval mode on ``device``.
 
     ``quantization``: extra ``from_pretrained`` arguments of a quantised load
-    (:func:`pos2distill.lora.quantization_kwargs`); such a model is placed by its ``device_map``
+    (:func:`pos2distill.training.lora.quantization_kwargs`); such a model is placed by its ``device_map``
     and never moved afterwards."""
     from transformers import AutoModelForCausalLM
 

@@ -8,8 +8,9 @@ from typing import Iterable
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from pos2distill import prompts, synthetic
-from pos2distill.positions import place_gold, place_hops
+from pos2distill.tasks import prompts
+from pos2distill.data import synthetic
+from pos2distill.tasks.positions import place_gold, place_hops
 
 PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM = (
     "<|pad|>", "<|unk|>", "<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>")

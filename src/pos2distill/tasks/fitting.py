@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pos2distill.errors import ConfigError
-from pos2distill.positions import place_gold, place_hops, rng_for
-from pos2distill.prompts import encode_prompt, render_prompt, use_chat
-from pos2distill.records import Record
+from pos2distill.tasks.positions import place_gold, place_hops, rng_for
+from pos2distill.tasks.prompts import encode_prompt, render_prompt, use_chat
+from pos2distill.data.records import Record
 
 TOO_LONG = ("fail", "skip", "truncate")
 #: Lengths above this are "no limit" placeholders (transformers uses 1e30), not real contexts.
@@ -81,7 +81,7 @@ def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, 
     """The prompt of ``record`` with its gold at ``position`` (distractor order from
     ``rng_for(seed, record.id, position, copy)``), made to fit ``max_tokens`` by the ``too_long``
     policy. None means skipped. A tuple ``position`` places the hop documents, one position per
-    hop (:func:`pos2distill.positions.place_hops`). A non-empty ``instruction`` replaces the
+    hop (:func:`pos2distill.tasks.positions.place_hops`). A non-empty ``instruction`` replaces the
     template's instruction line."""
     if too_long not in TOO_LONG:
         raise ConfigError(f"--too-long: {too_long!r} is not one of {', '.join(TOO_LONG)}")

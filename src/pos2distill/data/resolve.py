@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from pos2distill import synthetic
+from pos2distill.data import synthetic
 from pos2distill.config import DataOptions
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.loaders import build_from_oracle, load_records
-from pos2distill.records import Record
+from pos2distill.data.loaders import build_from_oracle, load_records
+from pos2distill.data.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def load_data(opts: DataOptions) -> list[Record]:
     ``--task reasoning`` only questions with exactly two hop documents are kept."""
     records = _load(opts)
     if getattr(opts, "task", "retrieval") == "reasoning":
-        from pos2distill.reasoning import two_hop_records
+        from pos2distill.tasks.reasoning import two_hop_records
 
         return two_hop_records(records)
     multi = next((r for r in records if len(r.gold) > 1), None)

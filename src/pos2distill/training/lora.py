@@ -134,7 +134,7 @@ def save(peft_model: Any, tokenizer: Any, out: Path, *, merge: bool,
     """Write ``out/adapter`` and, with ``merge``, ``out/model`` (each atomically).
 
     ``state_dict``: the full state dict of ``peft_model`` gathered from every rank (FSDP/ZeRO-3,
-    :meth:`pos2distill.distributed.Dist.full_state_dict`); peft keeps its adapter tensors.
+    :meth:`pos2distill.training.distributed.Dist.full_state_dict`); peft keeps its adapter tensors.
     ``merge_base``: returns a fresh unquantised base model; when given, the merged model is that
     base plus the adapter just written (:func:`merge_from_disk`) instead of ``merge_and_unload`` of
     ``peft_model`` (whose weights are quantised or sharded)."""

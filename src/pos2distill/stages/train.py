@@ -1,6 +1,6 @@
 """``pos2distill train --method r1``: Pos2Distill-R1 (METHOD.md §2), its ablations and baselines.
 
-``--method`` picks a named configuration of :mod:`pos2distill.methods` (loss, weights, anchors,
+``--method`` picks a named configuration of :mod:`pos2distill.training.methods` (loss, weights, anchors,
 target); everything below is the same loop for all of them. Cross-entropy methods (sft, seqkd, r2)
 never build the teacher: their per-example loss is the student's cross-entropy on the target tokens.
 
@@ -13,12 +13,12 @@ response in the batch (EOS included), the logits at the last R+1 positions minus
 exactly the distributions that predict the R final tokens: the logit at the last prompt position
 predicts the first response token (kept), the logit at EOS predicts what follows EOS (dropped).
 Only the hidden states of those R positions go through the output head, a chunk of tokens at a time
-(:mod:`pos2distill.heads`), never [B, T, V]; :class:`~pos2distill.teacher.ResponseLoss` is that
+(:mod:`pos2distill.training.heads`), never [B, T, V]; :class:`~pos2distill.training.teacher.ResponseLoss` is that
 computation as the student's forward, so accelerate can wrap it.
 
 Teacher (KL methods): a frozen copy of the starting model (``--teacher-device`` puts it elsewhere),
 the student's own base weights with the LoRA adapter disabled (``--lora-rank``), or a teacher cache
-(``--teacher-cache``, :mod:`pos2distill.cache`). Several processes: :mod:`pos2distill.distributed`;
+(``--teacher-cache``, :mod:`pos2distill.stages.cache`). Several processes: :mod:`pos2distill.training.distributed`;
 the position-aware weights are computed on the losses and positions gathered from every rank.
 
 Weights with gradient accumulation: the position-aware weights group the whole optimizer batch
@@ -30,7 +30,7 @@ replaced atomically by the student weights (the adapter only, with LoRA), optimi
 RNG states and the data order. Under several processes the weights, optimizer and RNG states are
 accelerate's ``save_state`` (every rank takes part, so sharded FSDP state is gathered or saved
 sharded), next to the same ``trainer_state.json``; the final model is the state dict gathered from
-every rank (:meth:`~pos2distill.distributed.Dist.full_state_dict`), written by the main process.
+every rank (:meth:`~pos2distill.training.distributed.Dist.full_state_dict`), written by the main process.
 Re-running the same command continues from it and ends with the same weights as an uninterrupted
 run; log rows written after the checkpoint are dropped and written
 again. A non-finite loss stops training before the optimizer step, so the last checkpoint on disk is
@@ -55,14 +55,14 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 
 from pos2distill.config import TrainConfig
-from pos2distill.distributed import Dist, shard
+from pos2distill.training.distributed import Dist, shard
 from pos2distill.errors import ConfigError, DataError, TrainingError
-from pos2distill.losses import (per_example_cross_entropy, per_example_kl, position_weights,
+from pos2distill.training.losses import (per_example_cross_entropy, per_example_kl, position_weights,
                                 weighted_loss)
-from pos2distill.methods import Method, get_method
-from pos2distill.prompts import encode_prompt
-from pos2distill.records import iter_jsonl
-from pos2distill.teacher import CachedTeacher, CrossEntropyTargets, OnlineTeacher, ResponseLoss
+from pos2distill.training.methods import Method, get_method
+from pos2distill.tasks.prompts import encode_prompt
+from pos2distill.data.records import iter_jsonl
+from pos2distill.training.teacher import CachedTeacher, CrossEntropyTargets, OnlineTeacher, ResponseLoss
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.teacher_cache and not method.needs_teacher:
         raise ConfigError(f"--teacher-cache: --method {cfg.method} has no teacher")
     load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)  # not a causal LM: refuse now
-    from pos2distill import lora
+    from pos2distill.training import lora
 
     quantized = lora.quantization_flag(cfg)
     if quantized:
@@ -407,7 +407,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     # --- the teacher: none (cross-entropy), cached, the LoRA base, or a frozen copy ---------------
     teacher: Any = None
     if method.needs_teacher and cfg.teacher_cache:
-        from pos2distill.cache import CacheReader
+        from pos2distill.stages.cache import CacheReader
 
         reader = CacheReader(cfg.teacher_cache, pairs=cfg.pairs,
                              model_path=resolve_model_path(cfg.model), temperature=cfg.temperature,

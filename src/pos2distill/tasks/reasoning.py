@@ -4,7 +4,7 @@ The stages (`probe`, `teach`, `pairs`, `train --method r2`, `report`) are R1's, 
 reasoning``; this module holds what differs:
 
 - positions are *configurations*: one position per hop document, e.g. ``(8, 0)`` puts the first hop
-  9th and the second first (reversed). :func:`pos2distill.positions.parse_configurations` names the
+  9th and the second first (reversed). :func:`pos2distill.tasks.positions.parse_configurations` names the
   paper's 12 (connected, disconnected, reversed);
 - answers are chains of thought scored by :func:`pos2distill.metrics.reasoning_em` (the text after
   the last "the answer is", exact match over the answer and its aliases);
@@ -26,10 +26,10 @@ from typing import Any, Iterable, Sequence
 
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.metrics import aggregate_by_key, cot_through_answer, extract_answer, reasoning_em
-from pos2distill.positions import (HOP_GROUPS, configuration_key, hop_group, parse_configurations,
+from pos2distill.tasks.positions import (HOP_GROUPS, configuration_key, hop_group, parse_configurations,
                                    place_hops, rng_for)
-from pos2distill.prompts import render_prompt, use_chat
-from pos2distill.records import Record
+from pos2distill.tasks.prompts import render_prompt, use_chat
+from pos2distill.data.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def resolve_configuration(spec: str | Sequence[int], n_documents: int) -> Pair:
 
 def resolve_advantageous(advantageous: str, probe: str, n_documents: int) -> Pair:
     if advantageous == "auto":
-        from pos2distill.probe import load_summary
+        from pos2distill.stages.probe import load_summary
 
         summary = load_summary(probe)
         if summary.get("task") != "reasoning":
@@ -156,10 +156,10 @@ def plot_series(summary: dict[str, Any]) -> list[tuple[str, float, float]]:
 
 def probe_main(cfg: Any) -> dict[str, Any]:
     """``pos2distill probe --task reasoning``: EM at every requested hop configuration."""
-    from pos2distill.data import load_data
+    from pos2distill.data.resolve import load_data
     from pos2distill.modeling import load_config, load_tokenizer
     from pos2distill.plots import plot_accuracy_by_configuration
-    from pos2distill.probe import generate_rows, pending_prompts, read_rows
+    from pos2distill.stages.probe import generate_rows, pending_prompts, read_rows
     from pos2distill.runinfo import write_json_atomic
 
     out = Path(cfg.out)

@@ -10,7 +10,7 @@ with ``summary.json``: ``{"before": S, "after": S, "config": {...}}``,
 documents, ``train --method r2``) in ``OUT/reasoning/``, then the cross-task probe of the R2 model on
 retrieval (next to the base model's). ``summary.json`` has the same shape with
 ``S = {"accuracy_by_configuration": {"0,1": em, "8,0": em, ...}, "accuracy_by_group", "mean",
-"gap", "n_per_configuration"}`` and a ``cross_task`` block (:mod:`pos2distill.crosstask`).
+"gap", "n_per_configuration"}`` and a ``cross_task`` block (:mod:`pos2distill.stages.crosstask`).
 
 ``--task both``: both chains, and each trained model on the other task:
 ``{"retrieval": {"before", "after", counts}, "reasoning": {...}, "cross_task": {...}, "config"}``.
@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pos2distill import crosstask, pairs, probe, report, teach, train
+from pos2distill.stages import crosstask, pairs, probe, report, teach, train
 from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
                                 TrainConfig)
 from pos2distill.runinfo import write_json_atomic

@@ -1,7 +1,7 @@
 """Response-only logits: run the backbone, apply the output head only where a response token is
 predicted, a chunk of tokens at a time. Never [batch, sequence, vocabulary].
 
-Sequences are left-padded so every response ends at the last position (see :mod:`pos2distill.train`).
+Sequences are left-padded so every response ends at the last position (see :mod:`pos2distill.stages.train`).
 With R the longest response in the batch, the hidden states at the last R+1 positions minus the very
 last one predict the R final tokens. :func:`response_hidden` returns those (B, R, H) hidden states;
 the caller keeps the masked-in ones, (N, H), and :func:`chunked_token_map` turns them into per-token

@@ -2,7 +2,7 @@
 
 A :class:`Record` holds a question, its gold answers and its documents in *dataset order*; ``gold``
 lists the indices of the gold documents (one for retrieval; several, in hop order, for multi-hop).
-Placing documents at prompt positions is the job of :mod:`pos2distill.positions`.
+Placing documents at prompt positions is the job of :mod:`pos2distill.tasks.positions`.
 """
 
 from __future__ import annotations

@@ -53,10 +53,10 @@ class Method:
     Attributes:
         name: the ``--method`` value.
         loss: ``"kl"`` (per-example forward KL against the frozen teacher,
-            :func:`pos2distill.losses.per_example_kl`) or ``"ce"`` (per-example cross-entropy,
-            :func:`pos2distill.losses.per_example_cross_entropy`).
+            :func:`pos2distill.training.losses.per_example_kl`) or ``"ce"`` (per-example cross-entropy,
+            :func:`pos2distill.training.losses.per_example_cross_entropy`).
         formula: weights of the trivial examples for KL methods: a value of
-            :data:`pos2distill.losses.WEIGHT_FORMULAS`, or ``None`` for "the ``--formula`` flag"
+            :data:`pos2distill.training.losses.WEIGHT_FORMULAS`, or ``None`` for "the ``--formula`` flag"
             (r1 accepts ``uniform``, i.e. plain KL with anchors; kl+align refuses it).
             ``None`` for cross-entropy methods (every example weighs 1).
         anchors: whether the anchor rows of the pairs file are trained on (for KL methods with

@@ -5,7 +5,7 @@ of the *global* batch.
 Each optimizer step reads ``--batch-size`` examples; rank r of W takes the r-th contiguous block of
 them (:func:`shard`), split into ``--grad-accum`` micro-batches. The per-example losses of every
 micro-batch are computed first without gradients, then gathered with their positions from every rank
-(:meth:`Dist.gather`), so :func:`pos2distill.losses.position_weights` sees the whole optimizer batch
+(:meth:`Dist.gather`), so :func:`pos2distill.training.losses.position_weights` sees the whole optimizer batch
 exactly as one process would; each rank then backpropagates ``W * sum_e w_e L_e`` over its own
 examples, and DDP's gradient average makes the update that of one process on the whole batch.
 

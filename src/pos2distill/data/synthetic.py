@@ -2,7 +2,7 @@
 
 Each record asks where one person lives; each of its documents, titled with a person's name, holds
 that person's city (``- Title: Kavo`` / ``Lima``). Exactly one document is about the asked person. Records
-are ordinary :class:`~pos2distill.records.Record` objects and go through the same prompt, tokenizer
+are ordinary :class:`~pos2distill.data.records.Record` objects and go through the same prompt, tokenizer
 and generation code as real data.
 
 Held-out questions are disjoint from training ones: the people asked about in the ``test`` split never
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from pos2distill.records import Document, Record
+from pos2distill.data.records import Document, Record
 
 CITIES = (
     "Paris", "Lima", "Oslo", "Cairo", "Dublin", "Madrid", "Rome", "Vienna", "Berlin", "Prague",
@@ -44,7 +44,7 @@ SPLITS = ("train", "test")
 
 def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id: str) -> Record:
     """One question about ``subject`` with ``n_documents`` documents (gold first; positions are
-    placed later by :func:`pos2distill.positions.place_gold`)."""
+    placed later by :func:`pos2distill.tasks.positions.place_gold`)."""
     others = rng.sample([n for n in NAMES if n != subject], n_documents - 1)
     people = [subject] + others
     # Short documents keep a 20-document prompt near 140 tokens, so the demo runs in minutes on a CPU.
@@ -115,7 +115,7 @@ def make_reasoning_record(rng: random.Random, subject: str, *, n_documents: int,
                           record_id: str) -> Record:
     """One two-hop question about ``subject`` with ``n_documents`` documents (even): the first hop
     at index 0, the second at index 1, then the distractor chains, each as its two documents in a
-    random order (positions are placed later by :func:`pos2distill.positions.place_hops`)."""
+    random order (positions are placed later by :func:`pos2distill.tasks.positions.place_hops`)."""
     people = [subject] + rng.sample([n for n in NAMES if n != subject], n_documents - 1)
     documents: list[Document] = []
     distractors: list[Document] = []

@@ -67,7 +67,7 @@ def main(cfg: Any) -> dict[str, Any]:
     from pathlib import Path
 
     from pos2distill.errors import ConfigError
-    from pos2distill.probe import load_summary
+    from pos2distill.stages.probe import load_summary
     from pos2distill.runinfo import write_json_atomic
 
     summaries: dict[str, dict[str, Any]] = {}

@@ -1,7 +1,7 @@
 """Prompt templates and rendering.
 
-Three templates, each a pure function of a :class:`~pos2distill.records.Record` whose documents are
-already in prompt order (see :mod:`pos2distill.positions`):
+Three templates, each a pure function of a :class:`~pos2distill.data.records.Record` whose documents are
+already in prompt order (see :mod:`pos2distill.tasks.positions`):
 
 - ``authors``: one instruction line, each document as ``- Title: {title}`` with its text on the next
   line, a blank line, ``Question: {question}`` (the Pos2Distill paper's prompt);
@@ -25,7 +25,7 @@ import json
 from typing import Any, Literal
 
 from pos2distill.errors import ConfigError
-from pos2distill.records import Record
+from pos2distill.data.records import Record
 
 TEMPLATES = ("authors", "litm", "kv", "reasoning")
 ChatMode = Literal["auto", "on", "off"]

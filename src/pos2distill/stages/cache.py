@@ -5,7 +5,7 @@ over each response token does not change during training. This stage computes it
 (teacher prompt, response) pair (a question's K trivial copies and anchors share one) and stores it,
 so training holds only the student and its teacher costs nothing.
 
-Estimator (see :func:`pos2distill.losses.topk_token_kl`): each token keeps the teacher's top-k
+Estimator (see :func:`pos2distill.training.losses.topk_token_kl`): each token keeps the teacher's top-k
 log-probabilities and ids plus ``log m``, the log of the mass outside them. The KL is computed
 between the (k + 1)-bucket teacher and the student grouped the same way; it is never above the exact
 KL and the gap is ``m * KL(teacher tail || student tail)`` (renormalised tails), zero when k equals
@@ -193,11 +193,11 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     """Compute the teacher cache of a pairs file (one forward pass per distinct teacher prompt)."""
     from tqdm.auto import tqdm
 
-    from pos2distill.heads import response_hidden, response_logits_full, head, plain_head
+    from pos2distill.training.heads import response_hidden, response_logits_full, head, plain_head
     from pos2distill.modeling import (DTYPES, load_causal_lm, load_config, load_tokenizer,
                                       resolve_model_path)
     from pos2distill.runinfo import file_sha256
-    from pos2distill.train import encode_pair, left_pad, read_pairs, response_mask
+    from pos2distill.stages.train import encode_pair, left_pad, read_pairs, response_mask
 
     rows = read_pairs(cfg.pairs)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)

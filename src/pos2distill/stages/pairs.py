@@ -6,7 +6,7 @@ plus ``anchors`` copies at the advantageous position. Every copy gets its own di
 the teacher's response (its first line by default). Every row also carries the record's gold
 ``answers`` (in the record's order): ``train --method sft`` trains on the first of them.
 Reasoning teacher rows (``teach --task reasoning``) get R2 pairs: K other hop configurations, the
-chain-of-thought as target, no anchors (:func:`pos2distill.reasoning.make_pairs`).
+chain-of-thought as target, no anchors (:func:`pos2distill.tasks.reasoning.make_pairs`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any, Sequence
 from pos2distill.config import PairsConfig
 from pos2distill.errors import ConfigError
 from pos2distill.metrics import first_line
-from pos2distill.positions import place_gold, rng_for
-from pos2distill.prompts import render_prompt, use_chat
-from pos2distill.records import Record
+from pos2distill.tasks.positions import place_gold, rng_for
+from pos2distill.tasks.prompts import render_prompt, use_chat
+from pos2distill.data.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ def make_pairs(teacher_rows: Sequence[dict[str, Any]], tokenizer: Any, *, K: int
                seed: int, use_first_line: bool = True,
                configurations: str = "any") -> list[dict[str, Any]]:
     """One row per (question, student position); ``anchor`` marks the advantageous copies.
-    Reasoning teacher rows get R2 pairs instead (:func:`pos2distill.reasoning.make_pairs`)."""
-    from pos2distill import reasoning
+    Reasoning teacher rows get R2 pairs instead (:func:`pos2distill.tasks.reasoning.make_pairs`)."""
+    from pos2distill.tasks import reasoning
 
     pairs = []
     for row in teacher_rows:
@@ -71,9 +71,9 @@ def main(cfg: PairsConfig) -> dict[str, Any]:
     from pathlib import Path
 
     from pos2distill.modeling import load_tokenizer
-    from pos2distill.records import write_jsonl
+    from pos2distill.data.records import write_jsonl
     from pos2distill.runinfo import start_run
-    from pos2distill.teach import read_teacher_rows
+    from pos2distill.stages.teach import read_teacher_rows
 
     rows = read_teacher_rows(cfg.teach)
     if not rows:

@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.records import Record
+from pos2distill.data.records import Record
 
 
 def rng_for(seed: int, record_id: str, position: int | tuple[int, ...], copy: int = 0) -> random.Random:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.metrics import normalize_answer
-from pos2distill.records import (Document, Record, _has_unpaired_surrogate, iter_jsonl, open_text,
+from pos2distill.data.records import (Document, Record, _has_unpaired_surrogate, iter_jsonl, open_text,
                                  read_records)
 
 logger = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ def build_from_oracle(records: Sequence[Record], *, n_documents: int,
     question; answers under four characters must match whole words, see
     ``_MIN_SUBSTRING_ANSWER``). Passages are deduplicated on their normalised title + text, so no
     record gets the same passage twice. The gold passage comes first (``gold == (0,)``); placing it at a prompt
-    position is left to :mod:`pos2distill.positions`.
+    position is left to :mod:`pos2distill.tasks.positions`.
 
     Raises:
         ValueError: ``n_documents`` is not a positive integer, or a record has more than one

@@ -23,9 +23,9 @@ from typing import Any, Callable, ContextManager, Protocol
 import torch
 from torch import Tensor
 
-from pos2distill.heads import (DEFAULT_CHUNK, chunked_token_map, head, plain_head,
+from pos2distill.training.heads import (DEFAULT_CHUNK, chunked_token_map, head, plain_head,
                                response_hidden, response_logits_full)
-from pos2distill.losses import _compute_dtype, _masked_row_mean, per_token_kl, topk_token_kl
+from pos2distill.training.losses import _compute_dtype, _masked_row_mean, per_token_kl, topk_token_kl
 
 
 class Targets(Protocol):
@@ -119,7 +119,7 @@ class OnlineTeacher:
 
 
 class CachedTeacher:
-    """Targets from a teacher cache (:class:`pos2distill.cache.CacheReader`)."""
+    """Targets from a teacher cache (:class:`pos2distill.stages.cache.CacheReader`)."""
 
     def __init__(self, reader: Any, *, temperature: float = 1.0, check_tokens: bool = True):
         self.reader, self.temperature, self.check_tokens = reader, temperature, check_tokens
@@ -142,7 +142,7 @@ class ResponseLoss(torch.nn.Module):
     ``forward(ids, att, mask, targets)`` -> (B,): the student reads its left-padded prompts and
     responses; only the hidden states of the masked-in response tokens reach the output head,
     ``chunk`` tokens at a time; the per-token loss is averaged per example exactly like
-    :func:`pos2distill.losses.per_example_kl` and :func:`~pos2distill.losses.per_example_cross_entropy`.
+    :func:`pos2distill.training.losses.per_example_kl` and :func:`~pos2distill.training.losses.per_example_cross_entropy`.
     """
 
     def __init__(self, model: Any, *, chunk: int = DEFAULT_CHUNK):

@@ -5,7 +5,7 @@ order that is the same for every model compared), answered greedily, and scored 
 Outputs in ``--out``: ``rows.jsonl`` (one row per question × position, appended as batches finish,
 so an interrupted probe resumes where it stopped), ``summary.json``, ``table.md`` and
 ``accuracy_by_position.png``. ``--task reasoning`` measures EM by hop configuration instead
-(:func:`pos2distill.reasoning.probe_main`).
+(:func:`pos2distill.tasks.reasoning.probe_main`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from pos2distill.config import ProbeConfig
-from pos2distill.context import fit_prompt
+from pos2distill.tasks.fitting import fit_prompt
 from pos2distill.errors import ConfigError
 from pos2distill.generation import Generator
 from pos2distill.metrics import aggregate_by_key, best_subspan_em, summarize
-from pos2distill.positions import parse_positions
-from pos2distill.records import Record, read_append_log
+from pos2distill.tasks.positions import parse_positions
+from pos2distill.data.records import Record, read_append_log
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def probe_prompts(records: Sequence[Record], positions: Sequence[Any], tokenizer
                   counts: dict[str, int] | None = None) -> list[tuple[Record, int, str]]:
     """(record, position, prompt) for every question at every position (an int, or a tuple of
     hop positions for multi-hop records), made to fit
-    ``max_tokens`` by the ``too_long`` policy (:func:`pos2distill.context.fit_prompt`); ``counts``,
+    ``max_tokens`` by the ``too_long`` policy (:func:`pos2distill.tasks.fitting.fit_prompt`); ``counts``,
     when given, receives how many prompts were skipped and truncated."""
     items, skipped, truncated = [], 0, 0
     for r in records:
@@ -107,7 +107,7 @@ def pending_prompts(cfg: Any, out: Path, records: Sequence[Record], where: Seque
     to the model's context by ``--too-long``), minus those whose rows are already in ``out``; writes
     ``run.json`` (a run of another config refuses here). Also returns the ``too_long`` block of the
     summary (None when every prompt fitted). Shared by the retrieval and reasoning probes."""
-    from pos2distill.context import prompt_budget
+    from pos2distill.tasks.fitting import prompt_budget
     from pos2distill.modeling import resolve_model_path
     from pos2distill.runinfo import start_run
 
@@ -142,7 +142,7 @@ def generate_rows(cfg: Any, out: Path, items: Sequence[tuple[Record, Any, str]],
     from tqdm.auto import tqdm
 
     from pos2distill.generation import make_generator
-    from pos2distill.records import open_text
+    from pos2distill.data.records import open_text
 
     bar = tqdm(total=len(items), desc=desc, unit="prompt")
     generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
@@ -159,13 +159,13 @@ def generate_rows(cfg: Any, out: Path, items: Sequence[tuple[Record, Any, str]],
 def main(cfg: ProbeConfig) -> dict[str, Any]:
     """Run the probe described by ``cfg``; returns the summary."""
     if cfg.task == "reasoning":
-        from pos2distill.reasoning import probe_main
+        from pos2distill.tasks.reasoning import probe_main
 
         return probe_main(cfg)
-    from pos2distill.data import load_data
+    from pos2distill.data.resolve import load_data
     from pos2distill.modeling import load_config, load_tokenizer
     from pos2distill.plots import plot_accuracy_by_position
-    from pos2distill.prompts import use_chat
+    from pos2distill.tasks.prompts import use_chat
     from pos2distill.runinfo import write_json_atomic
 
     out = Path(cfg.out)

@@ -46,7 +46,7 @@ def markdown(cmp: dict[str, Any]) -> str:
 
 def main(cfg: ReportConfig) -> dict[str, Any]:
     from pos2distill.plots import plot_accuracy_by_position
-    from pos2distill.probe import load_summary
+    from pos2distill.stages.probe import load_summary
     from pos2distill.runinfo import write_json_atomic
 
     before, after = load_summary(cfg.before), load_summary(cfg.after)
@@ -55,7 +55,7 @@ def main(cfg: ReportConfig) -> dict[str, Any]:
         raise ConfigError("--before and --after are probes of different tasks (retrieval vs "
                           "reasoning); compare probes of the same task")
     if tasks == {"reasoning"}:
-        from pos2distill.reasoning import report_main
+        from pos2distill.tasks.reasoning import report_main
 
         return report_main(cfg, before, after)
     cmp = compare(before, after)

@@ -55,8 +55,8 @@ from typing import Any, Iterator, Sequence
 from pos2distill.config import (DataOptions, ExperimentConfig, GridConfig, PairsConfig, ProbeConfig,
                                 TeachConfig, TrainConfig)
 from pos2distill.errors import ConfigError
-from pos2distill.methods import METHOD_NAMES
-from pos2distill.positions import parse_positions, resolve_position
+from pos2distill.training.methods import METHOD_NAMES
+from pos2distill.tasks.positions import parse_positions, resolve_position
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def adv_slot(cfg: ExperimentConfig, n_documents: int) -> int | str:
     """The advantageous slot with ``n_documents``: a 0-based position (retrieval) or a hop
     configuration key like ``"18,19"`` (reasoning)."""
     if cfg.task == "reasoning":
-        from pos2distill.reasoning import resolve_configuration
+        from pos2distill.tasks.reasoning import resolve_configuration
 
         return ",".join(map(str, resolve_configuration(cfg.advantageous, n_documents)))
     return resolve_position(cfg.advantageous, n_documents)
@@ -183,7 +183,7 @@ def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
     """What a finished run's results depend on: the configs of its stages (minus output paths and
     settings that do not change results)."""
     from pos2distill.runinfo import fingerprint
-    from pos2distill.train import RESUME_IGNORES
+    from pos2distill.stages.train import RESUME_IGNORES
 
     parts = [fingerprint(teach_config(cfg, run.n_train), ignore=("out", "limit", "batch_size",
                                                                    "device")), str(run.n_train)]
@@ -423,7 +423,7 @@ class _Data(DataOptions):
 
 def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
     """Refuse, before any work, data that cannot serve the grid."""
-    from pos2distill.data import load_data
+    from pos2distill.data.resolve import load_data
 
     n_max = max(r.n_train for r in runs)
     if any(r.trains for r in runs):
@@ -441,7 +441,7 @@ def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
                               f"{len(test[0].documents)} documents per question (only one-document "
                               "oracle files and the synthetic set can be built with any count)")
         if cfg.task == "reasoning":
-            from pos2distill.positions import parse_configurations
+            from pos2distill.tasks.positions import parse_configurations
 
             parse_configurations(cfg.configurations, docs)
         else:
@@ -451,9 +451,9 @@ def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
 
 def teach_subset(cfg: ExperimentConfig, teach_path: Path, n_train: int, n_max: int) -> Path:
     """The kept teacher rows of the first ``n_train`` training questions."""
-    from pos2distill.data import load_data
-    from pos2distill.records import write_jsonl
-    from pos2distill.teach import read_teacher_rows
+    from pos2distill.data.resolve import load_data
+    from pos2distill.data.records import write_jsonl
+    from pos2distill.stages.teach import read_teacher_rows
 
     if n_train == n_max:
         return teach_path
@@ -474,7 +474,7 @@ def _stage_count(runs: Sequence[Run], docs: Sequence[int]) -> int:
 def _log_run(cfg: ExperimentConfig, run: Run, result: dict[str, Any]) -> None:
     """metrics.jsonl of the run (always), and TensorBoard / W&B when asked for: the training curve
     from the training log, then the evaluation numbers at the last step."""
-    from pos2distill.records import read_append_log
+    from pos2distill.data.records import read_append_log
     from pos2distill.tracking import Tracker
 
     folder = run_dir(cfg, run)
@@ -522,7 +522,7 @@ def load_result(cfg: ExperimentConfig, run: Run) -> dict[str, Any] | None:
 def main(cfg: ExperimentConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from pos2distill import pairs, probe, teach, train
+    from pos2distill.stages import pairs, probe, teach, train
     from pos2distill.modeling import load_config
     from pos2distill.runinfo import write_json_atomic, write_text_atomic
     from pos2distill.tracking import check_backends

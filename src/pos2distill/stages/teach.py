@@ -5,7 +5,7 @@ first: the attention sink), the model answers greedily, and the answer is kept o
 (best-subspan EM). Each kept row stores the exact teacher prompt with its response, so later stages
 never re-render it. With ``--task reasoning`` the hop documents go to the advantageous
 configuration (default the last two documents) and the chain-of-thought is kept when its final answer
-is right (reasoning EM); see :mod:`pos2distill.reasoning`.
+is right (reasoning EM); see :mod:`pos2distill.tasks.reasoning`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pos2distill.config import TeachConfig
-from pos2distill.context import Fitted, fit_prompt
+from pos2distill.tasks.fitting import Fitted, fit_prompt
 from pos2distill.generation import Generator
 from pos2distill.metrics import best_subspan_em
-from pos2distill.positions import resolve_position
-from pos2distill.records import Record, iter_jsonl, read_append_log
+from pos2distill.tasks.positions import resolve_position
+from pos2distill.data.records import Record, iter_jsonl, read_append_log
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, adv_position: 
                     template: str, chat: str, seed: int, max_tokens: int | None = None,
                     too_long: str = "fail", instruction: str = "") -> list[Fitted]:
     """The teacher prompt of every record that fits ``max_tokens`` under the ``too_long`` policy
-    (:func:`pos2distill.context.fit_prompt`); skipped records are left out."""
+    (:func:`pos2distill.tasks.fitting.fit_prompt`); skipped records are left out."""
     fitted = (fit_prompt(r, adv_position, tokenizer, template=template, chat=chat, seed=seed,
                          max_tokens=max_tokens, too_long=too_long, instruction=instruction)
               for r in records)
@@ -75,11 +75,11 @@ def teacher_rows(records: Sequence[Record], generator: Generator, tokenizer: Any
 
 def resolve_advantageous(cfg: TeachConfig, n_documents: int) -> int | tuple[int, ...]:
     if cfg.task == "reasoning":
-        from pos2distill.reasoning import resolve_advantageous as resolve_pair
+        from pos2distill.tasks.reasoning import resolve_advantageous as resolve_pair
 
         return resolve_pair(cfg.advantageous, cfg.probe, n_documents)
     if cfg.advantageous == "auto":
-        from pos2distill.probe import load_summary
+        from pos2distill.stages.probe import load_summary
 
         best = int(load_summary(cfg.probe)["best_position"])
         log.info("advantageous position from %s: %d (0-based)", cfg.probe, best)
@@ -104,13 +104,13 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     """Write the kept teacher rows to ``cfg.out``; returns counts."""
     from tqdm.auto import tqdm
 
-    from pos2distill.context import prompt_budget
-    from pos2distill.data import load_data
+    from pos2distill.tasks.fitting import prompt_budget
+    from pos2distill.data.resolve import load_data
     from pos2distill.errors import ConfigError
     from pos2distill.generation import make_generator
     from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
-    from pos2distill.prompts import use_chat
-    from pos2distill.records import open_text, write_jsonl
+    from pos2distill.tasks.prompts import use_chat
+    from pos2distill.data.records import open_text, write_jsonl
     from pos2distill.runinfo import start_run
 
     out = Path(cfg.out)
