@@ -21,7 +21,7 @@ COMMANDS = {"probe": ProbeConfig, "teach": TeachConfig, "pairs": PairsConfig,
 
 
 def test_commands_are_the_documented_ones() -> None:
-    assert {name: cls for name, (cls, _, _) in cli._commands().items()} == COMMANDS
+    assert {name: cls for name, (cls, _, _) in cli.COMMANDS.items()} == COMMANDS
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -92,7 +92,7 @@ def test_missing_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_report_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     s = {"by_position": [{"position": 0, "accuracy": 1.0, "stderr": 0.0, "count": 1}],
-         "mean": 1.0, "gap": 0.0, "best_position": 0}
+         "mean": 1.0, "gap": 0.0, "best_position": 0, "worst_position": 0, "n_per_position": 1}
     for name in ("b", "a"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(json.dumps(s))

@@ -10,8 +10,8 @@ import pytest
 
 from pos2distill.config import (DataOptions, DemoConfig, ExperimentConfig, GridConfig,
                                 ModelOptions, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
-                                TrainConfig, add_arguments, from_args, from_mapping, from_yaml,
-                                to_json)
+                                TrainConfig)
+from pos2distill.options import add_arguments, from_args, from_mapping, from_yaml, to_json
 from pos2distill.errors import ConfigError
 
 ALL = [ProbeConfig, TeachConfig, PairsConfig, TrainConfig, ReportConfig, DemoConfig,

@@ -8,12 +8,15 @@ from typing import Any
 import pytest
 
 from pos2distill.data import synthetic
+from pos2distill.tasks import get_task
 from pos2distill.tasks.fitting import (Fitted, context_length, fit_prompt, keep_distractors,
                                  prompt_budget)
 from pos2distill.errors import ConfigError
 from pos2distill.tasks.positions import place_gold, rng_for
 from pos2distill.tasks.prompts import encode_prompt, render_prompt
 from pos2distill.data.records import Document, Record
+
+RETRIEVAL = get_task("retrieval")
 
 
 def test_context_length_takes_the_smaller_sane_limit() -> None:
@@ -57,7 +60,7 @@ def _full(record: Record, tok: Any) -> int:
 def test_a_prompt_that_fits_is_the_usual_one(record: Record, tok: Any) -> None:
     expected = render_prompt(place_gold(record, 2, rng_for(7, record.id, 2)), tok)
     for max_tokens in (None, _full(record, tok)):
-        fitted = fit_prompt(record, 2, tok, template="authors", chat="auto", seed=7,
+        fitted = fit_prompt(record, (2,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=7,
                             max_tokens=max_tokens, too_long="fail")
         assert fitted == Fitted(record, expected, 0)
 
@@ -65,15 +68,15 @@ def test_a_prompt_that_fits_is_the_usual_one(record: Record, tok: Any) -> None:
 def test_too_long_fail_names_the_question_and_the_fix(record: Record, tok: Any) -> None:
     full = _full(record, tok)
     with pytest.raises(ConfigError) as info:
-        fit_prompt(record, 2, tok, template="authors", chat="auto", seed=0, max_tokens=full - 6,
+        fit_prompt(record, (2,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=0, max_tokens=full - 6,
                    too_long="fail")
-    assert str(info.value).startswith(f"question {record.id!r} with its gold at position 3: the "
+    assert str(info.value).startswith(f"question {record.id!r} with its gold document(s) at position(s) 3: the "
                                       f"prompt has {full} tokens, more than the {full - 6} that fit")
     assert "--too-long skip or truncate" in str(info.value)
 
 
 def test_too_long_skip(record: Record, tok: Any) -> None:
-    assert fit_prompt(record, 2, tok, template="authors", chat="auto", seed=0,
+    assert fit_prompt(record, (2,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=0,
                       max_tokens=_full(record, tok) - 6, too_long="skip") is None
 
 
@@ -83,7 +86,7 @@ def test_too_long_truncate_keeps_the_gold_position(record: Record, tok: Any) -> 
     full = _full(record, tok)
     budget = full - 6
     for position in range(4):
-        fitted = fit_prompt(record, position, tok, template="authors", chat="auto", seed=0,
+        fitted = fit_prompt(record, (position,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=0,
                             max_tokens=budget, too_long="truncate")
         assert fitted is not None and fitted.dropped == 2
         assert fitted.record == keep_distractors(record, 3)       # the last two distractors go
@@ -93,14 +96,14 @@ def test_too_long_truncate_keeps_the_gold_position(record: Record, tok: Any) -> 
         assert _tokens(tok, fitted.prompt) == full - 10
     # Positions 5 and 6 (1-based) need 4 and 5 distractors before the gold: they cannot fit.
     for position in (4, 5):
-        assert fit_prompt(record, position, tok, template="authors", chat="auto", seed=0,
+        assert fit_prompt(record, (position,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=0,
                           max_tokens=budget, too_long="truncate") is None
     # Even the gold alone does not fit 20 tokens fewer than the full prompt.
-    assert fit_prompt(record, 0, tok, template="authors", chat="auto", seed=0,
+    assert fit_prompt(record, (0,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=0,
                       max_tokens=full - 26, too_long="truncate") is None
 
 
 def test_unknown_policy(record: Record, tok: Any) -> None:
     with pytest.raises(ConfigError, match="--too-long: 'cut'"):
-        fit_prompt(record, 0, tok, template="authors", chat="auto", seed=0, max_tokens=60,
+        fit_prompt(record, (0,), tok, place=RETRIEVAL.place, template="authors", chat="auto", seed=0, max_tokens=60,
                    too_long="cut")

@@ -50,7 +50,11 @@ def test_cross_task_needs_the_base_model_and_allows_a_missing_task() -> None:
 def _probe_dir(root: Path, name: str, mean: float, gap: float, task: str | None) -> str:
     from pos2distill.runinfo import write_json_atomic
 
-    summary = {"mean": mean, "gap": gap, **({"task": task} if task else {})}
+    # Retrieval probes in the form written before slots existed (no task), reasoning in today's.
+    summary = ({"task": task, "mean": mean, "gap": gap, "by_slot": [], "best_slot": [0, 1],
+                "worst_slot": [0, 1], "n_per_slot": 1, "by_group": {}} if task else
+               {"mean": mean, "gap": gap, "by_position": [], "best_position": 0,
+                "worst_position": 0, "n_per_position": 1})
     write_json_atomic(root / name / "summary.json", summary)
     return str(root / name)
 

@@ -19,6 +19,7 @@ import torch
 from conftest import OracleHFGenerator, ReasoningOracleHFGenerator
 from pos2distill.recipes import demo
 from pos2distill.config import DemoConfig
+from pos2distill.tasks import get_task
 from pos2distill.errors import ConfigError
 
 S_KEYS = {"accuracy_by_position", "mean", "gap", "n_per_position"}
@@ -77,9 +78,9 @@ def test_demo_end_to_end(tiny_model_dir: Path, tmp_path: Path, oracle_hf: Any) -
 def test_demo_summary_lists_positions_in_order(tmp_path: Path) -> None:
     from pos2distill.runinfo import write_json_atomic
 
-    s = {"by_position": [{"position": p, "accuracy": p / 20} for p in range(20)],
-         "mean": 0.5, "gap": 0.95, "n_per_position": 1}
-    write_json_atomic(tmp_path / "summary.json", {"before": demo.position_summary(s)})
+    s = {"by_slot": [{"slot": [p], "accuracy": p / 20} for p in range(20)],
+         "mean": 0.5, "gap": 0.95, "n_per_slot": 1}
+    write_json_atomic(tmp_path / "summary.json", {"before": get_task("retrieval").headline(s)})
     on_disk = json.loads((tmp_path / "summary.json").read_text())["before"]
     assert list(on_disk["accuracy_by_position"].values()) == [p / 20 for p in range(20)]
 

@@ -13,7 +13,9 @@ import yaml
 from pos2distill import cli
 from pos2distill.recipes import experiment
 from pos2distill.data import synthetic
-from pos2distill.config import ExperimentConfig, GridConfig, from_yaml
+from pos2distill.config import ExperimentConfig, GridConfig
+from pos2distill.tasks import get_task
+from pos2distill.options import from_yaml
 from pos2distill.errors import ConfigError
 from pos2distill.runinfo import fingerprint
 
@@ -43,14 +45,14 @@ def test_plan_runs_dedupes_across_grids_and_unions_documents() -> None:
     ("even:5", 20, "0,5,10,14,19"), ("even:5", 30, "0,7,14,22,29"), ("even:2", 4, "0,3"),
     ("even:50", 4, "0,1,2,3"), ("all", 4, "all"), ("0,4", 10, "0,4")])
 def test_positions_for(spec: str, n: int, expected: str) -> None:
-    assert experiment.positions_for(spec, n) == expected
+    assert get_task("retrieval").expand_slots(spec, n) == expected
 
 
 @pytest.mark.parametrize("spec, message", [("even:x", "needs an integer"), ("even:1", "N >= 2"),
                                            ("0,25", "outside 0..19")])
 def test_positions_for_errors(spec: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        experiment.positions_for(spec, 20)
+        get_task("retrieval").expand_slots(spec, 20)
 
 
 def _ev(acc: dict[int, float], adv: int = 0) -> dict[str, Any]:
@@ -134,7 +136,7 @@ def test_experiment_config_errors(tmp_path: Path) -> None:
         ExperimentConfig(train={"pairs": "x"})
     with pytest.raises(ConfigError, match="train: unknown key"):
         ExperimentConfig(train={"lrr": 1})
-    with pytest.raises(ConfigError, match="r2 trains on reasoning pairs"):
+    with pytest.raises(ConfigError, match="methods: r2 trains reasoning pairs; task retrieval trains"):
         ExperimentConfig(grids=[{"methods": ["r2"]}])
     with pytest.raises(ConfigError, match="grids\\[0\\]: key 'K' must be a list of int"):
         ExperimentConfig(grids=[{"K": "four"}])
@@ -277,7 +279,7 @@ def test_shards_split_the_runs_and_share_the_stages(tmp_path: Path, tiny_model_d
                                                     oracle_hf: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from pos2distill.stages import train
-    from pos2distill.config import from_yaml
+    from pos2distill.options import from_yaml
 
     out = tmp_path / "exp"
     cfg = from_yaml(ExperimentConfig, _write_config(tmp_path / "exp.yaml", out, tiny_model_dir))
@@ -300,7 +302,7 @@ def test_shards_split_the_runs_and_share_the_stages(tmp_path: Path, tiny_model_d
 # ---------------------------------------------------------------------------------------------
 
 def test_reasoning_config_errors() -> None:
-    with pytest.raises(ConfigError, match="task: reasoning trains r2 only"):
+    with pytest.raises(ConfigError, match="methods: r1 trains retrieval pairs; task reasoning trains r2"):
         ExperimentConfig(task="reasoning", grids=[{"methods": ["r1"]}])
     with pytest.raises(ConfigError, match="configurations places hop documents"):
         ExperimentConfig(configurations="0,1", grids=[{"methods": ["r1"]}])

@@ -83,7 +83,7 @@ def test_real_nq_oracle() -> None:
     assert first.id == "nq-open-oracle-0" and records[-1].id == "nq-open-oracle-2654"
     assert first.question == "who got the first nobel prize in physics"
     assert first.answers == ("Wilhelm Conrad Röntgen",)
-    assert first.task == "qa"
+    assert first.kind == "qa"
     assert first.gold_document.title == "List of Nobel laureates in Physics"
     assert all(len(r.documents) == 1 and r.gold == (0,) for r in records)
     assert load_records(NQ_ORACLE) == records                        # auto-detected as litm
@@ -95,7 +95,7 @@ def test_real_kv() -> None:
     with gzip.open(KV_75, "rt", encoding="utf-8") as f:
         raw = json.loads(f.readline())
     first = records[0]
-    assert first.id == "kv-retrieval-75_keys-0" and first.task == "kv"
+    assert first.id == "kv-retrieval-75_keys-0" and first.kind == "kv"
     assert len(first.documents) == 75
     assert first.question == raw["key"] and first.answers == (raw["value"],)
     assert first.gold_document.text == f'"{raw["key"]}": "{raw["value"]}"'
@@ -137,7 +137,7 @@ def test_litm_fixture(tmp_path: Path, suffix: str) -> None:
     assert records[0].gold == (1,) and records[1].gold == (2,)
     assert records[0].documents == tuple(Document(f"T{i}", f"passage {i}") for i in range(3))
     assert records[0].answers == ("Ann", "Anne") and records[0].question == "who?"
-    assert records[0].task == "qa"
+    assert records[0].kind == "qa"
 
 
 def test_litm_missing_isgold_means_not_gold(tmp_path: Path) -> None:
@@ -163,7 +163,7 @@ def test_kv_fixture(tmp_path: Path, suffix: str) -> None:
     assert [r.gold for r in records] == [(1,), (2,)]
     assert records[0].documents[1] == Document("", '"k1": "v1"')
     assert records[0].question == "k1" and records[0].answers == ("v1",)
-    assert records[0].task == "kv"
+    assert records[0].kind == "kv"
 
 
 def test_own_records_format(tmp_path: Path, suffix: str) -> None:
@@ -355,10 +355,10 @@ def test_build_is_deterministic_per_seed() -> None:
 
 def test_build_does_not_mutate_input_and_keeps_task() -> None:
     records = [Record(id=r.id, question=r.question, answers=r.answers, documents=r.documents,
-                      gold=r.gold, task="kv") for r in oracle_records(6)]
+                      gold=r.gold, kind="kv") for r in oracle_records(6)]
     before = list(records)
     built = build_from_oracle(records, n_documents=3, seed=0)
-    assert records == before and all(r.task == "kv" for r in built)
+    assert records == before and all(r.kind == "kv" for r in built)
 
 
 def test_build_single_document_is_identity() -> None:

@@ -14,6 +14,7 @@ import pytest
 from pos2distill.config import ProbeConfig
 from pos2distill.data.resolve import load_data
 from pos2distill.errors import DataError
+from pos2distill.tasks import get_task
 from pos2distill.data.loaders import (detect_format, iter_rows, load_2wiki, load_hotpotqa, load_musique,
                                  load_records)
 
@@ -85,7 +86,7 @@ def test_musique(tmp_path: Path) -> None:
     records = load_musique(path)
     assert len(records) == 2                                 # the unanswerable one is skipped
     r = records[0]
-    assert r.id == "2hop__1_2" and r.task == "multihop"
+    assert r.id == "2hop__1_2" and r.kind == "multihop"
     assert r.gold == (2, 0)                                  # hop order, not paragraph order
     assert r.documents[2].title == "Ann Body" and r.documents[0].text == "Lima is the capital of Peru."
     assert r.answers == ("Lima", "Lima, Peru", "City of Kings")
@@ -114,7 +115,7 @@ def test_hotpotqa_array(tmp_path: Path) -> None:
     # Bridge: Blue Fog mentions Kari Lund, so Blue Fog is the first hop although listed second.
     assert [bridge.documents[g].title for g in bridge.gold] == ["Blue Fog", "Kari Lund"]
     assert bridge.documents[0].text == "Kari Lund is a director. She was born in Oslo."
-    assert bridge.answers == ("Oslo",) and bridge.id == "5a8b" and bridge.task == "multihop"
+    assert bridge.answers == ("Oslo",) and bridge.id == "5a8b" and bridge.kind == "multihop"
     # Comparison: supporting-facts order.
     assert [comparison.documents[g].title for g in comparison.gold] == ["Red Sun", "Blue Fog"]
     assert detect_format(path) == "hotpotqa"
@@ -236,4 +237,4 @@ def test_multihop_data_for_retrieval_points_to_the_task_option(tmp_path: Path) -
     path = write_jsonl(tmp_path / "m.jsonl", [MUSIQUE])
     with pytest.raises(DataError, match="2 gold \\(hop\\) documents: multi-hop data needs --task "
                                         "reasoning"):
-        load_data(ProbeConfig(data=str(path)))
+        get_task("retrieval").keep(load_data(ProbeConfig(data=str(path))), str(path))

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from pos2distill.metrics import (cot_through_answer, extract_answer, reasoning_em,
-                                 PositionStats, aggregate_by_key, best_subspan_em, first_line,
-                                 normalize_answer, summarize)
+                                 Stats, best_subspan_em, binomial_stats, first_line,
+                                 group_scores, normalize_answer)
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -65,78 +65,45 @@ def test_best_subspan_em_refuses_a_bare_string() -> None:
         best_subspan_em("x", "x")
 
 
-def test_aggregate_by_key_hand_computed() -> None:
-    rows = ([{"position": 4, "correct": v} for v in (1.0, 0.0, 0.0, 1.0)]
-            + [{"position": 0, "correct": v} for v in (1.0, 1.0, 1.0, 0.0)]
-            + [{"position": 9, "correct": True}])
-    stats = aggregate_by_key(rows)
-    assert [s.position for s in stats] == [0, 4, 9]                # sorted by key
-    assert stats[0] == PositionStats(0, 0.75, math.sqrt(0.75 * 0.25 / 4), 4)
-    assert stats[1].accuracy == 0.5 and stats[1].count == 4
-    assert stats[1].stderr == pytest.approx(0.25)                   # sqrt(0.5 * 0.5 / 4)
-    assert stats[2] == PositionStats(9, 1.0, 0.0, 1)                # n = 1: stderr 0
+def test_group_and_binomial_stats_hand_computed() -> None:
+    rows = ([{"slot": [4], "correct": v} for v in (1.0, 0.0, 0.0, 1.0)]
+            + [{"slot": [0], "correct": v} for v in (1.0, 1.0, 1.0, 0.0)]
+            + [{"slot": [9], "correct": True}])
+    groups = group_scores(rows, lambda r: tuple(r["slot"]))
+    assert list(groups) == [(4,), (0,), (9,)]                      # first-seen order
+    assert binomial_stats(groups[(0,)]) == Stats(0.75, math.sqrt(0.75 * 0.25 / 4), 4)
+    half = binomial_stats(groups[(4,)])
+    assert half.accuracy == 0.5 and half.count == 4
+    assert half.stderr == pytest.approx(0.25)                       # sqrt(0.5 * 0.5 / 4)
+    assert binomial_stats(groups[(9,)]) == Stats(1.0, 0.0, 1)        # n = 1: stderr 0
 
 
-def test_aggregate_by_key_custom_fields_and_all_correct() -> None:
+def test_group_scores_custom_value_field() -> None:
     rows = [{"gold_position": 2, "em": 1}, {"gold_position": 2, "em": 1}]
-    (s,) = aggregate_by_key(rows, key="gold_position", value="em")
-    assert s == PositionStats(2, 1.0, 0.0, 2)
+    groups = group_scores(rows, lambda r: r["gold_position"], value="em")
+    assert binomial_stats(groups[2]) == Stats(1.0, 0.0, 2)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([], "no rows"),
-    ([{"position": 0}], "missing field 'correct'"),
-    ([{"correct": 1.0}], "missing field 'position'"),
-    ([{"position": "0", "correct": 1.0}], "must be an integer"),
-    ([{"position": 0, "correct": 2.0}], r"in \[0, 1\]"),
-    ([{"position": 0, "correct": "yes"}], r"in \[0, 1\]"),
+@pytest.mark.parametrize("scores, message", [
+    ([], "no scores"),
+    ([2.0], r"in \[0, 1\]"),
+    (["yes"], r"in \[0, 1\]"),
 ])
-def test_aggregate_by_key_errors(rows: list[dict], message: str) -> None:
+def test_binomial_stats_errors(scores: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        aggregate_by_key(rows)
+        binomial_stats(scores)
 
 
-def test_aggregate_accepts_a_generator() -> None:
-    stats = aggregate_by_key({"position": i % 2, "correct": float(i < 3)} for i in range(4))
-    assert [(s.position, s.accuracy, s.count) for s in stats] == [(0, 1.0, 2), (1, 0.5, 2)]
+def test_group_scores_names_a_missing_field() -> None:
+    with pytest.raises(ValueError, match="row 1: missing field 'correct'"):
+        group_scores([{"slot": 0, "correct": 1.0}, {"slot": 0}], lambda r: r["slot"])
 
 
-def test_summarize_hand_computed() -> None:
-    stats = [PositionStats(0, 0.8, 0.1, 10), PositionStats(4, 0.5, 0.1, 8),
-             PositionStats(9, 0.8, 0.1, 12), PositionStats(19, 0.5, 0.1, 9)]
-    summary = summarize(stats)
-    assert summary["mean"] == pytest.approx(0.65)      # unweighted over positions
-    assert summary["gap"] == pytest.approx(0.3)
-    assert summary["best_position"] == 0               # tie 0 / 9: lowest position
-    assert summary["worst_position"] == 4              # tie 4 / 19: lowest position
-    assert summary["n_per_position"] == 8
-    assert set(summary) == {"mean", "gap", "best_position", "worst_position", "n_per_position"}
+def test_group_scores_accepts_a_generator() -> None:
+    groups = group_scores(({"p": i % 2, "correct": float(i < 3)} for i in range(4)),
+                          lambda r: r["p"])
+    assert {k: binomial_stats(v).accuracy for k, v in groups.items()} == {0: 1.0, 1: 0.5}
 
-
-def test_summarize_ties_do_not_depend_on_input_order() -> None:
-    stats = [PositionStats(9, 0.8, 0.0, 1), PositionStats(0, 0.8, 0.0, 1)]
-    assert summarize(stats)["best_position"] == 0
-    assert summarize(stats)["worst_position"] == 0
-
-
-def test_summarize_single_position() -> None:
-    summary = summarize([PositionStats(3, 0.4, 0.0, 5)])
-    assert summary == {"mean": 0.4, "gap": 0.0, "best_position": 3, "worst_position": 3,
-                       "n_per_position": 5}
-
-
-def test_summarize_empty() -> None:
-    with pytest.raises(ValueError, match="no positions"):
-        summarize([])
-
-
-def test_aggregate_then_summarize() -> None:
-    rows = [{"position": p, "correct": c} for p, c in
-            [(0, 1), (0, 1), (1, 0), (1, 1), (2, 0), (2, 0)]]
-    summary = summarize(aggregate_by_key(rows))
-    assert summary["mean"] == pytest.approx(0.5)
-    assert summary["gap"] == 1.0
-    assert (summary["best_position"], summary["worst_position"]) == (0, 2)
 
 
 # ---------------------------------------------------------------------------------------------

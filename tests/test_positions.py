@@ -31,8 +31,8 @@ def test_place_gold_every_position(gold: int) -> None:
         assert Counter(placed.documents) == Counter(record.documents)
         assert len(placed.documents) == 7
         # Everything but the documents' order is unchanged.
-        assert (placed.id, placed.question, placed.answers, placed.task) == \
-               (record.id, record.question, record.answers, record.task)
+        assert (placed.id, placed.question, placed.answers, placed.kind) == \
+               (record.id, record.question, record.answers, record.kind)
 
 
 def test_place_gold_keeps_duplicate_distractors() -> None:
@@ -149,7 +149,7 @@ def test_resolve_position_errors(spec: object) -> None:
 def make_hop_record(n: int, gold: tuple[int, ...] = (0, 1)) -> Record:
     docs = tuple(Document(f"T{i}", f"text {i}") for i in range(n))
     return Record(id="h", question="where?", answers=("x",), documents=docs, gold=gold,
-                  task="multihop")
+                  kind="multihop")
 
 
 @pytest.mark.parametrize("n", [20, 10, 6])
@@ -164,7 +164,7 @@ def test_place_hops_every_configuration(n: int) -> None:
         assert placed.documents[pair[1]] == record.documents[1]
         assert Counter(placed.documents) == Counter(record.documents)
         assert set(placed.distractors) == set(record.distractors)
-        assert placed.task == "multihop" and placed.answers == record.answers
+        assert placed.kind == "multihop" and placed.answers == record.answers
 
 
 def test_place_hops_is_seeded() -> None:

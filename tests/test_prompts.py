@@ -16,7 +16,7 @@ RECORD = Record(id="q", question="What is the capital of Norway?", answers=("Osl
                            Document("Peru", "Lima is the capital.")), gold=(0,))
 KV_RECORD = Record(id="kv", question="k1", answers=("v1",),
                    documents=(Document("", '"k0": "v0"'), Document("", '"k1": "v1"')), gold=(1,),
-                   task="kv")
+                   kind="kv")
 
 INSTRUCTION = ("Write a high-quality answer for the given question using only the provided search "
                "results (some of which might be irrelevant).")
@@ -155,7 +155,7 @@ def test_encode_prompt_with_the_tiny_tokenizer(tok: Any) -> None:
 REASONING_RECORD = Record(id="r", question="Where does Kavo's manager work?", answers=("Lima",),
                           documents=(Document("Dilu", "Dilu works in Lima."),
                                      Document("Kavo", "Kavo's manager is Dilu.")),
-                          gold=(1, 0), task="multihop")
+                          gold=(1, 0), kind="multihop")
 REASONING_CHAT = (
     "<|bos|><|user|>\n"
     "Answer the question using only the provided documents (some of which might be irrelevant). "

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from conftest import FakeGenerator, ReasoningOracleHFGenerator, reasoning_oracle_answer
+from helpers import teacher_rows as teacher_rows_of
 from pos2distill.stages import pairs, probe, report, teach, train
-from pos2distill.tasks import reasoning
+from pos2distill.tasks import get_task, reasoning
 from pos2distill.data import synthetic
 from pos2distill.config import PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.tasks.positions import configuration_key, hop_group, place_hops, rng_for
+from pos2distill.tasks.positions import hop_group, place_hops, rng_for, slot_key
 from pos2distill.tasks.prompts import INSTRUCTIONS, encode_prompt, render_prompt
 from pos2distill.data.records import Document, Record, write_jsonl
 
@@ -44,7 +45,8 @@ def test_config_resolves_task_defaults() -> None:
         ProbeConfig(task="math")
     with pytest.raises(ConfigError, match="use --configurations"):
         ProbeConfig(task="reasoning", positions="0,1")
-    with pytest.raises(ConfigError, match="needs --task reasoning"):
+    with pytest.raises(ConfigError, match="--configurations places the documents of --task "
+                                          "reasoning; with --task retrieval use --positions"):
         ProbeConfig(configurations="connected")
 
 
@@ -63,11 +65,12 @@ def test_resolve_configuration_errors(spec: str) -> None:
 def test_two_hop_records_leaves_out_others(caplog: pytest.LogCaptureFixture) -> None:
     two = synthetic.generate_reasoning("test", 2, n_documents=4)
     three = Record(id="3", question="q", answers=("a",), documents=two[0].documents,
-                   gold=(0, 1, 2), task="multihop")
-    assert reasoning.two_hop_records([two[0], three, two[1]]) == two
+                   gold=(0, 1, 2), kind="multihop")
+    task = get_task("reasoning")
+    assert task.keep([two[0], three, two[1]], "f.jsonl") == two
     assert "left out 1 of 3" in caplog.text
     with pytest.raises(DataError, match="exactly 2 hop"):
-        reasoning.two_hop_records([three])
+        task.keep([three], "f.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,17 +83,17 @@ def test_probe_by_configuration(tiny_model_dir: Path, tmp_path: Path,
                       limit=3, out=str(tmp_path / "p"))
     summary = probe.main(cfg)
     assert summary["task"] == "reasoning" and summary["n_documents"] == 20
-    keys = [c["configuration"] for c in summary["by_configuration"]]
+    keys = [slot_key(c["slot"]) for c in summary["by_slot"]]
     assert keys == ["0,1", "5,6", "12,13", "17,18", "0,8", "5,13", "6,14", "8,16",
                     "8,0", "13,5", "14,6", "16,8"]
-    for c in summary["by_configuration"]:
-        assert c["count"] == 3 and c["group"] == hop_group(tuple(c["positions"]))
+    for c in summary["by_slot"]:
+        assert c["count"] == 3 and c["group"] == hop_group(tuple(c["slot"]))
         assert c["accuracy"] == (1.0 if c["group"] == "connected" else 0.0)
         assert c["no_answer"] == (1.0 if c["group"] == "disconnected" else 0.0)
     assert summary["by_group"]["connected"]["mean"] == 1.0
     assert summary["by_group"]["reversed"]["mean"] == 0.0
     assert summary["mean"] == pytest.approx(4 / 12) and summary["gap"] == 1.0
-    assert summary["best_configuration"] == "0,1" and summary["n_per_configuration"] == 3
+    assert summary["best_slot"] == [0, 1] and summary["n_per_slot"] == 3
     out = tmp_path / "p"
     rows = [json.loads(x) for x in (out / "rows.jsonl").read_text().splitlines()]
     assert len(rows) == 36
@@ -99,7 +102,8 @@ def test_probe_by_configuration(tiny_model_dir: Path, tmp_path: Path,
     records = {r.id: r for r in synthetic.generate_reasoning("test", 3)}
     prompts = [p for call, _ in gen.calls for p in call]
     for row, prompt in zip(rows, prompts):
-        assert list(hop_positions(prompt, records[row["id"]])) == row["positions"]
+        assert list(hop_positions(prompt, records[row["id"]])) == row["slot"]
+        assert row["task"] == "reasoning" and row["group"] == hop_group(tuple(row["slot"]))
     assert rows[0]["extracted"] == records[rows[0]["id"]].answers[0]
     table = (out / "table.md").read_text()
     assert "| 9,1 | reversed | 0.000 |" in table and "best 1,2 (1-based)" in table
@@ -114,8 +118,8 @@ def test_probe_explicit_configurations_and_scaling(tiny_model_dir: Path, tmp_pat
     summary = probe.main(ProbeConfig(task="reasoning", model=str(tiny_model_dir),
                                      data="synthetic-reasoning:test", limit=2, n_documents=10,
                                      configurations="3,4;4,3", out=str(tmp_path / "p")))
-    assert [c["configuration"] for c in summary["by_configuration"]] == ["3,4", "4,3"]
-    assert [c["accuracy"] for c in summary["by_configuration"]] == [1.0, 0.0]
+    assert [c["slot"] for c in summary["by_slot"]] == [[3, 4], [4, 3]]
+    assert [c["accuracy"] for c in summary["by_slot"]] == [1.0, 0.0]
     with pytest.raises(ConfigError, match="outside 0..9"):
         probe.main(ProbeConfig(task="reasoning", model=str(tiny_model_dir), n_documents=10,
                                data="synthetic-reasoning:test", limit=2, configurations="0,10",
@@ -140,7 +144,7 @@ def test_probe_reasoning_too_long_truncates_and_keeps_hops(tok: Any, tmp_path: P
                                      configurations="0,1;1,0", too_long="truncate",
                                      max_new_tokens=4, chat="off", out=str(tmp_path / "p")))
     assert summary["too_long"]["truncated"] == 4
-    assert [c["accuracy"] for c in summary["by_configuration"]] == [1.0, 0.0]
+    assert [c["accuracy"] for c in summary["by_slot"]] == [1.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,18 +158,18 @@ def records() -> list[Record]:
 
 def test_teacher_chain_of_thought_at_the_last_two(records: list[Record], tok: Any) -> None:
     gen = FakeGenerator(reasoning_oracle_answer)
-    rows = teach.teacher_rows(records, gen, tok, adv_position=(8, 9), template="reasoning",
-                              chat="auto", seed=1, max_new_tokens=40)
+    rows = teacher_rows_of(records, gen, tok, task="reasoning", adv=(8, 9), template="reasoning",
+                           chat="auto", seed=1, max_new_tokens=40)
     for record, row in zip(records, rows):
         prompt = render_prompt(place_hops(record, (8, 9), rng_for(1, record.id, (8, 9))), tok,
                                template="reasoning")
         assert row["teacher_prompt"] == prompt and hop_positions(prompt, record) == (8, 9)
-        assert row["task"] == "reasoning" and row["adv_configuration"] == [8, 9]
-        assert row["adv_position"] == 8 and row["correct"] is True
+        assert row["task"] == "reasoning" and row["adv_slot"] == [8, 9]
+        assert row["correct"] is True
         assert row["response"].startswith(synthetic.record_cot(record))
     # Reversed hops: the oracle's chain ends with a wrong answer, so nothing is kept.
-    rows = teach.teacher_rows(records, gen, tok, adv_position=(9, 8), template="reasoning",
-                              chat="auto", seed=1, max_new_tokens=40)
+    rows = teacher_rows_of(records, gen, tok, task="reasoning", adv=(9, 8), template="reasoning",
+                           chat="auto", seed=1, max_new_tokens=40)
     assert not any(row["correct"] for row in rows)
 
 
@@ -174,18 +178,19 @@ def test_teach_main_reasoning_default_and_auto(tiny_model_dir: Path, tmp_path: P
     common = dict(task="reasoning", model=str(tiny_model_dir), data="synthetic-reasoning:train",
                   limit=4, n_documents=10)
     result = teach.main(TeachConfig(**common, out=str(tmp_path / "t.jsonl")))
-    assert result["adv_position"] == (8, 9) and result["kept"] == 4
+    assert result["adv_slot"] == "8,9" and result["kept"] == 4
     # auto: the best configuration of a reasoning probe (here the first connected pair).
     probe.main(ProbeConfig(task="reasoning", model=str(tiny_model_dir), n_documents=10,
                            data="synthetic-reasoning:test", limit=2, configurations="4,0;2,3",
                            out=str(tmp_path / "p")))
     result = teach.main(TeachConfig(**common, advantageous="auto", probe=str(tmp_path / "p"),
                                     out=str(tmp_path / "auto.jsonl")))
-    assert result["adv_position"] == (2, 3) and result["kept"] == 4
+    assert result["adv_slot"] == "2,3" and result["kept"] == 4
     # A retrieval probe has no configurations to take the best of.
     probe.main(ProbeConfig(model=str(tiny_model_dir), data="synthetic:test", limit=1,
                            n_documents=4, out=str(tmp_path / "rp")))
-    with pytest.raises(ConfigError, match="not a --task reasoning probe"):
+    with pytest.raises(ConfigError, match="a --task retrieval probe; --advantageous auto needs "
+                                          "a --task reasoning one"):
         teach.main(TeachConfig(**common, advantageous="auto", probe=str(tmp_path / "rp"),
                                out=str(tmp_path / "bad.jsonl")))
 
@@ -196,9 +201,9 @@ def test_teach_main_reasoning_default_and_auto(tiny_model_dir: Path, tmp_path: P
 
 @pytest.fixture(scope="module")
 def teacher_rows(records: list[Record], tok: Any) -> list[dict[str, Any]]:
-    rows = teach.teacher_rows(records, FakeGenerator(reasoning_oracle_answer), tok,
-                              adv_position=(8, 9), template="reasoning", chat="auto", seed=0,
-                              max_new_tokens=40)
+    rows = teacher_rows_of(records, FakeGenerator(reasoning_oracle_answer), tok, task="reasoning",
+                           adv=(8, 9), template="reasoning", chat="auto", seed=0,
+                           max_new_tokens=40)
     assert all(row["correct"] for row in rows)
     return rows
 
@@ -210,16 +215,15 @@ def test_reasoning_pairs(teacher_rows: list[dict[str, Any]], records: list[Recor
     by_id = {r.id: r for r in records}
     for question in {r["question_id"] for r in rows}:
         mine = [r for r in rows if r["question_id"] == question]
-        configs = [tuple(r["configuration"]) for r in mine]
+        configs = [tuple(r["slot"]) for r in mine]
         assert len(set(configs)) == 4 and (8, 9) not in configs
         assert len({r["student_prompt"] for r in mine}) == 4
     for row in rows:
         record = by_id[row["question_id"]]
-        pair = tuple(row["configuration"])
+        pair = tuple(row["slot"])
         assert hop_positions(row["student_prompt"], record) == pair
-        assert row["position"] == pair[0] and row["adv_position"] == 8
-        assert row["adv_configuration"] == [8, 9] and row["anchor"] is False
-        assert row["group"] == hop_group(pair) and row["task"] == "reasoning"
+        assert row["adv_slot"] == [8, 9] and row["anchor"] is False
+        assert row["task"] == "reasoning"
         # The target is the teacher's chain-of-thought, cut after its answer line.
         assert row["response"] == synthetic.record_cot(record)
         assert row["teacher_prompt"] == next(t["teacher_prompt"] for t in teacher_rows
@@ -229,16 +233,16 @@ def test_reasoning_pairs(teacher_rows: list[dict[str, Any]], records: list[Recor
     assert pairs.make_pairs(teacher_rows, tok, K=4, anchors=1, seed=0) == rows
     named = pairs.make_pairs(teacher_rows, tok, K=3, anchors=0, seed=0,
                              configurations="reversed")
-    assert {hop_group(tuple(r["configuration"])) for r in named} == {"reversed"}
+    assert {hop_group(tuple(r["slot"])) for r in named} == {"reversed"}
     with pytest.raises(ConfigError, match="--K 5 is larger than the 4"):
         pairs.make_pairs(teacher_rows, tok, K=5, anchors=0, seed=0, configurations="reversed")
 
 
 def test_reasoning_pairs_keep_the_teachers_instruction(records: list[Record], tok: Any) -> None:
     instruction = "Answer the question. End with: The answer is: X"
-    rows = teach.teacher_rows(records, FakeGenerator(reasoning_oracle_answer), tok,
-                              adv_position=(8, 9), template="reasoning", chat="auto", seed=0,
-                              max_new_tokens=40, instruction=instruction)
+    rows = teacher_rows_of(records, FakeGenerator(reasoning_oracle_answer), tok, task="reasoning",
+                           adv=(8, 9), template="reasoning", chat="auto", seed=0,
+                           max_new_tokens=40, instruction=instruction)
     assert all(row["correct"] and row["instruction"] == instruction for row in rows)
     for row in pairs.make_pairs(rows, tok, K=2, anchors=0, seed=0):
         for key in ("student_prompt", "teacher_prompt"):
@@ -253,7 +257,7 @@ def test_reasoning_pairs_keep_the_teachers_instruction(records: list[Record], to
 def test_pairs_main_reasoning_needs_K(teacher_rows: list[dict[str, Any]], tiny_model_dir: Path,
                                       tmp_path: Path) -> None:
     write_jsonl(tmp_path / "t.jsonl", teacher_rows)
-    with pytest.raises(ConfigError, match="R2 has no anchors"):
+    with pytest.raises(ConfigError, match="this task has no anchors"):
         pairs.main(PairsConfig(teach=str(tmp_path / "t.jsonl"), model=str(tiny_model_dir), K=0,
                                anchors=1, out=str(tmp_path / "p.jsonl")))
     # The refused command left nothing behind: the corrected one runs in the same place.
@@ -333,11 +337,28 @@ def test_report_reasoning(tmp_path: Path, tiny_model_dir: Path, reasoning_oracle
                                  out=str(tmp_path / "x")))
 
 
-def test_summaries_keys_are_configuration_keys() -> None:
-    rows = [{"configuration": configuration_key(p), "correct": c, "extracted": "x"}
+def test_summaries_follow_the_order_of_the_configurations() -> None:
+    rows = [{"slot": list(p), "correct": c, "extracted": "x"}
             for p, c in [((8, 0), 1.0), ((8, 0), 0.0), ((0, 1), 1.0)]]
-    s = reasoning.summarize_rows(rows, ["0,1", "8,0"])
-    assert [c["configuration"] for c in s["by_configuration"]] == ["0,1", "8,0"]
-    assert [c["accuracy"] for c in s["by_configuration"]] == [1.0, 0.5]
-    assert s["gap"] == 0.5 and s["worst_configuration"] == "8,0"
+    s = get_task("reasoning").summarize(rows, [(0, 1), (8, 0)])
+    assert [c["slot"] for c in s["by_slot"]] == [[0, 1], [8, 0]]
+    assert [c["accuracy"] for c in s["by_slot"]] == [1.0, 0.5]
+    assert s["gap"] == 0.5 and s["worst_slot"] == [8, 0]
     assert set(s["by_group"]) == {"connected", "reversed"}
+
+
+def test_old_reasoning_rows_and_summaries_still_read() -> None:
+    """Rows and summaries written before slots existed (configuration keys) are upgraded."""
+    task = get_task("reasoning")
+    old_rows = [{"id": "q", "configuration": "8,0", "positions": [8, 0], "group": "reversed",
+                 "prediction": "p", "extracted": None, "answers": ["a"], "correct": 0.0}]
+    s = task.summarize(old_rows, [(8, 0)])
+    assert s["by_slot"][0]["slot"] == [8, 0] and s["by_slot"][0]["no_answer"] == 1.0
+    old = {"task": "reasoning", "mean": 0.0, "gap": 0.0, "by_group": {},
+           "by_configuration": [{"configuration": "8,0", "positions": [8, 0],
+                                 "group": "reversed", "accuracy": 0.0, "stderr": 0.0,
+                                 "count": 1, "no_answer": 1.0}],
+           "best_configuration": "8,0", "worst_configuration": "8,0", "n_per_configuration": 1}
+    new = task.upgrade_summary(old)
+    assert new["best_slot"] == [8, 0] and new["n_per_slot"] == 1
+    assert task.headline(new)["accuracy_by_configuration"] == {"8,0": 0.0}

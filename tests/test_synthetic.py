@@ -11,6 +11,7 @@ from pos2distill.data import synthetic
 from pos2distill.config import ProbeConfig
 from pos2distill.data.resolve import load_data
 from pos2distill.errors import ConfigError, DataError
+from pos2distill.tasks import get_task
 from pos2distill.tasks.positions import place_gold, rng_for
 from pos2distill.tasks.prompts import encode_prompt, render_prompt
 
@@ -34,7 +35,7 @@ def test_generate_is_deterministic() -> None:
 @pytest.mark.parametrize("split", synthetic.SPLITS)
 def test_record_structure(split: str) -> None:
     for record in synthetic.generate(split, 200, seed=1):
-        assert len(record.documents) == 20 and record.gold == (0,) and record.task == "qa"
+        assert len(record.documents) == 20 and record.gold == (0,) and record.kind == "qa"
         who = subject(record)
         about = [d for d in record.documents if d.title == who]
         assert about == [record.gold_document]                        # exactly one document
@@ -121,7 +122,7 @@ def test_generate_reasoning_is_deterministic() -> None:
 @pytest.mark.parametrize("n_documents", [2, 8, 20])
 def test_reasoning_record_structure(split: str, n_documents: int) -> None:
     for record in synthetic.generate_reasoning(split, 100, seed=1, n_documents=n_documents):
-        assert len(record.documents) == n_documents and record.task == "multihop"
+        assert len(record.documents) == n_documents and record.kind == "multihop"
         m = _REASONING_Q.fullmatch(record.question)
         assert m
         x = m.group(1)
@@ -175,7 +176,8 @@ def test_load_data_synthetic_reasoning() -> None:
                                     seed=2, task="reasoning"))
     assert records == synthetic.generate_reasoning("train", 5, seed=2, n_documents=6)
     with pytest.raises(DataError, match="needs --task reasoning"):
-        load_data(ProbeConfig(data="synthetic-reasoning:train", limit=5, n_documents=6))
+        get_task("retrieval").keep(load_data(ProbeConfig(data="synthetic-reasoning:train",
+                                                         limit=5, n_documents=6)), "synthetic")
     with pytest.raises(ConfigError, match="synthetic-reasoning:train or"):
         load_data(ProbeConfig(data="synthetic-reasoning:dev", limit=3))
     with pytest.raises(ConfigError, match="even"):

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol, Sequence
 
+from pos2distill.errors import ConfigError
+from pos2distill.modeling import load_causal_lm, resolve_model_path
+from pos2distill.tasks.prompts import encode_prompt
+
 #: ``--backend`` values.
 BACKENDS = ("hf", "vllm")
-
-import torch
-
-from pos2distill.tasks.prompts import encode_prompt
 
 
 class Generator(Protocol):
@@ -32,8 +32,11 @@ class HFGenerator:
         self.batch_size = batch_size
         self.progress = progress  # called with the number of prompts finished in each batch
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        # torch is imported here, not at the top: configs import this module for BACKENDS, and
+        # `pos2distill --help` should not pay for torch.
+        import torch
+
         tok = self.tokenizer
         encoded = [encode_prompt(tok, p, chat=self.chat) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
@@ -48,10 +51,11 @@ class HFGenerator:
                 seq = encoded[i]
                 ids[b, T - len(seq):] = torch.tensor(seq, dtype=torch.long)
                 att[b, T - len(seq):] = 1
-            gen = self.model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
-                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                      num_beams=1, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id, use_cache=True)
+            with torch.no_grad():
+                gen = self.model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
+                                          max_new_tokens=max_new_tokens, do_sample=False,
+                                          num_beams=1, pad_token_id=tok.pad_token_id,
+                                          eos_token_id=tok.eos_token_id, use_cache=True)
             for b, i in enumerate(idx):
                 out[i] = tok.decode(gen[b, T:], skip_special_tokens=True).strip()
             if self.progress is not None:
@@ -88,8 +92,6 @@ class VLLMGenerator:
     def load(cls, path: str, tokenizer: Any, *, chat: bool, dtype: str = "float32",
              trust_remote_code: bool = False, progress: Callable[[int], None] | None = None
              ) -> "VLLMGenerator":
-        from pos2distill.errors import ConfigError
-
         try:
             from vllm import LLM
         except ImportError:
@@ -114,8 +116,6 @@ class VLLMGenerator:
 def make_generator(cfg: Any, tokenizer: Any, *, chat: bool,
                    progress: Callable[[int], None] | None = None) -> Generator:
     """The generator of ``cfg.backend`` for the model of ``cfg`` (a probe or teach config)."""
-    from pos2distill.modeling import load_causal_lm, resolve_model_path
-
     if cfg.backend == "vllm":
         return VLLMGenerator.load(resolve_model_path(cfg.model), tokenizer, chat=chat,
                                   dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,

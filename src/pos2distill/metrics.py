@@ -1,9 +1,9 @@
 """Evaluation metrics: pure per-example scores, and a separate aggregation step per gold position.
 
-Per-example scores (:func:`best_subspan_em`) are pure functions of strings, so each row written to
-disk can be re-scored and traced. Aggregation (:func:`aggregate_by_key`, :func:`summarize`) turns
-those rows into the numbers reported in METHOD.md section 4: accuracy per gold position, their
-unweighted mean and GAP = max - min.
+Per-example scores (:func:`best_subspan_em`, :func:`reasoning_em`) are pure functions of strings, so
+each row written to disk can be re-scored and traced. Aggregation is a separate step
+(:func:`group_scores`, :func:`binomial_stats`); a Task (:mod:`pos2distill.tasks`) turns the groups
+into the numbers of METHOD.md section 4: accuracy per slot, their unweighted mean, GAP = max - min.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,75 +106,49 @@ def cot_through_answer(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class PositionStats:
-    """Accuracy at one gold position (or any other integer key).
+class Stats:
+    """Accuracy of one group of per-example scores (one slot of a probe, say).
 
     Attributes:
-        position: the key value (0-based gold position by default).
-        accuracy: mean of the per-example scores at this key.
+        accuracy: mean of the scores.
         stderr: binomial standard error ``sqrt(p (1 - p) / n)``; 0.0 when ``count <= 1``, where a
             spread cannot be estimated.
-        count: number of examples at this key.
+        count: number of examples.
     """
 
-    position: int
     accuracy: float
     stderr: float
     count: int
 
 
-def aggregate_by_key(rows: Iterable[Mapping[str, Any]], *, key: str = "position",
-                     value: str = "correct") -> list[PositionStats]:
-    """Group per-example rows by an integer ``key`` and average their ``value`` (a score in [0, 1]).
-
-    Returns one :class:`PositionStats` per distinct key, sorted by key. Raises ``ValueError`` on
-    empty input, a missing field, a non-integer key or a value outside [0, 1] (the binomial
-    standard error is only meaningful for scores in that range).
-    """
-    totals: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    for i, row in enumerate(rows):
-        for field in (key, value):
-            if field not in row:
-                raise ValueError(f"row {i}: missing field {field!r}")
-        k, v = row[key], row[value]
-        if not isinstance(k, int) or isinstance(k, bool):
-            raise ValueError(f"row {i}: field {key!r} must be an integer, got {k!r}")
+def binomial_stats(scores: Sequence[float]) -> Stats:
+    """:class:`Stats` of scores in [0, 1]. Raises ``ValueError`` on an empty group or a score
+    outside [0, 1] (the binomial standard error is only meaningful for those)."""
+    total, n = 0.0, 0
+    for v in scores:
         if isinstance(v, bool):
             v = float(v)
         if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-            raise ValueError(f"row {i}: field {value!r} must be a number in [0, 1], got {v!r}")
-        totals[k] = totals.get(k, 0.0) + float(v)
-        counts[k] = counts.get(k, 0) + 1
-    if not counts:
-        raise ValueError("no rows to aggregate")
-    stats = []
-    for k in sorted(counts):
-        n = counts[k]
-        p = totals[k] / n
-        # max(0, .) guards against a tiny negative product from rounding when p is 0 or 1.
-        se = math.sqrt(max(0.0, p * (1.0 - p)) / n) if n > 1 else 0.0
-        stats.append(PositionStats(position=k, accuracy=p, stderr=se, count=n))
-    return stats
+            raise ValueError(f"scores must be numbers in [0, 1], got {v!r}")
+        total += float(v)   # summed in row order, one addition at a time
+        n += 1
+    if not n:
+        raise ValueError("no scores to aggregate")
+    p = total / n
+    # max(0, .) guards against a tiny negative product from rounding when p is 0 or 1.
+    se = math.sqrt(max(0.0, p * (1.0 - p)) / n) if n > 1 else 0.0
+    return Stats(accuracy=p, stderr=se, count=n)
 
 
-def summarize(stats: Sequence[PositionStats]) -> dict[str, float | int]:
-    """Headline numbers over positions (METHOD.md section 4).
-
-    Returns a dict with ``mean`` (unweighted mean of the per-position accuracies, as the paper
-    averages over positions, not over examples), ``gap`` (max - min accuracy), ``best_position``
-    and ``worst_position`` (ties go to the lowest position) and ``n_per_position`` (the smallest
-    count, so a thin position is visible). Raises ``ValueError`` on empty input.
-    """
-    if not stats:
-        raise ValueError("no positions to summarize")
-    accuracies = [s.accuracy for s in stats]
-    best = min(stats, key=lambda s: (-s.accuracy, s.position))
-    worst = min(stats, key=lambda s: (s.accuracy, s.position))
-    return {
-        "mean": sum(accuracies) / len(accuracies),
-        "gap": max(accuracies) - min(accuracies),
-        "best_position": best.position,
-        "worst_position": worst.position,
-        "n_per_position": min(s.count for s in stats),
-    }
+def group_scores(rows: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Hashable],
+                 *, value: str = "correct") -> dict[Hashable, list[float]]:
+    """The ``value`` of each row, grouped by ``key(row)`` (groups in first-seen order, rows in
+    file order). Raises ``ValueError`` naming the row when a field is missing."""
+    groups: dict[Hashable, list[float]] = {}
+    for i, row in enumerate(rows):
+        try:
+            k, v = key(row), row[value]
+        except KeyError as e:
+            raise ValueError(f"row {i}: missing field {e}") from None
+        groups.setdefault(k, []).append(v)
+    return groups

@@ -6,19 +6,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pos2distill.errors import ConfigError
+from pos2distill.tiny import TINY_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``--dtype`` values: names of torch dtypes (``getattr(torch, name)``), which ``from_pretrained``
+#: also takes as strings, so this module loads neither torch nor transformers until a model is.
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_model_path(spec: str) -> str:
     """``tiny`` (or ``embedded``) names the shipped model; anything else must be a local folder."""
     if spec in ("tiny", "embedded"):
-        from pos2distill.tiny import TINY_MODEL_DIR
         return str(TINY_MODEL_DIR)
     path = Path(spec).expanduser()
     if not path.exists():
@@ -103,7 +103,7 @@ def load_causal_lm(spec: str, *, dtype: str = "float32", device: str = "cpu",
         raise ConfigError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     config = load_config(spec, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype],
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
                                                      trust_remote_code=trust_remote_code,
                                                      **(quantization or {}))
     except ValueError as e:

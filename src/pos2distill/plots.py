@@ -72,6 +72,22 @@ def plot_accuracy_by_position(series: Mapping[str, Sequence[tuple[int, float, fl
     return _save(fig, ax, path, title=title, legend=len(series) > 1)
 
 
+def plot_slots(series: Mapping[str, Sequence[tuple[tuple[int, ...], float, float]]],
+               path: str | Path, *, kind: str, title: str = "") -> Path:
+    """One series of ``(slot, score, error)`` points per name: ``kind`` ``line`` draws one-position
+    slots on a numeric axis (:func:`plot_accuracy_by_position`), ``bars`` draws a bar group per
+    slot labelled 1-based (:func:`plot_accuracy_by_configuration`)."""
+    if kind == "line":
+        return plot_accuracy_by_position(
+            {name: [(slot[0], a, e) for slot, a, e in pts] for name, pts in series.items()},
+            path, title=title)
+    if kind == "bars":
+        return plot_accuracy_by_configuration(
+            {name: [(",".join(str(p + 1) for p in slot), a, e) for slot, a, e in pts]
+             for name, pts in series.items()}, path, title=title)
+    raise ValueError(f"plot kind {kind!r} is not line or bars")
+
+
 def plot_curves(panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[float, float, float]]]]],
                 path: str | Path, *, xlabel: str, title: str = "", log_x: bool = False) -> Path:
     """Side-by-side panels of ``(ylabel, {label: [(x, y, err), ...]})``: one line per label with

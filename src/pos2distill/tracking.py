@@ -18,7 +18,7 @@ from pos2distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("tensorboard", "wandb")
+REPORT_TO = ("tensorboard", "wandb")
 
 
 def _tensorboard_writer(logdir: Path) -> Any:
@@ -40,8 +40,8 @@ def _wandb() -> Any:
 def check_backends(report_to: Sequence[str]) -> None:
     """Fail early, before any work, when a requested back-end is unknown or not installed."""
     for name in report_to:
-        if name not in BACKENDS:
-            raise ConfigError(f"report_to: {name!r} is not one of {', '.join(BACKENDS)}")
+        if name not in REPORT_TO:
+            raise ConfigError(f"report_to: {name!r} is not one of {', '.join(REPORT_TO)}")
         if name == "wandb":
             _wandb()
         else:

@@ -123,7 +123,7 @@ def load_litm_qa(path: PathLike) -> list[Record]:
             raise DataError(f"expected exactly one passage with isgold true, found {len(gold)}"
                             f"{where}", path=p, line=line, field="ctxs")
         records.append(_record(p, line, id=f"{stem}-{k}", question=question, answers=answers,
-                               documents=tuple(documents), gold=(gold[0],), task="qa"))
+                               documents=tuple(documents), gold=(gold[0],), kind="qa"))
     logger.info("loaded %d lost-in-the-middle QA records from %s", len(records), p)
     return records
 
@@ -150,7 +150,7 @@ def load_authors(path: PathLike) -> list[Record]:
             Document.from_dict(d, path=p, line=line, field=f"distractors[{i}]")
             for i, d in enumerate(distractors)]
         records.append(_record(p, line, id=f"{stem}-{k}", question=question, answers=answers,
-                               documents=tuple(documents), gold=(0,), task="qa"))
+                               documents=tuple(documents), gold=(0,), kind="qa"))
     logger.info("loaded %d authors'-format records from %s", len(records), p)
     return records
 
@@ -186,7 +186,7 @@ def load_kv(path: PathLike) -> list[Record]:
                             field="value")
         documents = tuple(Document(title="", text=f'"{pk}": "{pv}"') for pk, pv in pairs)
         records.append(_record(p, line, id=f"{stem}-{k}", question=key, answers=(value,),
-                               documents=documents, gold=(gold,), task="kv"))
+                               documents=documents, gold=(gold,), kind="kv"))
     logger.info("loaded %d key-value records from %s", len(records), p)
     return records
 
@@ -327,7 +327,7 @@ def load_musique(path: PathLike) -> list[Record]:
                             f"is_supporting {sorted(supporting)}", path=p, line=line,
                             field="question_decomposition")
         records.append(_record(p, line, id=rid, question=question, answers=answers,
-                               documents=tuple(documents), gold=tuple(gold), task="multihop"))
+                               documents=tuple(documents), gold=tuple(gold), kind="multihop"))
     if skipped:
         logger.info("skipped %d unanswerable MuSiQue questions in %s", skipped, p)
     logger.info("loaded %d MuSiQue records from %s", len(records), p)
@@ -415,7 +415,7 @@ def load_hotpotqa(path: PathLike) -> list[Record]:
         if kind == "bridge":
             gold = bridge_order(documents, gold)
         records.append(_record(p, line, id=rid, question=question, answers=answers,
-                               documents=tuple(documents), gold=tuple(gold), task="multihop"))
+                               documents=tuple(documents), gold=tuple(gold), kind="multihop"))
     logger.info("loaded %d HotpotQA records from %s", len(records), p)
     return records
 
@@ -448,7 +448,7 @@ def load_2wiki(path: PathLike) -> list[Record]:
 
         gold = sorted(gold, key=rank)
         records.append(_record(p, line, id=rid, question=question, answers=answers,
-                               documents=tuple(documents), gold=tuple(gold), task="multihop"))
+                               documents=tuple(documents), gold=tuple(gold), kind="multihop"))
     logger.info("loaded %d 2WikiMultihopQA records from %s", len(records), p)
     return records
 
@@ -619,5 +619,5 @@ def build_from_oracle(records: Sequence[Record], *, n_documents: int,
                             f"n_documents={n_documents}")
         documents = (r.documents[0],) + tuple(pool[j] for j in chosen)
         built.append(Record(id=r.id, question=r.question, answers=r.answers,
-                            documents=documents, gold=(0,), task=r.task))
+                            documents=documents, gold=(0,), kind=r.kind))
     return built

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Iterator
 
 from pos2distill.errors import DataError
 
-TASKS = ("qa", "kv", "multihop")
+#: What a record is: retrieval QA, key-value retrieval, or a multi-hop question.
+KINDS = ("qa", "kv", "multihop")
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class Record:
         answers: gold answers; any of them counts as correct.
         documents: all documents, gold and distractors, in dataset order.
         gold: indices into ``documents`` of the gold documents, in hop order.
-        task: ``"qa"`` (retrieval QA), ``"kv"`` (key-value retrieval) or ``"multihop"``
-            (multi-hop reasoning; aliases of the answer are simply more ``answers``).
+        kind: ``"qa"`` (retrieval QA), ``"kv"`` (key-value retrieval) or ``"multihop"``
+            (multi-hop reasoning; aliases of the answer are simply more ``answers``). Not the
+            ``--task`` (a :mod:`pos2distill.tasks` Task), which says how the record is asked.
     """
 
     id: str
@@ -64,7 +66,7 @@ class Record:
     answers: tuple[str, ...]
     documents: tuple[Document, ...]
     gold: tuple[int, ...]
-    task: str = "qa"
+    kind: str = "qa"
 
     def __post_init__(self) -> None:
         if not self.answers:
@@ -94,7 +96,7 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "question": self.question, "answers": list(self.answers),
                 "documents": [d.to_dict() for d in self.documents], "gold": list(self.gold),
-                "task": self.task}
+                "kind": self.kind}
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | None = None, line: int | None = None) -> "Record":
@@ -117,13 +119,15 @@ class Record:
         if not gold or not all(isinstance(g, int) and not isinstance(g, bool) for g in gold):
             raise DataError("must be a non-empty list of integers", path=path, line=line,
                             field="gold")
-        task = d.get("task", "qa")
-        if task not in TASKS:
-            raise DataError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})",
-                            path=path, line=line, field="task")
+        # "task" is the key files written before the Task redesign used for the kind.
+        key = "kind" if "kind" in d else "task"
+        kind = d.get(key, "qa")
+        if kind not in KINDS:
+            raise DataError(f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})",
+                            path=path, line=line, field=key)
         try:
             return cls(id=d["id"], question=d["question"], answers=tuple(answers),
-                       documents=docs, gold=tuple(gold), task=task)
+                       documents=docs, gold=tuple(gold), kind=kind)
         except DataError as e:
             raise DataError(str(e), path=path, line=line, field=e.field) from None
 

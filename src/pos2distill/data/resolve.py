@@ -3,35 +3,32 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from pos2distill.data import synthetic
-from pos2distill.config import DataOptions
-from pos2distill.errors import ConfigError, DataError
 from pos2distill.data.loaders import build_from_oracle, load_records
 from pos2distill.data.records import Record
+from pos2distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC_DEFAULT_SIZE = 1000
 
 
+class DataOptions(Protocol):
+    """What ``--data`` and its companions say (:class:`pos2distill.config.DataOptions`)."""
+
+    data: str
+    data_format: str
+    n_documents: int
+    limit: int
+    seed: int
+
+
 def load_data(opts: DataOptions) -> list[Record]:
     """Records for ``opts.data``; single-document (oracle) QA files are turned into
-    ``opts.n_documents``-document sets with other questions' gold passages as distractors. With
-    ``--task reasoning`` only questions with exactly two hop documents are kept."""
-    records = _load(opts)
-    if getattr(opts, "task", "retrieval") == "reasoning":
-        from pos2distill.tasks.reasoning import two_hop_records
-
-        return two_hop_records(records)
-    multi = next((r for r in records if len(r.gold) > 1), None)
-    if multi is not None:
-        raise DataError(f"question {multi.id!r} has {len(multi.gold)} gold (hop) documents: "
-                        "multi-hop data needs --task reasoning", path=opts.data)
-    return records
-
-
-def _load(opts: DataOptions) -> list[Record]:
+    ``opts.n_documents``-document sets with other questions' gold passages as distractors. Which
+    of them a task can ask is the task's to say (:meth:`pos2distill.tasks.base.Task.keep`)."""
     if opts.data.startswith("synthetic-reasoning"):
         _, _, split = opts.data.partition(":")
         split = split or "test"
@@ -56,7 +53,7 @@ def _load(opts: DataOptions) -> list[Record]:
     records = load_records(opts.data, opts.data_format)
     if not records:
         raise ConfigError(f"--data: {opts.data} holds no records")
-    if all(len(r.documents) == 1 and r.task == "qa" for r in records) and opts.n_documents > 1:
+    if all(len(r.documents) == 1 and r.kind == "qa" for r in records) and opts.n_documents > 1:
         log.info("%s has one document per question: building %d-document sets", opts.data,
                  opts.n_documents)
         records = build_from_oracle(records, n_documents=opts.n_documents, seed=opts.seed)

@@ -51,7 +51,7 @@ def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id
     documents = tuple(Document(title=p, text=rng.choice(CITIES)) for p in people)
     answer = documents[0].text
     return Record(id=record_id, question=f"Which city is home to {subject}", answers=(answer,),
-                  documents=documents, gold=(0,), task="qa")
+                  documents=documents, gold=(0,), kind="qa")
 
 
 def generate(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
@@ -129,7 +129,7 @@ def make_reasoning_record(rng: random.Random, subject: str, *, n_documents: int,
             distractors += chain
     rng.shuffle(distractors)
     return Record(id=record_id, question=reasoning_question(subject), answers=(answer,),
-                  documents=tuple(documents + distractors), gold=(0, 1), task="multihop")
+                  documents=tuple(documents + distractors), gold=(0, 1), kind="multihop")
 
 
 def generate_reasoning(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:

@@ -23,19 +23,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pos2distill.stages import crosstask, pairs, probe, report, teach, train
 from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
                                 TrainConfig)
 from pos2distill.runinfo import write_json_atomic
+from pos2distill.stages import crosstask, pairs, probe, report, teach, train
+from pos2distill.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-
-def position_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy_by_position": {str(r["position"]): r["accuracy"]
-                                     for r in summary["by_position"]},
-            "mean": summary["mean"], "gap": summary["gap"],
-            "n_per_position": summary["n_per_position"]}
 
 
 def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
@@ -56,14 +50,6 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
         "report": ReportConfig(before=str(out / "probe_before"), after=str(out / "probe_after"),
                                out=str(out / "report"), title="embedded tiny model: R1"),
     }
-
-
-def configuration_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy_by_configuration": {c["configuration"]: c["accuracy"]
-                                          for c in summary["by_configuration"]},
-            "accuracy_by_group": {g: v["mean"] for g, v in summary["by_group"].items()},
-            "mean": summary["mean"], "gap": summary["gap"],
-            "n_per_configuration": summary["n_per_configuration"]}
 
 
 def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
@@ -117,12 +103,10 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
                 ("reasoning: report", report.main, "reasoning_report")]
     cross_r2 = ("cross-task: the R2 model on retrieval", probe.main, "r2_on_retrieval")
     cross_r1 = ("cross-task: the R1 model on reasoning", probe.main, "r1_on_reasoning")
-    if cfg.task == "retrieval":
-        steps = r1_steps
-    elif cfg.task == "reasoning":
-        steps = [r1_steps[0]] + r2_steps + [cross_r2]
-    else:
-        steps = r1_steps + r2_steps + [cross_r1, cross_r2]
+    # --task reasoning also probes the base and the R2 model on retrieval (the cross-task table).
+    steps = {"retrieval": r1_steps,
+             "reasoning": [r1_steps[0]] + r2_steps + [cross_r2],
+             "both": r1_steps + r2_steps + [cross_r1, cross_r2]}[cfg.task]
     results = {}
     for k, (what, fn, name) in enumerate(steps, start=1):
         log.info("[%d/%d] %s", k, len(steps), what)
@@ -132,15 +116,17 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
               **{name: dataclasses.asdict(stages[name]) for name in used}}
     out = Path(cfg.out)
 
+    def headline(name: str) -> dict[str, Any]:
+        return get_task(results[name]["task"]).headline(results[name])
+
     def r1_block() -> dict[str, Any]:
-        return {"before": position_summary(results["probe_before"]),
-                "after": position_summary(results["probe_after"]),
+        return {"before": headline("probe_before"), "after": headline("probe_after"),
                 "teacher_kept": results["teach"]["kept"], "pairs": results["pairs"]["pairs"],
                 "train_steps": results["train"]["steps"]}
 
     def r2_block() -> dict[str, Any]:
-        return {"before": configuration_summary(results["reasoning_probe_before"]),
-                "after": configuration_summary(results["reasoning_probe_after"]),
+        return {"before": headline("reasoning_probe_before"),
+                "after": headline("reasoning_probe_after"),
                 "teacher_kept": results["reasoning_teach"]["kept"],
                 "pairs": results["reasoning_pairs"]["pairs"],
                 "train_steps": results["reasoning_train"]["steps"]}
@@ -168,3 +154,11 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
     write_json_atomic(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "cross_task": str(out / "cross_task.md"),
             **results["reasoning_report"]}
+
+
+def describe(result: dict[str, Any]) -> str:
+    lines = [f"\nreport: {result['report']}", f"plot:   {result['plot']}",
+             f"summary: {result['summary']}"]
+    if "cross_task" in result:
+        lines.append(f"cross-task: {result['cross_task']}")
+    return "\n".join(lines)

@@ -54,9 +54,20 @@ from typing import Any, Iterator, Sequence
 
 from pos2distill.config import (DataOptions, ExperimentConfig, GridConfig, PairsConfig, ProbeConfig,
                                 TeachConfig, TrainConfig)
+from pos2distill.data.records import read_append_log, write_jsonl
+from pos2distill.data.resolve import load_data
 from pos2distill.errors import ConfigError
+from pos2distill import progress
+from pos2distill.modeling import load_config
+from pos2distill.plots import plot_curves, plot_slots
+from pos2distill.runinfo import fingerprint, write_json_atomic, write_text_atomic
+from pos2distill.stages import pairs, probe, teach, train
+from pos2distill.stages.teach import read_teacher_rows
+from pos2distill.stages.train import RESUME_IGNORES
+from pos2distill.tasks import get_task
+from pos2distill.tasks.positions import parse_slot_key, slot_key, slot_label
+from pos2distill.tracking import Tracker, check_backends
 from pos2distill.training.methods import METHOD_NAMES
-from pos2distill.tasks.positions import parse_positions, resolve_position
 
 log = logging.getLogger(__name__)
 
@@ -99,24 +110,6 @@ def plan_runs(grids: Sequence[GridConfig]) -> list[Run]:
     return [Run(m, k, n, s, tuple(sorted(d))) for (m, k, n, s), d in docs.items()]
 
 
-def positions_for(spec: str, n_documents: int) -> str:
-    """An evaluation positions spec for ``n_documents``: ``even:N`` becomes N evenly spaced
-    positions, first and last included; anything else is a probe ``--positions`` value."""
-    s = spec.strip().lower()
-    if s.startswith("even:"):
-        try:
-            count = int(s[5:])
-        except ValueError:
-            raise ConfigError(f"positions: {spec!r}: even:N needs an integer N") from None
-        if not 2 <= count:
-            raise ConfigError(f"positions: {spec!r}: even:N needs N >= 2")
-        count = min(count, n_documents)
-        points = sorted({round(i * (n_documents - 1) / (count - 1)) for i in range(count)})
-        return ",".join(map(str, points))
-    parse_positions(spec, n_documents)  # validates
-    return spec
-
-
 def _model_kw(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"task": cfg.task, "template": cfg.template, "instruction": cfg.instruction,
             "chat": cfg.chat, "dtype": cfg.dtype, "device": cfg.device,
@@ -132,8 +125,9 @@ def teach_config(cfg: ExperimentConfig, n_questions: int) -> TeachConfig:
 
 
 def probe_config(cfg: ExperimentConfig, model: str, out: Path, n_documents: int) -> ProbeConfig:
-    where = ({"configurations": cfg.configurations} if cfg.task == "reasoning" else
-             {"positions": positions_for(cfg.positions_spec(n_documents), n_documents)})
+    task = get_task(cfg.task)
+    where = {task.slot_option: task.expand_slots(cfg.slot_spec(task.slot_option, n_documents),
+                                                  n_documents)}
     return ProbeConfig(model=model, **_model_kw(cfg), data=cfg.test_data,
                        data_format=cfg.data_format, n_documents=n_documents, limit=cfg.n_test,
                        seed=cfg.data_seed, **where, out=str(out), **cfg.generation_options())
@@ -141,7 +135,7 @@ def probe_config(cfg: ExperimentConfig, model: str, out: Path, n_documents: int)
 
 def pairs_config(cfg: ExperimentConfig, run: Run, teach_path: Path) -> PairsConfig:
     out = Path(cfg.out) / SHARED / "pairs" / f"n{run.n_train}-K{run.K}-seed{run.seed}.jsonl"
-    anchors = 0 if cfg.task == "reasoning" else cfg.anchors   # R2 has no anchors
+    anchors = cfg.anchors if get_task(cfg.task).has_anchors else 0
     return PairsConfig(teach=str(teach_path), out=str(out), model=cfg.model, K=run.K,
                        anchors=anchors, seed=run.seed)
 
@@ -151,24 +145,15 @@ def train_config(cfg: ExperimentConfig, run: Run, pairs_path: str) -> TrainConfi
                             method=run.method, seed=run.seed)
 
 
-def adv_slot(cfg: ExperimentConfig, n_documents: int) -> int | str:
-    """The advantageous slot with ``n_documents``: a 0-based position (retrieval) or a hop
-    configuration key like ``"18,19"`` (reasoning)."""
-    if cfg.task == "reasoning":
-        from pos2distill.tasks.reasoning import resolve_configuration
-
-        return ",".join(map(str, resolve_configuration(cfg.advantageous, n_documents)))
-    return resolve_position(cfg.advantageous, n_documents)
+def adv_slot(cfg: ExperimentConfig, n_documents: int) -> str:
+    """The key of the advantageous slot with ``n_documents``: ``"0"`` (a position) or ``"18,19"``
+    (a hop configuration)."""
+    return slot_key(get_task(cfg.task).advantageous(cfg.advantageous, n_documents))
 
 
-def slot_order(key: str | int) -> tuple[int, ...]:
-    """Sort key of a slot: a position ``"4"`` or a hop configuration ``"0,8"``."""
-    return tuple(int(x) for x in str(key).split(","))
-
-
-def slot_label(key: str | int, sep: str = ",") -> str:
-    """A slot 1-based, for people: ``"4"`` → ``5``, ``"0,8"`` → ``1,9``."""
-    return sep.join(str(int(x) + 1) for x in str(key).split(","))
+def key_label(key: str, sep: str = ",") -> str:
+    """A slot key 1-based, for people: ``"4"`` → ``5``, ``"0,8"`` → ``1,9``."""
+    return slot_label(parse_slot_key(key), sep)
 
 
 def run_dir(cfg: ExperimentConfig, run: Run) -> Path:
@@ -182,9 +167,6 @@ def base_probe_dir(cfg: ExperimentConfig, n_documents: int) -> Path:
 def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
     """What a finished run's results depend on: the configs of its stages (minus output paths and
     settings that do not change results)."""
-    from pos2distill.runinfo import fingerprint
-    from pos2distill.stages.train import RESUME_IGNORES
-
     parts = [fingerprint(teach_config(cfg, run.n_train), ignore=("out", "limit", "batch_size",
                                                                    "device")), str(run.n_train)]
     if run.trains:
@@ -201,18 +183,13 @@ def run_fingerprint(cfg: ExperimentConfig, run: Run) -> str:
 # Results: per-run evaluation, aggregation over seeds, tables (pure)
 # ---------------------------------------------------------------------------------------------
 
-def eval_summary(probe_summary: dict[str, Any], adv_position: int | str) -> dict[str, Any]:
-    """The numbers a run reports for one document count, from a probe's summary. A reasoning
-    probe's EM by hop configuration goes under the same keys, keyed ``"A,B"`` (0-based)."""
-    if "by_configuration" in probe_summary:
-        acc = {c["configuration"]: c["accuracy"] for c in probe_summary["by_configuration"]}
-        n = probe_summary["n_per_configuration"]
-    else:
-        acc = {str(r["position"]): r["accuracy"] for r in probe_summary["by_position"]}
-        n = probe_summary["n_per_position"]
+def eval_summary(probe_summary: dict[str, Any], adv: str) -> dict[str, Any]:
+    """The numbers a run reports for one document count, from a probe's summary, keyed by slot
+    (``"4"``, or ``"A,B"`` for a hop configuration; 0-based)."""
+    acc = get_task(probe_summary["task"]).accuracy_by_slot(probe_summary)
     return {"accuracy_by_position": acc, "mean": probe_summary["mean"],
-            "gap": probe_summary["gap"], "n_per_position": n,
-            "adv_position": adv_position, "adv_accuracy": acc.get(str(adv_position))}
+            "gap": probe_summary["gap"], "n_per_position": probe_summary["n_per_slot"],
+            "adv_position": adv, "adv_accuracy": acc.get(adv)}
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -248,7 +225,7 @@ def _row(method: str, K: int | None, n_train: int | None, docs: int,
         values = [e[key] for e in evs if e[key] is not None]
         row[key], row[f"{key}_std"] = _mean_std(values) if values else (None, None)
     row["adv_position"] = evs[0]["adv_position"]
-    positions = sorted({p for e in evs for p in e["accuracy_by_position"]}, key=slot_order)
+    positions = sorted({p for e in evs for p in e["accuracy_by_position"]}, key=parse_slot_key)
     row["accuracy_by_position"] = {p: _mean_std([e["accuracy_by_position"][p]
                                                  for e in evs])[0] for p in positions}
     row["accuracy_by_position_std"] = {p: _mean_std([e["accuracy_by_position"][p]
@@ -269,7 +246,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n = len(r["seeds"])
-        adv = "" if r["adv_position"] is None else f" ({slot_label(r['adv_position'])})"
+        adv = "" if r["adv_position"] is None else f" ({key_label(r['adv_position'])})"
         lines.append(f"| {r['method']} | {'' if r['K'] is None else r['K']} | "
                      f"{'' if r['n_train'] is None else r['n_train']} | {r['documents']} | "
                      f"{n or ''} | {_pm(r['mean'], r['mean_std'], n)} | "
@@ -284,8 +261,8 @@ def position_table(rows: Sequence[dict[str, Any]], n_documents: int) -> str:
     rows = [r for r in rows if r["documents"] == n_documents]
     if not rows:
         return ""
-    positions = sorted({p for r in rows for p in r["accuracy_by_position"]}, key=slot_order)
-    lines = ["| method | K | questions | " + " | ".join(map(slot_label, positions)) + " |",
+    positions = sorted({p for r in rows for p in r["accuracy_by_position"]}, key=parse_slot_key)
+    lines = ["| method | K | questions | " + " | ".join(map(key_label, positions)) + " |",
              "|---|---:|---:|" + "---:|" * len(positions)]
     for r in rows:
         cells = [f"{r['accuracy_by_position'][p]:.2f}" if p in r["accuracy_by_position"]
@@ -296,12 +273,12 @@ def position_table(rows: Sequence[dict[str, Any]], n_documents: int) -> str:
 
 
 def csv_text(rows: Sequence[dict[str, Any]]) -> str:
-    positions = sorted({p for r in rows for p in r["accuracy_by_position"]}, key=slot_order)
+    positions = sorted({p for r in rows for p in r["accuracy_by_position"]}, key=parse_slot_key)
     fields = ["method", "K", "n_train", "documents", "n_seeds", "mean", "mean_std", "gap",
               "gap_std", "adv_position", "adv_accuracy", "adv_accuracy_std"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(fields + [f"acc_pos{slot_label(p, '-')}" for p in positions])
+    w.writerow(fields + [f"acc_pos{key_label(p, '-')}" for p in positions])
     for r in rows:
         flat = {**r, "n_seeds": len(r["seeds"])}
         w.writerow(["" if flat[f] is None else flat[f] for f in fields]
@@ -327,10 +304,8 @@ def make_plots(rows: Sequence[dict[str, Any]], runs: Sequence[Run], cfg: Experim
     """Accuracy by position per method (one plot per document count), mean accuracy and GAP against
     K, against the number of training questions and against the number of documents. A curve
     plot is drawn when some method has at least two points on its axis."""
-    from pos2distill.plots import (plot_accuracy_by_configuration, plot_accuracy_by_position,
-                                   plot_curves)
-
     K, n = main_point(runs)
+    task = get_task(cfg.task)
     written = []
 
     def at(r: dict[str, Any], **want: Any) -> bool:
@@ -342,17 +317,11 @@ def make_plots(rows: Sequence[dict[str, Any]], runs: Sequence[Run], cfg: Experim
             if r["documents"] == docs and (r["method"] == BASE or at(r, K=K, n_train=n)):
                 series[r["method"]] = [(p, a, r["accuracy_by_position_std"][p])
                                        for p, a in r["accuracy_by_position"].items()]
-        title = f"{docs} documents; trained with K={K}, {n} questions\n(mean over seeds, "
-        if cfg.task == "reasoning":   # EM by hop configuration: grouped bars
-            path = out / f"accuracy_by_configuration-d{docs}.png"
-            plot_accuracy_by_configuration(
-                {m: [(slot_label(p), a, e) for p, a, e in pts] for m, pts in series.items()},
-                path, title=title + "bars ±1 std)")
-        else:
-            path = out / f"accuracy_by_position-d{docs}.png"
-            plot_accuracy_by_position({m: [(int(p), a, e) for p, a, e in pts]
-                                       for m, pts in series.items()}, path,
-                                      title=title + "band ±1 std)")
+        path = out / f"{task.plot_file.removesuffix('.png')}-d{docs}.png"
+        plot_slots({m: [(parse_slot_key(p), a, e) for p, a, e in pts]
+                    for m, pts in series.items()}, path, kind=task.plot_kind,
+                   title=f"{docs} documents; trained with K={K}, {n} questions\n(mean over "
+                         "seeds, ±1 std)")
         written.append(str(path))
 
     def curves(axis: str, fixed: dict[str, Any], base_x: Any = None) -> dict[str, dict]:
@@ -392,74 +361,37 @@ def make_plots(rows: Sequence[dict[str, Any]], runs: Sequence[Run], cfg: Experim
 # Running
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def stage_bars_below(position: int = 1) -> Iterator[None]:
-    """Inside, the stages' own tqdm bars draw on the line below the grid's bar and vanish when
-    done, so the terminal shows one view: the grid, then the current stage. The stages import
-    ``tqdm.auto.tqdm`` when they run, which is what is swapped here (and restored after)."""
-    import tqdm.auto
-
-    original = tqdm.auto.tqdm
-
-    class Below(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs.setdefault("position", position)
-            kwargs.setdefault("leave", False)
-            super().__init__(*args, **kwargs)
-
-    tqdm.auto.tqdm = Below
-    try:
-        yield
-    finally:
-        tqdm.auto.tqdm = original
-
-
-@dataclass
-class _Data(DataOptions):
-    """The experiment's data options with its task (reasoning keeps two-hop questions only)."""
-
-    task: str = "retrieval"
-
-
 def check_data(cfg: ExperimentConfig, runs: Sequence[Run]) -> None:
     """Refuse, before any work, data that cannot serve the grid."""
-    from pos2distill.data.resolve import load_data
-
     n_max = max(r.n_train for r in runs)
     if any(r.trains for r in runs):
-        train = load_data(_Data(task=cfg.task, data=cfg.train_data, data_format=cfg.data_format,
-                                n_documents=cfg.n_documents, limit=n_max, seed=cfg.data_seed))
+        train = task_records(cfg, cfg.train_data, cfg.n_documents, n_max)
         if len(train) < n_max:
-            kind = " two-hop" if cfg.task == "reasoning" else ""
             raise ConfigError(f"n_train {n_max}: the first {n_max} questions of {cfg.train_data} "
-                              f"hold only {len(train)}{kind} questions")
+                              f"hold only {len(train)} questions that --task {cfg.task} can ask")
     for docs in sorted({d for r in runs for d in r.eval_documents}):
-        test = load_data(_Data(task=cfg.task, data=cfg.test_data, data_format=cfg.data_format,
-                               n_documents=docs, limit=cfg.n_test, seed=cfg.data_seed))
+        test = task_records(cfg, cfg.test_data, docs, cfg.n_test)
         if len(test[0].documents) != docs:
             raise ConfigError(f"eval_documents {docs}: {cfg.test_data} has "
                               f"{len(test[0].documents)} documents per question (only one-document "
                               "oracle files and the synthetic set can be built with any count)")
-        if cfg.task == "reasoning":
-            from pos2distill.tasks.positions import parse_configurations
-
-            parse_configurations(cfg.configurations, docs)
-        else:
-            positions_for(cfg.positions_spec(docs), docs)
+        task = get_task(cfg.task)
+        task.slots(getattr(probe_config(cfg, cfg.model, Path("."), docs), task.slot_option), docs)
         adv_slot(cfg, docs)
+
+
+def task_records(cfg: ExperimentConfig, data: str, n_documents: int, limit: int) -> list:
+    """The first ``limit`` questions of ``data`` that the experiment's task can ask."""
+    opts = DataOptions(data=data, data_format=cfg.data_format, n_documents=n_documents,
+                       limit=limit, seed=cfg.data_seed)
+    return get_task(cfg.task).keep(load_data(opts), data)
 
 
 def teach_subset(cfg: ExperimentConfig, teach_path: Path, n_train: int, n_max: int) -> Path:
     """The kept teacher rows of the first ``n_train`` training questions."""
-    from pos2distill.data.resolve import load_data
-    from pos2distill.data.records import write_jsonl
-    from pos2distill.stages.teach import read_teacher_rows
-
     if n_train == n_max:
         return teach_path
-    ids = {r.id for r in load_data(_Data(task=cfg.task, data=cfg.train_data,
-                                         data_format=cfg.data_format, n_documents=cfg.n_documents,
-                                         limit=n_train, seed=cfg.data_seed))}
+    ids = {r.id for r in task_records(cfg, cfg.train_data, cfg.n_documents, n_train)}
     path = teach_path.with_name(f"{teach_path.name.removesuffix('.jsonl')}-first{n_train}.jsonl")
     write_jsonl(path, [row for row in read_teacher_rows(teach_path) if row["id"] in ids])
     return path
@@ -474,9 +406,6 @@ def _stage_count(runs: Sequence[Run], docs: Sequence[int]) -> int:
 def _log_run(cfg: ExperimentConfig, run: Run, result: dict[str, Any]) -> None:
     """metrics.jsonl of the run (always), and TensorBoard / W&B when asked for: the training curve
     from the training log, then the evaluation numbers at the last step."""
-    from pos2distill.data.records import read_append_log
-    from pos2distill.tracking import Tracker
-
     folder = run_dir(cfg, run)
     train_log = read_append_log(folder / "train" / "log.jsonl") if run.trains else []
     with Tracker(folder / "metrics.jsonl", report_to=cfg.report_to,
@@ -498,7 +427,7 @@ def shared_lock(out: Path, sharded: bool) -> Iterator[None]:
     if not sharded:
         yield
         return
-    import fcntl
+    import fcntl   # POSIX only, and only needed when shards share the folder
 
     path = out / SHARED / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -520,13 +449,6 @@ def load_result(cfg: ExperimentConfig, run: Run) -> dict[str, Any] | None:
 
 
 def main(cfg: ExperimentConfig) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
-    from pos2distill.stages import pairs, probe, teach, train
-    from pos2distill.modeling import load_config
-    from pos2distill.runinfo import write_json_atomic, write_text_atomic
-    from pos2distill.tracking import check_backends
-
     out = Path(cfg.out)
     runs = plan_runs(cfg.grid_configs())
     shard, n_shards = cfg.shard_index()
@@ -551,8 +473,8 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
 
     base: dict[int, dict[str, Any]] = {}
     teach_path, teach_kept = Path(teach_config(cfg, n_max).out), None
-    with stage_bars_below(), tqdm(total=_stage_count(todo, docs_all), desc="experiment",
-                                  unit="stage", position=0) as bar:
+    with progress.bar(total=_stage_count(todo, docs_all), desc="experiment", unit="stage",
+                      position=0) as bar, progress.nested():
         def stage(what: str) -> None:
             bar.set_postfix_str(what)
 
@@ -606,15 +528,12 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     rows = aggregate(results, base)
     kept = (f" Teacher kept {teach_kept} of {n_max} training questions."
             if teach_kept is not None else "")
-    reasoning = cfg.task == "reasoning"
-    what = ("reasoning (R2): exact match by hop configuration (first hop, second hop), "
-            "advantageous configuration" if reasoning else "advantageous position")
+    task = get_task(cfg.task)
     md = ["# Results", "", f"Model `{cfg.model}`, trained with {cfg.n_documents} documents, "
-          f"{what} {slot_label(adv_train)} (1-based); mean ± std over seeds "
+          f"advantageous {task.slot_noun} {key_label(adv_train)} (1-based); mean ± std over seeds "
           f"({len(results)} of {len(runs)} runs finished).{kept}", "", markdown_table(rows)]
     for d in docs_all:
-        title = "EM by hop configuration" if reasoning else "Accuracy by gold position"
-        md += ["", f"## {title}, {d} documents (mean over seeds)", "", position_table(rows, d)]
+        md += ["", f"## {task.metric} by {task.slot_noun}, {d} documents (mean over seeds)", "", position_table(rows, d)]
     with lock():  # shards finishing together must not write the same files at once
         write_text_atomic(out / "results.md", "\n".join(md))
         write_text_atomic(out / "results.csv", csv_text(rows))
@@ -624,3 +543,8 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"results": str(out / "results.md"), "csv": str(out / "results.csv"),
             "json": str(out / "results.json"), "plots": plots, "runs": len(runs),
             "finished": len(results)}
+
+
+def describe(result: dict[str, Any]) -> str:
+    return "\n".join([f"results: {result['results']} (also {result['csv']}, {result['json']})",
+                      *(f"plot:    {plot}" for plot in result["plots"])])

@@ -194,7 +194,7 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from pos2distill.training.heads import response_hidden, response_logits_full, head, plain_head
-    from pos2distill.modeling import (DTYPES, load_causal_lm, load_config, load_tokenizer,
+    from pos2distill.modeling import (load_causal_lm, load_config, load_tokenizer,
                                       resolve_model_path)
     from pos2distill.runinfo import file_sha256
     from pos2distill.stages.train import encode_pair, left_pad, read_pairs, response_mask
@@ -239,7 +239,7 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     order = sorted(range(len(entries)), key=lambda i: -len(entries[i]))
     chunks: dict[str, list[Tensor]] = {"logprobs": [], "ids": [], "log_tail": [], "targets": []}
     per_entry: list[dict[str, Tensor]] = [dict() for _ in entries]
-    autocast = (torch.autocast(torch.device(cfg.device).type, dtype=DTYPES[cfg.autocast])
+    autocast = (torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.autocast))
                 if cfg.autocast != "off" else nullcontext())
     with torch.no_grad(), autocast, tqdm(total=len(entries), desc="cache", unit="prompt") as bar:
         for s in range(0, len(order), cfg.batch_size):

@@ -7,9 +7,15 @@ summaries: :func:`cross_task` builds the block ``summary.json`` carries, :func:`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
-TASKS = ("retrieval", "reasoning")
+from pos2distill.config import CrossTaskConfig
+from pos2distill.errors import ConfigError
+from pos2distill.runinfo import write_json_atomic
+from pos2distill.stages.probe import load_summary
+from pos2distill.tasks import TASKS
+
 #: Row labels; the task each trained model was trained for ("own task").
 MODEL_LABELS = {"base": ("base model", None), "r1": ("after R1 (trained on retrieval)", "retrieval"),
                 "r2": ("after R2 (trained on reasoning)", "reasoning")}
@@ -62,14 +68,8 @@ def markdown(block: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: Any) -> dict[str, Any]:
+def main(cfg: CrossTaskConfig) -> dict[str, Any]:
     """``pos2distill crosstask``: the table from probe folders (see :class:`CrossTaskConfig`)."""
-    from pathlib import Path
-
-    from pos2distill.errors import ConfigError
-    from pos2distill.stages.probe import load_summary
-    from pos2distill.runinfo import write_json_atomic
-
     summaries: dict[str, dict[str, Any]] = {}
     for model in MODEL_LABELS:
         for task in TASKS:
@@ -77,9 +77,9 @@ def main(cfg: Any) -> dict[str, Any]:
             if not path:
                 continue
             summary = load_summary(path)
-            if summary.get("task", "retrieval") != task:
-                raise ConfigError(f"--{model}-{task} {path}: a {summary.get('task', 'retrieval')} "
-                                  f"probe, not a {task} one")
+            if summary["task"] != task:
+                raise ConfigError(f"--{model}-{task} {path}: a {summary['task']} probe, not a "
+                                  f"{task} one")
             summaries.setdefault(model, {})[task] = summary
     if "base" not in summaries:
         raise ConfigError("no base model probe given")
@@ -89,3 +89,7 @@ def main(cfg: Any) -> dict[str, Any]:
     write_json_atomic(out / "cross_task.json", block)
     (out / "cross_task.md").write_text(markdown(block))
     return {"table": str(out / "cross_task.md"), **block}
+
+
+def describe(result: dict[str, Any]) -> str:
+    return Path(result["table"]).read_text() + f"\ntable: {result['table']}"

@@ -614,10 +614,9 @@ def _autocast(kind: str, device: str) -> Callable[[], ContextManager[Any]]:
     """A factory of autocast contexts for ``--autocast`` (``off``: a no-op)."""
     if kind == "off":
         return contextlib.nullcontext
-    from pos2distill.modeling import DTYPES
 
     device_type = torch.device(device).type
-    return lambda: torch.autocast(device_type, dtype=DTYPES[kind])
+    return lambda: torch.autocast(device_type, dtype=getattr(torch, kind))
 
 
 def _teacher_kind(cfg: TrainConfig, needs_teacher: bool) -> str:

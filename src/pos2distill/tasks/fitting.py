@@ -15,11 +15,12 @@ placeholder tokenizers use for "no limit"). A prompt that does not fit is, by ``
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pos2distill.errors import ConfigError
-from pos2distill.tasks.positions import place_gold, place_hops, rng_for
+from pos2distill.tasks.positions import Slot, slot_label, slot_rng
 from pos2distill.tasks.prompts import encode_prompt, render_prompt, use_chat
 from pos2distill.data.records import Record
 
@@ -62,7 +63,7 @@ def keep_distractors(record: Record, k: int) -> Record:
             seen += 1
     return Record(id=record.id, question=record.question, answers=record.answers,
                   documents=tuple(record.documents[i] for i in keep),
-                  gold=tuple(keep.index(g) for g in record.gold), task=record.task)
+                  gold=tuple(keep.index(g) for g in record.gold), kind=record.kind)
 
 
 @dataclass(frozen=True)
@@ -75,22 +76,21 @@ class Fitted:
     dropped: int = 0
 
 
-def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, *, template: str,
-               chat: str, seed: int, copy: int = 0, max_tokens: int | None,
-               too_long: str, instruction: str = "") -> Fitted | None:
-    """The prompt of ``record`` with its gold at ``position`` (distractor order from
-    ``rng_for(seed, record.id, position, copy)``), made to fit ``max_tokens`` by the ``too_long``
-    policy. None means skipped. A tuple ``position`` places the hop documents, one position per
-    hop (:func:`pos2distill.tasks.positions.place_hops`). A non-empty ``instruction`` replaces the
-    template's instruction line."""
+def fit_prompt(record: Record, slot: Slot, tokenizer: Any, *,
+               place: Callable[[Record, Slot, random.Random], Record], template: str, chat: str,
+               seed: int, copy: int = 0, max_tokens: int | None, too_long: str,
+               instruction: str = "") -> Fitted | None:
+    """The prompt of ``record`` with its gold documents placed at ``slot`` by ``place`` (a Task's
+    :meth:`~pos2distill.tasks.base.Task.place`; distractor order from
+    ``slot_rng(seed, record.id, slot, copy)``), made to fit ``max_tokens`` by the ``too_long``
+    policy. None means skipped. A non-empty ``instruction`` replaces the template's instruction
+    line."""
     if too_long not in TOO_LONG:
         raise ConfigError(f"--too-long: {too_long!r} is not one of {', '.join(TOO_LONG)}")
     chat_on = use_chat(tokenizer, chat)  # type: ignore[arg-type]
 
     def render(r: Record) -> str:
-        rng = rng_for(seed, r.id, position, copy)
-        placed = (place_hops(r, position, rng) if isinstance(position, tuple)
-                  else place_gold(r, position, rng))
+        placed = place(r, slot, slot_rng(seed, r.id, slot, copy))
         return render_prompt(placed, tokenizer, template=template, chat=chat,  # type: ignore[arg-type]
                              instruction=instruction)
 
@@ -104,9 +104,8 @@ def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, 
     if n <= max_tokens:
         return Fitted(record, prompt)
     if too_long == "fail":
-        where = (f"its hops at positions {', '.join(str(p + 1) for p in position)}"
-                 if isinstance(position, tuple) else f"its gold at position {position + 1}")
-        raise ConfigError(f"question {record.id!r} with {where}: the "
+        raise ConfigError(f"question {record.id!r} with its gold document(s) at position(s) "
+                          f"{slot_label(slot)}: the "
                           f"prompt has {n} tokens, more than the {max_tokens} that fit the model's "
                           "context with --max-new-tokens; use --too-long skip or truncate, fewer "
                           "--n-documents, or a model with a longer context")
@@ -117,7 +116,7 @@ def fit_prompt(record: Record, position: int | tuple[int, ...], tokenizer: Any, 
     # every document, so a binary search finds it.
     n_gold = len(record.gold)
     n_distractors = len(record.documents) - n_gold
-    last = max(position) if isinstance(position, tuple) else position
+    last = max(slot)
     lo, hi, best = last + 1 - n_gold, n_distractors - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2

@@ -1,6 +1,8 @@
 """Placing gold documents at prompt positions: pure functions with an explicit RNG.
 
-Positions are 0-based here and 1-based in prompts and reports. The distractor order comes from the
+Positions are 0-based here and 1-based in prompts and reports. A *slot* is the tuple of positions a
+question's gold documents take: ``(p,)`` for retrieval, ``(first_hop, second_hop)`` for reasoning;
+:func:`slot_key` writes it ``"p"`` or ``"a,b"`` in tables and JSON keys. The distractor order comes from the
 ``random.Random`` passed in; :func:`rng_for` derives one from (seed, record id, position, copy) so the
 same question at the same position with the same seed always gives the same prompt, for every model
 compared.
@@ -20,6 +22,30 @@ def rng_for(seed: int, record_id: str, position: int | tuple[int, ...], copy: in
     return random.Random(f"{seed}|{record_id}|{position}|{copy}")
 
 
+Slot = tuple[int, ...]
+
+
+def slot_key(slot: Slot) -> str:
+    """``"4"`` or ``"0,8"``: a slot in JSON keys and tables (0-based)."""
+    return ",".join(str(p) for p in slot)
+
+
+def parse_slot_key(key: str) -> Slot:
+    """The slot of a :func:`slot_key` string."""
+    return tuple(int(x) for x in str(key).split(","))
+
+
+def slot_label(slot: Slot, sep: str = ",") -> str:
+    """A slot 1-based, for people: ``(4,)`` → ``5``, ``(0, 8)`` → ``1,9``."""
+    return sep.join(str(p + 1) for p in slot)
+
+
+def slot_rng(seed: int, record_id: str, slot: Slot, copy: int = 0) -> random.Random:
+    """:func:`rng_for` of a slot. A one-document slot is keyed by its position alone, as run
+    folders written before slots were keyed, so the same prompts come out."""
+    return rng_for(seed, record_id, slot[0] if len(slot) == 1 else slot, copy)
+
+
 def place_gold(record: Record, position: int, rng: random.Random) -> Record:
     """Return ``record`` with its single gold document at ``position`` and the distractors, in an
     order drawn from ``rng``, around it. The result's ``gold`` is ``(position,)``."""
@@ -32,7 +58,7 @@ def place_gold(record: Record, position: int, rng: random.Random) -> Record:
     rng.shuffle(distractors)
     documents = distractors[:position] + [gold] + distractors[position:]
     return Record(id=record.id, question=record.question, answers=record.answers,
-                  documents=tuple(documents), gold=(position,), task=record.task)
+                  documents=tuple(documents), gold=(position,), kind=record.kind)
 
 
 def parse_positions(spec: str | list[int] | tuple[int, ...], n_documents: int) -> list[int]:
@@ -126,7 +152,7 @@ def place_hops(record: Record, positions: tuple[int, ...] | list[int], rng: rand
     it = iter(distractors)
     documents = tuple(d if d is not None else next(it) for d in slots)
     return Record(id=record.id, question=record.question, answers=record.answers,
-                  documents=documents, gold=positions, task=record.task)
+                  documents=documents, gold=positions, kind=record.kind)
 
 
 def hop_group(pair: tuple[int, ...]) -> str:

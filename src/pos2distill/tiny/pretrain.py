@@ -40,7 +40,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from pos2distill.tasks import prompts
 from pos2distill.data import synthetic
-from pos2distill.config import option
+from pos2distill.options import option
 from pos2distill.tasks.positions import paper_configurations, place_gold, place_hops
 from pos2distill.tiny.tokenizer import build_tokenizer, corpus_words
 

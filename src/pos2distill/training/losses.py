@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from pos2distill.training.methods import WEIGHT_FORMULAS
+
 __all__ = [
     "WEIGHT_FORMULAS",
     "per_example_kl",
@@ -42,8 +44,6 @@ __all__ = [
     "r1_loss",
 ]
 
-#: Accepted values of ``formula`` in :func:`position_weights`.
-WEIGHT_FORMULAS = ("pos2distill", "paper", "uniform")
 
 
 # ----------------------------------------------------------------------------- helpers

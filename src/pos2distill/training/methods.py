@@ -43,7 +43,10 @@ from typing import Literal
 
 from pos2distill.errors import ConfigError
 
-__all__ = ["Method", "METHODS", "METHOD_NAMES", "get_method"]
+__all__ = ["Method", "METHODS", "METHOD_NAMES", "WEIGHT_FORMULAS", "get_method"]
+
+#: Position-aware weight formulas (``--formula``) of :func:`pos2distill.training.losses.position_weights`.
+WEIGHT_FORMULAS = ("pos2distill", "paper", "uniform")
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Method:
             :func:`pos2distill.training.losses.per_example_kl`) or ``"ce"`` (per-example cross-entropy,
             :func:`pos2distill.training.losses.per_example_cross_entropy`).
         formula: weights of the trivial examples for KL methods: a value of
-            :data:`pos2distill.training.losses.WEIGHT_FORMULAS`, or ``None`` for "the ``--formula`` flag"
+            :data:`WEIGHT_FORMULAS`, or ``None`` for "the ``--formula`` flag"
             (r1 accepts ``uniform``, i.e. plain KL with anchors; kl+align refuses it).
             ``None`` for cross-entropy methods (every example weighs 1).
         anchors: whether the anchor rows of the pairs file are trained on (for KL methods with

@@ -1,0 +1,99 @@
+"""Retrieval (Pos2Distill-R1, METHOD.md section 2): one gold document, a slot is ``(p,)``.
+
+The gold document goes to position p among the distractors, the model answers in a line, and the
+line is scored by best-subspan EM (:func:`pos2distill.metrics.best_subspan_em`). The teacher reads
+the gold document at the advantageous position (default the first: the attention sink); the pairs
+put it at K other positions plus anchor copies at the advantageous one, and distil the teacher's
+first answer line.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+from pos2distill.data.records import Record
+from pos2distill.errors import ConfigError, DataError
+from pos2distill.metrics import best_subspan_em, first_line
+from pos2distill.tasks.base import Task
+from pos2distill.tasks.positions import Slot, parse_positions, place_gold, resolve_position
+
+
+class Retrieval(Task):
+    name = "retrieval"
+    default_template = "authors"
+    default_advantageous = "first"
+    slot_option = "positions"
+    slot_noun = "gold position"
+    metric = "accuracy"
+    methods = ("sft", "seqkd", "kl", "kl+align", "r1")
+    has_anchors = True
+    plot_file = "accuracy_by_position.png"
+    plot_kind = "line"
+
+    def keep(self, records: Sequence[Record], source: str) -> list[Record]:
+        multi = next((r for r in records if len(r.gold) > 1), None)
+        if multi is not None:
+            raise DataError(f"question {multi.id!r} has {len(multi.gold)} gold (hop) documents: "
+                            "multi-hop data needs --task reasoning", path=source)
+        return list(records)
+
+    def slots(self, spec: str, n_documents: int) -> list[Slot]:
+        return [(p,) for p in parse_positions(spec, n_documents)]
+
+    def expand_slots(self, spec: str, n_documents: int) -> str:
+        """``even:N``: N evenly spaced positions, first and last included; any other spec is a
+        ``--positions`` value, returned as it is."""
+        s = spec.strip().lower()
+        if not s.startswith("even:"):
+            return super().expand_slots(spec, n_documents)
+        try:
+            count = int(s[5:])
+        except ValueError:
+            raise ConfigError(f"positions: {spec!r}: even:N needs an integer N") from None
+        if not 2 <= count:
+            raise ConfigError(f"positions: {spec!r}: even:N needs N >= 2")
+        count = min(count, n_documents)
+        points = sorted({round(i * (n_documents - 1) / (count - 1)) for i in range(count)})
+        return ",".join(map(str, points))
+
+    def advantageous(self, spec: str, n_documents: int) -> Slot:
+        return (resolve_position(spec, n_documents),)
+
+    def place(self, record: Record, slot: Slot, rng: random.Random) -> Record:
+        return place_gold(record, slot[0], rng)
+
+    def training_slots(self, record_id: str, n_documents: int, adv: Slot, *, K: int, seed: int,
+                       pool: str) -> list[Slot]:
+        trivial = [p for p in range(n_documents) if (p,) != adv]
+        if K > len(trivial):
+            raise ConfigError(f"--K {K} is larger than the {len(trivial)} trivial positions of "
+                              f"{n_documents}-document questions")
+        rng = random.Random(f"{seed}|{record_id}|positions")
+        return [(p,) for p in sorted(rng.sample(trivial, K))]
+
+    def score(self, prediction: str, answers: Sequence[str]) -> float:
+        return best_subspan_em(prediction, answers)
+
+    def target(self, response: str, *, first_line_only: bool) -> str:
+        return first_line(response) if first_line_only else response.strip()
+
+    def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        return {"accuracy_by_position": self.accuracy_by_slot(summary), "mean": summary["mean"],
+                "gap": summary["gap"], "n_per_position": summary["n_per_slot"]}
+
+    def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        return row if "slot" in row else {**row, "task": self.name, "slot": [row["position"]]}
+
+    def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        if "by_slot" in summary:
+            return summary
+        old = {k: v for k, v in summary.items() if k not in (
+            "by_position", "best_position", "worst_position", "n_per_position")}
+        return {**old, "task": self.name,
+                "by_slot": [{"slot": [e["position"]], "accuracy": e["accuracy"],
+                             "stderr": e["stderr"], "count": e["count"]}
+                            for e in summary["by_position"]],
+                "best_slot": [summary["best_position"]], "worst_slot": [summary["worst_position"]],
+                "n_per_slot": summary["n_per_position"]}
+

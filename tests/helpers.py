@@ -1,0 +1,21 @@
+"""Small helpers several test files share (not fixtures)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from pos2distill.data.records import Record
+from pos2distill.stages import teach
+from pos2distill.tasks import get_task
+
+
+def teacher_rows(records: Sequence[Record], generator: Any, tokenizer: Any, *, task: str,
+                 adv: tuple[int, ...], template: str, chat: str, seed: int, max_new_tokens: int,
+                 instruction: str = "") -> list[dict[str, Any]]:
+    """What ``teach`` computes for ``records`` in one go (teach.main does it in resumable
+    chunks): the teacher prompts at ``adv``, answered by ``generator``."""
+    t = get_task(task)
+    prompts = teach.teacher_prompts(records, tokenizer, task=t, adv=adv, template=template,
+                                    chat=chat, seed=seed, instruction=instruction)
+    return teach.answer_prompts(prompts, generator, task=t, adv=adv, template=template, chat=chat,
+                                max_new_tokens=max_new_tokens, instruction=instruction)
