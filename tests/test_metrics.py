@@ -8,7 +8,7 @@ import pytest
 
 from pos2distill.metrics import (cot_through_answer, extract_answer, reasoning_em,
                                  Stats, best_subspan_em, binomial_stats, first_line,
-                                 group_scores, normalize_answer)
+                                 normalize_answer)
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -65,23 +65,13 @@ def test_best_subspan_em_refuses_a_bare_string() -> None:
         best_subspan_em("x", "x")
 
 
-def test_group_and_binomial_stats_hand_computed() -> None:
-    rows = ([{"slot": [4], "correct": v} for v in (1.0, 0.0, 0.0, 1.0)]
-            + [{"slot": [0], "correct": v} for v in (1.0, 1.0, 1.0, 0.0)]
-            + [{"slot": [9], "correct": True}])
-    groups = group_scores(rows, lambda r: tuple(r["slot"]))
-    assert list(groups) == [(4,), (0,), (9,)]                      # first-seen order
-    assert binomial_stats(groups[(0,)]) == Stats(0.75, math.sqrt(0.75 * 0.25 / 4), 4)
-    half = binomial_stats(groups[(4,)])
+def test_binomial_stats_hand_computed() -> None:
+    assert binomial_stats([1.0, 1.0, 1.0, 0.0]) == Stats(0.75, math.sqrt(0.75 * 0.25 / 4), 4)
+    half = binomial_stats([1.0, 0.0, 0.0, 1.0])
     assert half.accuracy == 0.5 and half.count == 4
     assert half.stderr == pytest.approx(0.25)                       # sqrt(0.5 * 0.5 / 4)
-    assert binomial_stats(groups[(9,)]) == Stats(1.0, 0.0, 1)        # n = 1: stderr 0
-
-
-def test_group_scores_custom_value_field() -> None:
-    rows = [{"gold_position": 2, "em": 1}, {"gold_position": 2, "em": 1}]
-    groups = group_scores(rows, lambda r: r["gold_position"], value="em")
-    assert binomial_stats(groups[2]) == Stats(1.0, 0.0, 2)
+    assert binomial_stats([True]) == Stats(1.0, 0.0, 1)              # n = 1: stderr 0
+    assert binomial_stats(iter([1, 1])) == Stats(1.0, 0.0, 2)        # any iterable of scores
 
 
 @pytest.mark.parametrize("scores, message", [
@@ -92,18 +82,6 @@ def test_group_scores_custom_value_field() -> None:
 def test_binomial_stats_errors(scores: list, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         binomial_stats(scores)
-
-
-def test_group_scores_names_a_missing_field() -> None:
-    with pytest.raises(ValueError, match="row 1: missing field 'correct'"):
-        group_scores([{"slot": 0, "correct": 1.0}, {"slot": 0}], lambda r: r["slot"])
-
-
-def test_group_scores_accepts_a_generator() -> None:
-    groups = group_scores(({"p": i % 2, "correct": float(i < 3)} for i in range(4)),
-                          lambda r: r["p"])
-    assert {k: binomial_stats(v).accuracy for k, v in groups.items()} == {0: 1.0, 1: 0.5}
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def test_probe_by_configuration(tiny_model_dir: Path, tmp_path: Path,
         assert row["task"] == "reasoning" and row["group"] == hop_group(tuple(row["slot"]))
     assert rows[0]["extracted"] == records[rows[0]["id"]].answers[0]
     table = (out / "table.md").read_text()
-    assert "| 9,1 | reversed | 0.000 |" in table and "best 1,2 (1-based)" in table
+    assert "| 9,1 | reversed | 0.000 |" in table and "best hop positions 1,2 (1-based)" in table
     assert (out / "accuracy_by_configuration.png").stat().st_size > 0
     # Resuming does not generate again.
     assert probe.main(cfg) == summary

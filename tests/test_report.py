@@ -1,4 +1,6 @@
-"""report: before/after numbers by hand, mismatched probes, markdown and files."""
+"""report: the files of two probe folders' comparison, for both tasks, from summaries of today's
+format and of the format written before slots existed. (The numbers of a comparison, by hand,
+are tested with the Task in tests/tasks/test_base.py.)"""
 
 from __future__ import annotations
 
@@ -11,87 +13,114 @@ import pytest
 from pos2distill.stages import report
 from pos2distill.config import ReportConfig
 from pos2distill.errors import ConfigError
+from pos2distill.tasks import get_task
 
 
 def summary(accs: dict[int, float], counts: dict[int, int], best: int) -> dict[str, Any]:
+    """A retrieval probe summary with these accuracies (s.e. 0.01 × the 1-based position)."""
     values = list(accs.values())
-    return {"by_position": [{"position": p, "accuracy": a, "stderr": 0.01 * (p + 1),
+    return {"task": "retrieval",
+            "by_slot": [{"slot": [p], "accuracy": a, "stderr": 0.01 * (p + 1),
+                         "count": counts[p]} for p, a in accs.items()],
+            "mean": sum(values) / len(values), "gap": max(values) - min(values),
+            "best_slot": [best], "worst_slot": [min(accs, key=accs.get)],  # type: ignore[arg-type]
+            "n_per_slot": min(counts.values())}
+
+
+def old_summary(accs: dict[int, float], counts: dict[int, int], best: int) -> dict[str, Any]:
+    """:func:`summary` as probe wrote it before slots existed (no ``task``, positions)."""
+    values = list(accs.values())
+    return {"model": "some/model", "data": "synthetic:test", "n_documents": 5,
+            "by_position": [{"position": p, "accuracy": a, "stderr": 0.01 * (p + 1),
                              "count": counts[p]} for p, a in accs.items()],
             "mean": sum(values) / len(values), "gap": max(values) - min(values),
-            "best_position": best, "worst_position": min(accs, key=accs.get),
+            "best_position": best,
+            "worst_position": min(accs, key=accs.get),  # type: ignore[arg-type]
             "n_per_position": min(counts.values())}
 
 
-BEFORE = summary({0: 0.8, 2: 0.4, 4: 0.6}, {0: 10, 2: 10, 4: 10}, best=0)
-AFTER = summary({4: 0.7, 0: 0.75, 2: 0.65}, {0: 10, 2: 9, 4: 10}, best=0)
+BEFORE_ARGS = ({0: 0.8, 2: 0.4, 4: 0.6}, {0: 10, 2: 10, 4: 10}, 0)
+AFTER_ARGS = ({4: 0.7, 0: 0.75, 2: 0.65}, {0: 10, 2: 9, 4: 10}, 0)
+BEFORE, AFTER = summary(*BEFORE_ARGS), summary(*AFTER_ARGS)
 
 
-def test_compare_by_hand() -> None:
-    cmp = report.compare(BEFORE, AFTER)
-    rows = cmp["by_position"]
-    assert [r["position"] for r in rows] == [0, 2, 4]
-    assert [r["before"] for r in rows] == [0.8, 0.4, 0.6]
-    assert [r["after"] for r in rows] == [0.75, 0.65, 0.7]
-    assert [r["delta"] for r in rows] == pytest.approx([-0.05, 0.25, 0.1])
-    assert [r["count"] for r in rows] == [10, 9, 10]
-    assert [(r["before_stderr"], r["after_stderr"]) for r in rows] == \
-           [(0.01, 0.01), (0.03, 0.03), (0.05, 0.05)]
-    assert cmp["before"] == {"mean": pytest.approx(0.6), "gap": pytest.approx(0.4),
-                             "best_position": 0}
-    assert cmp["after"] == {"mean": pytest.approx(0.7), "gap": pytest.approx(0.1),
-                            "best_position": 0}
-    assert cmp["mean_delta"] == pytest.approx(0.1)
-    assert cmp["gap_delta"] == pytest.approx(-0.3)
-    assert cmp["advantageous_position"] == 0
-    assert cmp["advantageous_delta"] == pytest.approx(-0.05)
+def reasoning_summary(correct: dict[tuple[int, int], list[float]]) -> dict[str, Any]:
+    rows = [{"slot": list(s), "correct": c, "extracted": "x" if c else None}
+            for s, cs in correct.items() for c in cs]
+    return get_task("reasoning").summarize(rows, list(correct))
 
 
-def test_advantageous_position_is_the_best_before() -> None:
-    before = summary({0: 0.5, 1: 0.9}, {0: 2, 1: 2}, best=1)
-    after = summary({0: 0.5, 1: 0.6}, {0: 2, 1: 2}, best=1)
-    cmp = report.compare(before, after)
-    assert cmp["advantageous_position"] == 1
-    assert cmp["advantageous_delta"] == pytest.approx(-0.3)
+SUMMARIES = {
+    "retrieval": (BEFORE, AFTER),
+    "reasoning": (reasoning_summary({(0, 1): [1.0, 1.0], (0, 2): [0.0, 1.0], (2, 0): [0.0, 0.0]}),
+                  reasoning_summary({(0, 1): [1.0, 0.0], (0, 2): [1.0, 1.0], (2, 0): [1.0, 0.0]})),
+}
 
 
-@pytest.mark.parametrize("after_positions", [[0, 2], [0, 2, 4, 6], [0, 1, 4]])
-def test_mismatched_positions(after_positions: list[int]) -> None:
-    after = summary({p: 0.5 for p in after_positions}, {p: 3 for p in after_positions}, best=0)
-    with pytest.raises(ConfigError, match="different positions") as info:
-        report.compare(BEFORE, after)
-    assert "[0, 2, 4]" in str(info.value) and str(after_positions) in str(info.value)
-    assert "--positions" in str(info.value)
+def write_probe(folder: Path, s: dict[str, Any]) -> Path:
+    folder.mkdir()
+    (folder / "summary.json").write_text(json.dumps(s))
+    return folder
 
 
-def test_markdown() -> None:
-    text = report.markdown(report.compare(BEFORE, AFTER))
-    assert text == (
-        "| gold position | before | after | Δ |\n"
-        "|---:|---:|---:|---:|\n"
-        "| 1 | 0.800 | 0.750 | -0.050 |\n"
-        "| 3 | 0.400 | 0.650 | +0.250 |\n"
-        "| 5 | 0.600 | 0.700 | +0.100 |\n"
-        "\n"
-        "| | before | after | Δ |\n"
-        "|---|---:|---:|---:|\n"
-        "| mean | 0.600 | 0.700 | +0.100 |\n"
-        "| GAP (max − min) | 0.400 | 0.100 | -0.300 |\n"
-        "| position 1 (best before) | 0.800 | 0.750 | -0.050 |\n")
-
-
-def test_report_main(tmp_path: Path) -> None:
-    for name, s in (("b", BEFORE), ("a", AFTER)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "summary.json").write_text(json.dumps(s))
+@pytest.mark.parametrize("task_name", ["retrieval", "reasoning"])
+def test_report_main(tmp_path: Path, task_name: str) -> None:
+    task = get_task(task_name)
+    before, after = SUMMARIES[task_name]
+    write_probe(tmp_path / "b", before)
+    write_probe(tmp_path / "a", after)
     out = tmp_path / "report"
     result = report.main(ReportConfig(before=str(tmp_path / "b"),
                                       after=str(tmp_path / "a" / "summary.json"), out=str(out)))
-    assert result["report"] == str(out / "report.md")
-    assert result["plot"] == str(out / "accuracy_by_position.png")
-    assert (out / "report.md").read_text() == report.markdown(report.compare(BEFORE, AFTER))
-    assert json.loads((out / "report.json").read_text()) == \
-           json.loads(json.dumps(report.compare(BEFORE, AFTER)))
-    assert (out / "accuracy_by_position.png").read_bytes()[:4] == b"\x89PNG"
+    cmp = task.compare(before, after)
+    plot = {"retrieval": "accuracy_by_position.png",
+            "reasoning": "accuracy_by_configuration.png"}[task_name]
+    assert result == {"report": str(out / "report.md"), "plot": str(out / plot), **cmp}
+    assert (out / "report.md").read_text() == task.comparison_table(cmp)
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(cmp))
+    assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="no probe summary found"):
         report.main(ReportConfig(before=str(tmp_path / "missing"), after=str(tmp_path / "a"),
                                  out=str(out)))
+
+
+def test_report_refuses_probes_of_different_tasks(tmp_path: Path) -> None:
+    write_probe(tmp_path / "r", BEFORE)
+    write_probe(tmp_path / "q", SUMMARIES["reasoning"][1])
+    with pytest.raises(ConfigError, match=r"different tasks \(retrieval vs reasoning\)"):
+        report.main(ReportConfig(before=str(tmp_path / "r"), after=str(tmp_path / "q"),
+                                 out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_on_probe_folders_written_before_slots(tmp_path: Path) -> None:
+    """summary.json with by_position, best_position, worst_position, n_per_position and no
+    task: read as a retrieval probe, and reported exactly as today's summaries are."""
+    write_probe(tmp_path / "b", old_summary(*BEFORE_ARGS))
+    write_probe(tmp_path / "a", old_summary(*AFTER_ARGS))
+    out = tmp_path / "report"
+    result = report.main(ReportConfig(before=str(tmp_path / "b"), after=str(tmp_path / "a"),
+                                      out=str(out)))
+    task = get_task("retrieval")
+    cmp = task.compare(BEFORE, AFTER)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(cmp))
+    assert on_disk["task"] == "retrieval"
+    assert [r["slot"] for r in on_disk["by_slot"]] == [[0], [2], [4]]
+    assert [r["delta"] for r in on_disk["by_slot"]] == pytest.approx([-0.05, 0.25, 0.1])
+    assert [r["count"] for r in on_disk["by_slot"]] == [10, 9, 10]
+    assert on_disk["before"]["best_slot"] == [0] and on_disk["after"]["best_slot"] == [0]
+    assert on_disk["advantageous_slot"] == [0]
+    assert on_disk["advantageous_delta"] == pytest.approx(-0.05)
+    assert on_disk["mean_delta"] == pytest.approx(0.1)
+    assert on_disk["gap_delta"] == pytest.approx(-0.3)
+    assert (out / "report.md").read_text() == task.comparison_table(cmp)
+    assert result["plot"] == str(out / "accuracy_by_position.png")
+    assert (out / "accuracy_by_position.png").read_bytes()[:4] == b"\x89PNG"
+
+    # An old probe compares with a new one too (a model probed before and after the upgrade).
+    write_probe(tmp_path / "new", AFTER)
+    mixed = report.main(ReportConfig(before=str(tmp_path / "b"), after=str(tmp_path / "new"),
+                                     out=str(tmp_path / "mixed")))
+    assert json.loads((tmp_path / "mixed" / "report.json").read_text()) == on_disk
+    assert mixed["report"] == str(tmp_path / "mixed" / "report.md")

@@ -2,7 +2,7 @@
 
 Per-example scores (:func:`best_subspan_em`, :func:`reasoning_em`) are pure functions of strings, so
 each row written to disk can be re-scored and traced. Aggregation is a separate step
-(:func:`group_scores`, :func:`binomial_stats`); a Task (:mod:`pos2distill.tasks`) turns the groups
+(:func:`binomial_stats` of each group); a Task (:mod:`pos2distill.tasks`) turns the groups
 into the numbers of METHOD.md section 4: accuracy per slot, their unweighted mean, GAP = max - min.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,16 +139,3 @@ def binomial_stats(scores: Sequence[float]) -> Stats:
     se = math.sqrt(max(0.0, p * (1.0 - p)) / n) if n > 1 else 0.0
     return Stats(accuracy=p, stderr=se, count=n)
 
-
-def group_scores(rows: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Hashable],
-                 *, value: str = "correct") -> dict[Hashable, list[float]]:
-    """The ``value`` of each row, grouped by ``key(row)`` (groups in first-seen order, rows in
-    file order). Raises ``ValueError`` naming the row when a field is missing."""
-    groups: dict[Hashable, list[float]] = {}
-    for i, row in enumerate(rows):
-        try:
-            k, v = key(row), row[value]
-        except KeyError as e:
-            raise ValueError(f"row {i}: missing field {e}") from None
-        groups.setdefault(k, []).append(v)
-    return groups

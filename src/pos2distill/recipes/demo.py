@@ -119,20 +119,16 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
     def headline(name: str) -> dict[str, Any]:
         return get_task(results[name]["task"]).headline(results[name])
 
-    def r1_block() -> dict[str, Any]:
-        return {"before": headline("probe_before"), "after": headline("probe_after"),
-                "teacher_kept": results["teach"]["kept"], "pairs": results["pairs"]["pairs"],
-                "train_steps": results["train"]["steps"]}
-
-    def r2_block() -> dict[str, Any]:
-        return {"before": headline("reasoning_probe_before"),
-                "after": headline("reasoning_probe_after"),
-                "teacher_kept": results["reasoning_teach"]["kept"],
-                "pairs": results["reasoning_pairs"]["pairs"],
-                "train_steps": results["reasoning_train"]["steps"]}
+    def block(prefix: str) -> dict[str, Any]:
+        """One chain's numbers (prefix "" for R1, "reasoning_" for R2)."""
+        return {"before": headline(f"{prefix}probe_before"),
+                "after": headline(f"{prefix}probe_after"),
+                "teacher_kept": results[f"{prefix}teach"]["kept"],
+                "pairs": results[f"{prefix}pairs"]["pairs"],
+                "train_steps": results[f"{prefix}train"]["steps"]}
 
     if cfg.task == "retrieval":
-        summary = {**r1_block(), "config": config}
+        summary = {**block(""), "config": config}
         write_json_atomic(out / "summary.json", summary)
         return {"summary": str(out / "summary.json"), **results["report"]}
     probes = {"base": {"retrieval": results["probe_before"],
@@ -143,13 +139,13 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
         probes["r1"] = {"retrieval": results["probe_after"],
                         "reasoning": results["r1_on_reasoning"]}
         probes = {m: probes[m] for m in ("base", "r1", "r2")}
-    block = crosstask.cross_task(probes)
-    (out / "cross_task.md").write_text(crosstask.markdown(block))
-    block["table"] = str(out / "cross_task.md")
+    table = crosstask.cross_task(probes)
+    (out / "cross_task.md").write_text(crosstask.markdown(table))
+    table["table"] = str(out / "cross_task.md")
     if cfg.task == "reasoning":
-        summary = {**r2_block(), "cross_task": block, "config": config}
+        summary = {**block("reasoning_"), "cross_task": table, "config": config}
     else:
-        summary = {"retrieval": r1_block(), "reasoning": r2_block(), "cross_task": block,
+        summary = {"retrieval": block(""), "reasoning": block("reasoning_"), "cross_task": table,
                    "config": config}
     write_json_atomic(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "cross_task": str(out / "cross_task.md"),

@@ -452,88 +452,113 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     runs = plan_runs(cfg.grid_configs())
     shard, n_shards = cfg.shard_index()
-    mine = [r for k, r in enumerate(runs) if k % n_shards == shard]
+    refuse_early(cfg, runs, sharded=n_shards > 1)
+    lock = functools.partial(shared_lock, out, n_shards > 1)
+    with lock():
+        write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),
+                                                    "runs": [dataclasses.asdict(r) for r in runs]})
+    todo = [r for k, r in enumerate(runs) if k % n_shards == shard and load_result(cfg, r) is None]
     docs_all = sorted({d for r in runs for d in r.eval_documents})
-    n_max = max(r.n_train for r in runs)
-    # Everything that can refuse the experiment does so before any work.
+    with progress.bar(total=_stage_count(todo, docs_all), desc="experiment", unit="stage",
+                      position=0) as bar, progress.nested():
+        def stage(what: str) -> None:
+            bar.set_postfix_str(what)
+
+        def done() -> None:
+            bar.update(1)
+
+        teach_kept = None
+        if any(r.trains for r in runs):
+            stage("teach")
+            with lock():
+                teach_kept = teach.main(teach_config(cfg, n_questions(runs)))["kept"]
+            done()
+        base: dict[int, dict[str, Any]] = {}
+        for d in docs_all:
+            stage(f"probe base, {d} documents")
+            with lock():
+                s = probe.main(probe_config(cfg, cfg.model, base_probe_dir(cfg, d), d))
+            base[d] = eval_summary(s, adv_slot(cfg, d))
+            done()
+        for run in todo:
+            result = (run_result(cfg, run, base) if not run.trains else
+                      train_and_probe(cfg, run, runs, lock, stage, done))
+            _log_run(cfg, run, result)
+            write_json_atomic(run_dir(cfg, run) / RESULT, result)
+    return write_results(cfg, runs, base, teach_kept, lock)
+
+
+def n_questions(runs: Sequence[Run]) -> int:
+    """Training questions the shared teach answers: the most any run uses."""
+    return max(r.n_train for r in runs)
+
+
+def refuse_early(cfg: ExperimentConfig, runs: Sequence[Run], *, sharded: bool) -> None:
+    """Everything that can refuse the experiment does so before any work."""
     check_backends(cfg.report_to)
-    if n_shards > 1:
+    if sharded:
         import fcntl  # noqa: F401  (sharding locks the shared stages; POSIX only)
     load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
     check_data(cfg, runs)
     for run in runs:
         if run.trains:
             train_config(cfg, run, "pairs")
-    lock = functools.partial(shared_lock, out, n_shards > 1)
+
+
+def run_result(cfg: ExperimentConfig, run: Run, base: dict[int, dict[str, Any]],
+               **more: Any) -> dict[str, Any]:
+    """``result.json`` of a run; without ``more`` the base model's (K = 0: nothing trained, its
+    evaluation is the base probe)."""
+    result: dict[str, Any] = {"run": {"method": run.method, "K": run.K, "n_train": run.n_train,
+                                      "seed": run.seed},
+                              "fingerprint": run_fingerprint(cfg, run), "key": run.key}
+    return {**result, **(more or {"model": cfg.model, "train": None,
+                                  "eval": {str(d): base[d] for d in run.eval_documents}})}
+
+
+def train_and_probe(cfg: ExperimentConfig, run: Run, runs: Sequence[Run], lock: Any,
+                    stage: Any, done: Any) -> dict[str, Any]:
+    """Pairs (shared by the runs of the same questions, K and seed), training, and the probes of
+    the trained model at every evaluated document count."""
+    stage(f"{run.key}: pairs")
     with lock():
-        write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),
-                                                    "runs": [dataclasses.asdict(r) for r in runs]})
-    adv_train = adv_slot(cfg, cfg.n_documents)
-    todo = [r for r in mine if load_result(cfg, r) is None]
+        teach_path = Path(teach_config(cfg, n_questions(runs)).out)
+        subset = teach_subset(cfg, teach_path, run.n_train, n_questions(runs))
+        pcfg = pairs_config(cfg, run, subset)
+        made = pairs.main(pcfg)
+    done()
+    stage(f"{run.key}: train")
+    summary = train.main(train_config(cfg, run, pcfg.out))
+    done()
+    evals = {}
+    for d in run.eval_documents:
+        stage(f"{run.key}: probe, {d} documents")
+        s = probe.main(probe_config(cfg, summary["model"], run_dir(cfg, run) / f"probe-d{d}", d))
+        evals[str(d)] = eval_summary(s, adv_slot(cfg, d))
+        done()
+    return run_result(cfg, run, {}, model=summary["model"], train=summary,
+                      teacher_kept=made["questions"], pairs=made["pairs"], eval=evals)
 
-    base: dict[int, dict[str, Any]] = {}
-    teach_path, teach_kept = Path(teach_config(cfg, n_max).out), None
-    with progress.bar(total=_stage_count(todo, docs_all), desc="experiment", unit="stage",
-                      position=0) as bar, progress.nested():
-        def stage(what: str) -> None:
-            bar.set_postfix_str(what)
 
-        if any(r.trains for r in runs):
-            stage("teach")
-            with lock():
-                teach_kept = teach.main(teach_config(cfg, n_max))["kept"]
-            bar.update(1)
-        for d in docs_all:
-            stage(f"probe base, {d} documents")
-            with lock():
-                s = probe.main(probe_config(cfg, cfg.model, base_probe_dir(cfg, d), d))
-            base[d] = eval_summary(s, adv_slot(cfg, d))
-            bar.update(1)
-
-        for run in todo:
-            folder = run_dir(cfg, run)
-            result: dict[str, Any] = {"run": {"method": run.method, "K": run.K,
-                                              "n_train": run.n_train, "seed": run.seed},
-                                      "fingerprint": run_fingerprint(cfg, run), "key": run.key}
-            if not run.trains:  # K = 0: the base model, already probed
-                result.update(model=cfg.model, train=None,
-                              eval={str(d): base[d] for d in run.eval_documents})
-            else:
-                stage(f"{run.key}: pairs")
-                with lock():
-                    subset = teach_subset(cfg, teach_path, run.n_train, n_max)
-                    pcfg = pairs_config(cfg, run, subset)
-                    made = pairs.main(pcfg)
-                bar.update(1)
-                stage(f"{run.key}: train")
-                summary = train.main(train_config(cfg, run, pcfg.out))
-                bar.update(1)
-                model = summary["model"]
-                evals = {}
-                for d in run.eval_documents:
-                    stage(f"{run.key}: probe, {d} documents")
-                    s = probe.main(probe_config(cfg, model, folder / f"probe-d{d}", d))
-                    evals[str(d)] = eval_summary(s, adv_slot(cfg, d))
-                    bar.update(1)
-                result.update(model=model, train=summary, teacher_kept=made["questions"],
-                              pairs=made["pairs"], eval=evals)
-            _log_run(cfg, run, result)
-            write_json_atomic(folder / RESULT, result)
-
-    # The table covers every finished run of the grid (other shards' too).
+def write_results(cfg: ExperimentConfig, runs: Sequence[Run], base: dict[int, dict[str, Any]],
+                  teach_kept: int | None, lock: Any) -> dict[str, Any]:
+    """The table, CSV, JSON and plots of every finished run of the grid (other shards' too)."""
+    out = Path(cfg.out)
     results = [res for res in (load_result(cfg, r) for r in runs) if res is not None]
     if len(results) < len(runs):
         log.warning("%d of %d runs are finished; the table covers those (re-run without --shard "
                     "once every shard is done for the whole table)", len(results), len(runs))
     rows = aggregate(results, base)
-    kept = (f" Teacher kept {teach_kept} of {n_max} training questions."
+    kept = (f" Teacher kept {teach_kept} of {n_questions(runs)} training questions."
             if teach_kept is not None else "")
     task = get_task(cfg.task)
     md = ["# Results", "", f"Model `{cfg.model}`, trained with {cfg.n_documents} documents, "
-          f"advantageous {task.slot_noun} {key_label(adv_train)} (1-based); mean ± std over seeds "
-          f"({len(results)} of {len(runs)} runs finished).{kept}", "", markdown_table(rows)]
-    for d in docs_all:
-        md += ["", f"## {task.metric} by {task.slot_noun}, {d} documents (mean over seeds)", "", position_table(rows, d)]
+          f"advantageous {task.slot_noun} {key_label(adv_slot(cfg, cfg.n_documents))} (1-based); "
+          f"mean ± std over seeds ({len(results)} of {len(runs)} runs finished).{kept}", "",
+          markdown_table(rows)]
+    for d in sorted({d for r in runs for d in r.eval_documents}):
+        md += ["", f"## {task.metric} by {task.slot_noun}, {d} documents (mean over seeds)", "",
+               position_table(rows, d)]
     with lock():  # shards finishing together must not write the same files at once
         write_text_atomic(out / "results.md", "\n".join(md))
         write_text_atomic(out / "results.csv", csv_text(rows))

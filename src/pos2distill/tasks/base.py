@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from pos2distill.data.records import Record
 from pos2distill.errors import ConfigError
-from pos2distill.metrics import binomial_stats, group_scores
+from pos2distill.metrics import binomial_stats
 from pos2distill.tasks.positions import Slot, slot_key, slot_label
 
 
@@ -115,16 +115,14 @@ class Task(ABC):
         """Score per slot (in ``order``; rows at other slots are left out), their unweighted mean
         (the paper averages over positions, not examples), GAP = max - min, the best and worst
         slot (ties: the first in ``order``) and the smallest count."""
-        rows = [self.upgrade_row(r) for r in rows]
-        groups = group_scores(rows, lambda r: tuple(r["slot"]))
         members: dict[Slot, list[dict[str, Any]]] = {}
-        for r in rows:
+        for r in map(self.upgrade_row, rows):
             members.setdefault(tuple(r["slot"]), []).append(r)
         by_slot = []
         for slot in order:
-            if slot not in groups:
+            if slot not in members:
                 continue
-            s = binomial_stats(groups[slot])
+            s = binomial_stats([r["correct"] for r in members[slot]])
             by_slot.append({"slot": list(slot), "accuracy": s.accuracy, "stderr": s.stderr,
                             "count": s.count, **self.slot_extras(slot, members[slot])})
         if not by_slot:
@@ -178,7 +176,7 @@ class Task(ABC):
         words = self.summary_words(summary)
         lines += ["", f"mean {summary['mean']:.3f} · GAP {summary['gap']:.3f} · "
                       + (f"{words} · " if words else "")
-                      + f"best {slot_label(summary['best_slot'])} (1-based)"]
+                      + f"best {self.slot_noun} {slot_label(summary['best_slot'])} (1-based)"]
         return "\n".join(lines) + "\n"
 
     def compare_extras(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -190,9 +188,11 @@ class Task(ABC):
         b = {tuple(e["slot"]): e for e in before["by_slot"]}
         a = {tuple(e["slot"]): e for e in after["by_slot"]}
         if set(a) != set(b):
-            raise ConfigError(f"the probes cover different slots ({sorted(b)} vs {sorted(a)}); "
-                              f"probe both models with the same --{self.slot_option}")
-        rows = [{**{k: v for k, v in b[s].items() if k not in ("accuracy", "stderr", "count")},
+            def labels(slots: Iterable[Slot]) -> str:
+                return "; ".join(slot_label(s) for s in sorted(slots))
+            raise ConfigError(f"the probes cover different slots ({labels(b)} vs {labels(a)}, "
+                              f"1-based); probe both models with the same --{self.slot_option}")
+        rows = [{"slot": list(s), **_extras_of_both(b[s], a[s]),
                  "before": b[s]["accuracy"], "after": a[s]["accuracy"],
                  "delta": a[s]["accuracy"] - b[s]["accuracy"],
                  "before_stderr": b[s]["stderr"], "after_stderr": a[s]["stderr"],
@@ -241,3 +241,16 @@ class Task(ABC):
         """A probe summary with ``task``, ``by_slot``, ``best_slot``, ``worst_slot`` and
         ``n_per_slot`` (summaries written before slots existed have other keys)."""
 
+
+def _extras_of_both(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The task's own fields of one slot in a comparison: kept once when both probes agree
+    (``group``), as ``before_*`` and ``after_*`` when they differ (``no_answer``)."""
+    out: dict[str, Any] = {}
+    for k, v in before.items():
+        if k in ("slot", "accuracy", "stderr", "count"):
+            continue
+        if after.get(k) == v:
+            out[k] = v
+        else:
+            out[f"before_{k}"], out[f"after_{k}"] = v, after.get(k)
+    return out
