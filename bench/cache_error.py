@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pos2distill.stages import cache, pairs, teach, train
+from pos2distill.stages import cache, pairs, teach
 from pos2distill.config import CacheConfig, PairsConfig, TeachConfig
+from pos2distill.training.batches import batch_tensors, encode_pair, read_pairs
+from pos2distill.training.cache import TENSOR_FILE, CacheReader
 from pos2distill.training.heads import head, response_hidden
 from pos2distill.training.losses import topk_token_kl
 from pos2distill.modeling import load_causal_lm, load_tokenizer, resolve_model_path
@@ -44,14 +46,14 @@ def main() -> None:
     pairs_path = str(work / "pairs.jsonl")
     tok = load_tokenizer("tiny")
     model = load_causal_lm("tiny")
-    rows = train.read_pairs(pairs_path)
-    examples = [train.encode_pair(r, tok) for r in rows]
+    rows = read_pairs(pairs_path)
+    examples = [encode_pair(r, tok) for r in rows]
     vocab = model.get_output_embeddings().weight.shape[0]
     # Exact per-token KL of the starting student, and the student's logits, once.
     exact, s_logits = [], []
     with torch.no_grad():
         for s in range(0, len(examples), args.batch_size):
-            b = train.batch_tensors(examples[s:s + args.batch_size], tok.pad_token_id, "cpu")
+            b = batch_tensors(examples[s:s + args.batch_size], tok.pad_token_id, "cpu")
             R = b["mask"].shape[1]
             logits = head(model, response_hidden(model, b["s_ids"], b["s_att"], R)[b["mask"]])
             t = OnlineTeacher(model).targets(b, b["mask"])
@@ -64,7 +66,7 @@ def main() -> None:
     for k in [int(x) for x in args.ks.split(",")]:
         out = work / f"cache_k{k}"
         summary = cache.main(CacheConfig(pairs=pairs_path, model="tiny", out=str(out), top_k=k))
-        reader = cache.CacheReader(out, pairs=pairs_path, model_path=resolve_model_path("tiny"),
+        reader = CacheReader(out, pairs=pairs_path, model_path=resolve_model_path("tiny"),
                                    temperature=1.0, vocab_size=vocab, n_pairs=len(rows))
         est = []
         for n, s in enumerate(range(0, len(examples), args.batch_size)):
@@ -72,7 +74,7 @@ def main() -> None:
             r = reader.rows(list(range(s, s + len(chunk))), [e.response_len for e in chunk])
             est.append(topk_token_kl(r["logprobs"], r["ids"], r["log_tail"], s_logits[n]))
         err = exact_t - torch.cat(est).double()
-        size = (out / cache.TENSOR_FILE).stat().st_size
+        size = (out / TENSOR_FILE).stat().st_size
         # A question's K trivial pairs and its anchor share one cached teacher response.
         row = {"k": summary["top_k"], "kl_error_mean": err.mean().item(),
                "kl_error_p99": err.quantile(0.99).item(), "kl_error_max": err.max().item(),

@@ -48,7 +48,7 @@ def build_model(seed: int = 0) -> torch.nn.Module:
 
 
 def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    from pos2distill.stages.train import Example, batch_tensors
+    from pos2distill.training.batches import Example, batch_tensors
 
     g = torch.Generator().manual_seed(1)
     examples = []
@@ -57,15 +57,17 @@ def make_batch(args: argparse.Namespace) -> dict[str, torch.Tensor]:
         answer = torch.randint(3, VOCAB, (args.answer - 1,), generator=g).tolist() + [2]
         s = torch.randint(3, VOCAB, (n,), generator=g).tolist()
         t = torch.randint(3, VOCAB, (n,), generator=g).tolist()
-        examples.append(Example(tuple(s + answer), tuple(t + answer), args.answer, b % 3, 0))
+        examples.append(Example(tuple(s + answer), tuple(t + answer), args.answer, (b % 3,), (0,)))
     batch = batch_tensors(examples, 0, "cpu")
     batch["index"] = torch.arange(args.batch)
+    batch["slots"] = torch.tensor([b % 3 for b in range(args.batch)])   # slot ids; 0 is the anchor
     return batch
 
 
 def prepare(work: Path, args: argparse.Namespace) -> None:
     """Save the model and write the teacher cache of the batch (its own child: not measured)."""
     from pos2distill.stages import cache
+    from pos2distill.training.cache import model_checksums
     from pos2distill.training.heads import head, response_hidden
 
     model = build_model().eval()
@@ -86,7 +88,7 @@ def prepare(work: Path, args: argparse.Namespace) -> None:
                       entry_of_pair=torch.arange(args.batch),
                       meta={"top_k": K, "temperature": 1.0, "vocab_size": VOCAB,
                             "pairs_sha256": file_sha256(work / "pairs.jsonl"),
-                            "model_sha256": cache.model_checksums(str(work / "model")),
+                            "model_sha256": model_checksums(str(work / "model")),
                             "n_pairs": args.batch})
 
 
@@ -108,7 +110,7 @@ def reference_step(student: torch.nn.Module, teacher: torch.nn.Module,
         ts, ss = t_logp[e, -n - 1:-1], s_logp[e, -n - 1:-1]
         losses.append((ts.exp() * (ts - ss)).sum(-1).mean())
     kl = torch.stack(losses)
-    positions = b["positions"].tolist()
+    positions = b["slots"].tolist()
     by_pos: dict[int, list[int]] = {}
     for e, p in enumerate(positions):
         by_pos.setdefault(p, []).append(e)
@@ -127,15 +129,17 @@ def reference_step(student: torch.nn.Module, teacher: torch.nn.Module,
 def child(variant: str, work: Path, args: argparse.Namespace) -> dict:
     import copy
 
-    from pos2distill.stages.cache import CacheReader
+    from pos2distill.config import TrainConfig
+    from pos2distill.training.cache import CacheReader
     from pos2distill.training.losses import position_weights, weighted_loss
-    from pos2distill.training.teacher import CachedTeacher, CrossEntropyTargets, OnlineTeacher, ResponseLoss
+    from pos2distill.training.teacher import (CachedTeacher, CrossEntropyTargets, OnlineTeacher,
+                                              ResponseLoss)
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(args.threads)
     student = AutoModelForCausalLM.from_pretrained(work / "model").train()
     b = make_batch(args)
-    module = ResponseLoss(student)
+    module = ResponseLoss(student, chunk=TrainConfig.head_chunk)   # train's default
     teacher = None
     if variant in ("online", "reference"):
         teacher = copy.deepcopy(student).eval().requires_grad_(False)
@@ -153,7 +157,7 @@ def child(variant: str, work: Path, args: argparse.Namespace) -> dict:
         else:
             targets = (cached if variant == "cached" else OnlineTeacher(teacher)).targets(b, b["mask"])
             kl = module(b["s_ids"], b["s_att"], b["mask"], targets)
-            w = position_weights(kl.detach(), b["positions"], anchor_position=0, anchor_weight=1.0)
+            w = position_weights(kl.detach(), b["slots"], anchor_position=0, anchor_weight=1.0)
             loss = weighted_loss(kl, w)
         loss.backward()
         student.zero_grad(set_to_none=True)

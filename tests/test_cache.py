@@ -14,16 +14,18 @@ from safetensors.torch import load_file
 
 from conftest import FakeGenerator, save_model_dir, tiny_llama
 from pos2distill.tiny.tokenizer import build_tokenizer
-
-V = len(build_tokenizer())  # the random test models' vocabulary (the tiny tokenizer's)
-from pos2distill.stages import cache, pairs, teach, train
+from pos2distill.stages import cache, pairs, teach
 from pos2distill import cli
 from pos2distill.data import synthetic
 from pos2distill.config import CacheConfig
 from pos2distill.errors import ConfigError
+from pos2distill.training.batches import batch_tensors, encode_pair, read_pairs
+from pos2distill.training.cache import META_FILE, TENSOR_FILE, CacheReader, bytes_per_token
 from pos2distill.training.heads import head
 from pos2distill.data.records import write_jsonl
 from pos2distill.training.teacher import CachedTeacher, OnlineTeacher
+
+V = len(build_tokenizer())  # the random test models' vocabulary (the tiny tokenizer's)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +43,10 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
     return path
 
 
-def _reader(out: Path, pairs_file: Path, model_dir: Path, **kw: Any) -> cache.CacheReader:
+def _reader(out: Path, pairs_file: Path, model_dir: Path, **kw: Any) -> CacheReader:
     args = dict(pairs=str(pairs_file), model_path=str(model_dir), temperature=1.0,
                 vocab_size=V, n_pairs=9)
-    return cache.CacheReader(out, **{**args, **kw})
+    return CacheReader(out, **{**args, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +64,13 @@ def test_round_trip_and_equals_online_teacher(cache_dir: Path, pairs_file: Path,
 
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     reader = _reader(cache_dir, pairs_file, model_dir)
-    meta = json.loads((cache_dir / cache.META_FILE).read_text())
+    meta = json.loads((cache_dir / META_FILE).read_text())
     assert meta["n_pairs"] == 9 and meta["n_entries"] == 3 and meta["top_k"] == V
-    tensors = load_file(cache_dir / cache.TENSOR_FILE)
+    tensors = load_file(cache_dir / TENSOR_FILE)
     assert tensors["entry_of_pair"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert tensors["logprobs"].shape == (meta["n_tokens"], V)
-    examples = [train.encode_pair(r, tok) for r in train.read_pairs(str(pairs_file))]
-    b = train.batch_tensors([examples[i] for i in (4, 0, 8)], tok.pad_token_id, "cpu")
+    examples = [encode_pair(r, tok) for r in read_pairs(str(pairs_file))]
+    b = batch_tensors([examples[i] for i in (4, 0, 8)], tok.pad_token_id, "cpu")
     b["index"] = torch.tensor([4, 0, 8])
     targets = CachedTeacher(reader).targets(b, b["mask"])
     online = OnlineTeacher(model).targets(b, b["mask"])
@@ -83,28 +85,28 @@ def test_round_trip_and_equals_online_teacher(cache_dir: Path, pairs_file: Path,
 def test_small_k_tail_mass(pairs_file: Path, model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "k4"
     cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out), top_k=4))
-    t = load_file(out / cache.TENSOR_FILE)
+    t = load_file(out / TENSOR_FILE)
     assert t["logprobs"].shape[1] == 4
     total = t["logprobs"].double().exp().sum(-1) + t["log_tail"].double().exp()
     torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
-    size = (out / cache.TENSOR_FILE).stat().st_size
+    size = (out / TENSOR_FILE).stat().st_size
     n = t["targets"].numel()
-    assert cache.bytes_per_token(4) * n < size < cache.bytes_per_token(4) * n + 2000
+    assert bytes_per_token(4) * n < size < bytes_per_token(4) * n + 2000
 
 
 def test_corrupted_file_is_refused(cache_dir: Path, pairs_file: Path, model_dir: Path,
                                    tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(cache_dir, bad)
-    data = bytearray((bad / cache.TENSOR_FILE).read_bytes())
+    data = bytearray((bad / TENSOR_FILE).read_bytes())
     data[-5] ^= 0xFF
-    (bad / cache.TENSOR_FILE).write_bytes(bytes(data))
+    (bad / TENSOR_FILE).write_bytes(bytes(data))
     with pytest.raises(ConfigError, match="corrupted"):
         _reader(bad, pairs_file, model_dir)
-    (bad / cache.TENSOR_FILE).write_bytes(bytes(data[:100]))
+    (bad / TENSOR_FILE).write_bytes(bytes(data[:100]))
     with pytest.raises(ConfigError, match="corrupted"):
         _reader(bad, pairs_file, model_dir)
-    (bad / cache.META_FILE).write_text("{not json")
+    (bad / META_FILE).write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable"):
         _reader(bad, pairs_file, model_dir)
     with pytest.raises(ConfigError, match="not a teacher cache"):
@@ -153,13 +155,13 @@ def test_default_k_error_bound_on_the_embedded_model(tmp_path: Path) -> None:
     p = str(tmp_path / "pairs.jsonl")
     cache.main(CacheConfig(pairs=p, model="tiny", out=str(tmp_path / "c")))
     tok, model = load_tokenizer("tiny"), load_causal_lm("tiny")
-    rows = train.read_pairs(p)
-    reader = cache.CacheReader(tmp_path / "c", pairs=p, model_path=resolve_model_path("tiny"),
+    rows = read_pairs(p)
+    reader = CacheReader(tmp_path / "c", pairs=p, model_path=resolve_model_path("tiny"),
                                temperature=1.0, vocab_size=model.config.vocab_size,
                                n_pairs=len(rows))
     assert reader.k == DEFAULT_TOP_K
-    examples = [train.encode_pair(r, tok) for r in rows]
-    b = train.batch_tensors(examples, tok.pad_token_id, "cpu")
+    examples = [encode_pair(r, tok) for r in rows]
+    b = batch_tensors(examples, tok.pad_token_id, "cpu")
     b["index"] = torch.arange(len(rows))
     with torch.no_grad():
         logits = head(model, response_hidden(model, b["s_ids"], b["s_att"], b["mask"].shape[1])[b["mask"]])
@@ -174,10 +176,10 @@ def test_default_k_error_bound_on_the_embedded_model(tmp_path: Path) -> None:
 
 def test_rerun_reuses_a_complete_cache_and_refuses_another(cache_dir: Path, pairs_file: Path,
                                                            model_dir: Path) -> None:
-    before = (cache_dir / cache.TENSOR_FILE).stat().st_mtime_ns
+    before = (cache_dir / TENSOR_FILE).stat().st_mtime_ns
     again = cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
                                    top_k=V))
-    assert again["entries"] == 3 and (cache_dir / cache.TENSOR_FILE).stat().st_mtime_ns == before
+    assert again["entries"] == 3 and (cache_dir / TENSOR_FILE).stat().st_mtime_ns == before
     with pytest.raises(ConfigError, match=f"top-{V} cache"):
         cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(cache_dir),
                                top_k=8))
@@ -191,7 +193,7 @@ def test_bf16_autocast_cache_is_close(cache_dir: Path, pairs_file: Path, model_d
     out = tmp_path / "bf16"
     cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(out), top_k=V,
                            autocast="bfloat16"))
-    a, b = load_file(out / cache.TENSOR_FILE), load_file(cache_dir / cache.TENSOR_FILE)
+    a, b = load_file(out / TENSOR_FILE), load_file(cache_dir / TENSOR_FILE)
     assert a["targets"].tolist() == b["targets"].tolist()
     def dense(t: dict[str, torch.Tensor]) -> torch.Tensor:   # (N, V) probabilities
         return torch.zeros(t["ids"].shape).scatter(-1, t["ids"].long(), t["logprobs"].exp())

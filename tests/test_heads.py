@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import tiny_llama
-from pos2distill.stages import train
 from pos2distill.stages.cache import topk_rows
-from pos2distill.training.heads import chunked_token_map, plain_head, response_hidden
+from pos2distill.training.batches import batch_tensors, encode_pair
+from pos2distill.training.heads import chunked_token_map, head, plain_head, response_hidden
 from pos2distill.training.losses import per_example_kl, per_token_kl, topk_token_kl
 from pos2distill.training.teacher import OnlineTeacher, ResponseLoss, TopKTargets
+from reference import micro_kl
 from test_train import ROWS
 
 
@@ -24,8 +25,8 @@ def double_model(tok: Any) -> Any:
 
 
 def _batch(tok: Any) -> dict[str, torch.Tensor]:
-    examples = [train.encode_pair(r, tok) for r in ROWS]
-    b = train.batch_tensors(examples, tok.pad_token_id, "cpu")
+    examples = [encode_pair(r, tok) for r in ROWS]
+    b = batch_tensors(examples, tok.pad_token_id, "cpu")
     b["index"] = torch.arange(len(examples))
     return b
 
@@ -66,7 +67,7 @@ def test_response_only_matches_existing_micro_kl(sharp_model: Any, tok: Any) -> 
     """Float32 on the existing R1 path (logits_to_keep): the same numbers up to rounding."""
     b = _batch(tok)
     with torch.no_grad():
-        old = train.micro_kl(sharp_model, sharp_model, b)
+        old = micro_kl(sharp_model, sharp_model, b)
         new = ResponseLoss(sharp_model, chunk=2)(b["s_ids"], b["s_att"], b["mask"],
                                                OnlineTeacher(sharp_model).targets(b, b["mask"]))
     torch.testing.assert_close(new, old, atol=1e-6, rtol=1e-5)
@@ -168,7 +169,6 @@ def test_cached_targets_equal_online_at_full_vocabulary(double_model: Any, tok: 
     b = _batch(tok)
     online = OnlineTeacher(double_model).targets(b, b["mask"])
     with torch.no_grad():
-        from pos2distill.training.heads import head
         t_logits = head(double_model, online.hidden)
     lp, ids, tail = topk_rows(t_logits, t_logits.shape[-1])
     cached = TopKTargets({"logprobs": lp, "ids": ids, "log_tail": tail}, temperature=1.0)

@@ -138,13 +138,13 @@ def test_lora_resume_after_a_crash_gives_the_same_adapter(model_dir: Path, pairs
     train.main(TrainConfig(**kw, out=str(tmp_path / "full")))
     real, calls = train.weighted_loss, {"n": 0}
 
-    def crash_at_5(kl: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def crash_in_step_5(losses: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 1 + 2 * 4:      # two per step: the batch loss, then the backward's
             raise Crash
-        return real(kl, w)
+        return real(losses, w)
 
-    monkeypatch.setattr(train, "weighted_loss", crash_at_5)
+    monkeypatch.setattr(train, "weighted_loss", crash_in_step_5)
     with pytest.raises(Crash):
         train.main(TrainConfig(**kw, out=str(tmp_path / "resumed")))
     monkeypatch.undo()

@@ -18,6 +18,7 @@ from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.training.losses import per_example_kl, position_weights
+from pos2distill.training import teacher as teacher_module
 from pos2distill.training.methods import METHOD_NAMES, METHODS, get_method
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.data.records import write_jsonl
@@ -102,7 +103,7 @@ def expected_loss(method: str, rows: list[dict], model: Any, tok: Any) -> tuple[
         else:
             t = _unpadded_logits(model, encode_prompt(tok, r["teacher_prompt"], chat=True), target)
             losses.append(per_example_kl(t, s, torch.ones(1, len(target), dtype=torch.bool))[0])
-        positions.append(r["position"])
+        positions.append(r["slot"][0] if "slot" in r else r["position"])
     loss = torch.stack(losses)
     if m.loss == "ce":
         weights = torch.ones_like(loss)
@@ -119,11 +120,7 @@ def test_each_method_trains_with_its_loss(method: str, fixed_pairs: tuple[Path, 
     path, rows = fixed_pairs
     expected, n = expected_loss(method, rows, sharp_model, tok)
     assert n == (12 if METHODS[method].anchors else 8)
-    if not METHODS[method].needs_teacher:
-        # Cross-entropy methods never build a teacher (no copy of the model, no KL).
-        monkeypatch.setattr(train, "copy", SimpleNamespace(
-            deepcopy=lambda *a: pytest.fail("teacher built")))
-        monkeypatch.setattr(train, "micro_kl", lambda *a, **k: pytest.fail("KL computed"))
+    kl_calls = _guard_the_teacher(monkeypatch, kl_allowed=METHODS[method].needs_teacher)
     out = tmp_path / "run"
     # One optimizer step over every example the method uses: the logged loss is the batch loss
     # at the starting weights, whatever the data order.
@@ -135,6 +132,35 @@ def test_each_method_trains_with_its_loss(method: str, fixed_pairs: tuple[Path, 
     kind = METHODS[method].loss
     assert f"{kind}_mean" in row and f"{kind}_by_position" in row
     assert row["loss"] > 0.1
+    # The guard watches what a KL method really calls: a teacher was built and a KL computed.
+    assert (kl_calls["n"] > 0) == METHODS[method].needs_teacher
+
+
+def _guard_the_teacher(monkeypatch: pytest.MonkeyPatch, *, kl_allowed: bool) -> dict[str, int]:
+    """Without ``kl_allowed``, building a teacher (a copy of the model, an online or cached
+    teacher) or computing a per-token KL (dense or top-k, where
+    :mod:`pos2distill.training.teacher` looks them up) fails the test. Either way the per-token
+    KL calls are counted."""
+    calls = {"n": 0}
+
+    def watched(real: Any) -> Any:
+        def kl(*args: Any, **kwargs: Any) -> torch.Tensor:
+            calls["n"] += 1
+            if not kl_allowed:
+                pytest.fail("KL computed")
+            return real(*args, **kwargs)
+        return kl
+
+    for name in ("per_token_kl", "topk_token_kl"):
+        monkeypatch.setattr(teacher_module, name, watched(getattr(teacher_module, name)))
+    if not kl_allowed:
+        def built(*args: Any, **kwargs: Any) -> Any:
+            pytest.fail("teacher built")
+
+        monkeypatch.setattr(train, "copy", SimpleNamespace(deepcopy=built))
+        monkeypatch.setattr(train, "OnlineTeacher", built)
+        monkeypatch.setattr(train, "CachedTeacher", built)
+    return calls
 
 
 def test_the_methods_differ_on_the_fixed_batch(fixed_pairs: tuple[Path, list[dict]],
@@ -149,8 +175,8 @@ def test_ce_methods_take_pairs_without_teacher_fields(tok: Any, model_dir: Path,
     """R2 pairs hold hop-position pairs and no teacher prompt: cross-entropy reads only what it
     needs; a KL method on the same file names the missing field."""
     chat = "<|bos|><|user|>\nWhich city is home to Kavo<|end|>\n<|assistant|>\n"
-    rows = [{"student_prompt": chat, "chat": True, "response": "Lima", "position": [3, 4]},
-            {"student_prompt": chat, "chat": True, "response": "Oslo Lima", "position": [4, 3]}]
+    rows = [{"student_prompt": chat, "chat": True, "response": "Lima", "slot": [3, 4]},
+            {"student_prompt": chat, "chat": True, "response": "Oslo Lima", "slot": [4, 3]}]
     write_jsonl(tmp_path / "r2.jsonl", rows)
     summary = train.main(TrainConfig(pairs=str(tmp_path / "r2.jsonl"), model=str(model_dir),
                                      out=str(tmp_path / "r2"), method="r2", batch_size=2))

@@ -24,6 +24,8 @@ from pos2distill.errors import ConfigError, DataError
 from pos2distill.tasks.positions import hop_group, place_hops, rng_for, slot_key
 from pos2distill.tasks.prompts import INSTRUCTIONS, encode_prompt, render_prompt
 from pos2distill.data.records import Document, Record, write_jsonl
+from pos2distill.training import batches
+from reference import micro_ce
 
 _DOC = re.compile(r"^- Title: (\w+)\n(.*)$", re.MULTILINE)
 
@@ -273,10 +275,10 @@ def test_pairs_main_reasoning_needs_K(teacher_rows: list[dict[str, Any]], tiny_m
 def test_r2_cross_entropy_masks_the_prompt_and_keeps_eos(teacher_rows: list[dict[str, Any]],
                                                          sharp_model: Any, tok: Any) -> None:
     rows = pairs.make_pairs(teacher_rows[:2], tok, K=2, anchors=0, seed=0)
-    examples = [train.encode_pair(r, tok, teacher=False) for r in rows]
-    b = train.batch_tensors(examples, tok.pad_token_id, "cpu")
+    examples = [batches.encode_pair(r, tok, teacher=False) for r in rows]
+    b = batches.batch_tensors(examples, tok.pad_token_id, "cpu")
     with torch.no_grad():
-        ce = train.micro_ce(sharp_model, b)
+        ce = micro_ce(sharp_model, b)
     for k, (row, ex) in enumerate(zip(rows, examples)):
         prompt = encode_prompt(tok, row["student_prompt"], chat=True)
         target = tok(row["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -309,7 +311,51 @@ def test_a_few_r2_steps_lower_the_loss(teacher_rows: list[dict[str, Any]], tok: 
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert summary["steps"] == 8 and summary["method"] == "r2"
     assert log[-1]["ce_mean"] < 0.5 * log[0]["ce_mean"]
-    assert set(log[0]["ce_by_position"]) == {str(r["position"]) for r in rows}
+    # The log groups by configuration (the row's slot), written like the probe's tables.
+    assert set(log[0]["ce_by_position"]) == {configuration_key(tuple(_slot(r))) for r in rows}
+
+
+def _slot(row: dict[str, Any]) -> list[int]:
+    return row["slot"] if "slot" in row else row["configuration"]
+
+
+def test_old_reasoning_rows_train_like_new_ones(teacher_rows: list[dict[str, Any]], tok: Any,
+                                                tmp_path: Path) -> None:
+    """Reasoning rows written before slots (``configuration``/``adv_configuration`` beside a
+    squeezed ``position``/``adv_position``) and the same rows with ``slot``/``adv_slot`` train a
+    position-aware KL method to the same log and bit-identical weights; the weights group by
+    configuration, not by the squeezed first hop."""
+    from safetensors.torch import load_file
+
+    from conftest import tiny_llama
+
+    model_dir = tmp_path / "m"
+    tiny_llama(tok, initializer_range=0.2).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    made = pairs.make_pairs(teacher_rows, tok, K=4, anchors=0, seed=0)
+    legacy = ("position", "adv_position", "configuration", "adv_configuration", "slot", "adv_slot")
+    adv = [8, 9]
+    base = [{k: v for k, v in r.items() if k not in legacy} for r in made]
+    old = [{**b, "position": _slot(r)[0], "adv_position": adv[0], "configuration": _slot(r),
+            "adv_configuration": adv} for b, r in zip(base, made)]
+    new = [{**b, "slot": _slot(r), "adv_slot": adv} for b, r in zip(base, made)]
+    # Configurations sharing a first hop: grouping by the squeezed position would differ.
+    assert len({tuple(_slot(r)) for r in made}) > len({_slot(r)[0] for r in made})
+    logs, weights = [], []
+    for name, rows in (("old", old), ("new", new)):
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        summary = train.main(TrainConfig(pairs=str(tmp_path / f"{name}.jsonl"),
+                                         model=str(model_dir), out=str(tmp_path / name),
+                                         method="kl+align", lr=1e-2, batch_size=8, epochs=1))
+        assert summary["adv_slot"] == adv and summary["steps"] == 3
+        logs.append([json.loads(x) for x in
+                     (tmp_path / name / "log.jsonl").read_text().splitlines()])
+        weights.append(load_file(tmp_path / name / "model" / "model.safetensors"))
+    assert logs[0] == logs[1]
+    assert all("," in key for row in logs[1] for key in row["weight_by_position"])
+    assert weights[0].keys() == weights[1].keys()
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
 
 
 # ---------------------------------------------------------------------------------------------

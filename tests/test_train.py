@@ -1,5 +1,6 @@
 """train: response alignment against unpadded forward passes, schedule and masks by hand, and short
-R1 runs on a tiny random model (the loss goes down, gradient accumulation changes nothing)."""
+R1 runs on a tiny random model (the loss goes down, gradient accumulation changes nothing, the
+weights are those recorded before the loop was restructured, old pairs rows train like new ones)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,23 @@ from pos2distill.stages import pairs, teach, train
 from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError
+from pos2distill.training import batches
 from pos2distill.training.losses import per_example_kl
+from pos2distill.training.optim import lr_lambda
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.data.records import write_jsonl
+from reference import micro_kl, response_logits
 
 
 def chat(text: str) -> str:
     return f"<|bos|><|user|>\n{text}<|end|>\n<|assistant|>\n"
 
 
-def pair_row(student: str, teacher: str, response: str, position: int = 1) -> dict[str, Any]:
+def pair_row(student: str, teacher: str, response: str, slot: tuple[int, ...] = (1,)
+             ) -> dict[str, Any]:
     return {"student_prompt": chat(student), "teacher_prompt": chat(teacher), "response": response,
-            "position": position, "adv_position": 0, "chat": True}
+            "task": "retrieval", "slot": list(slot), "adv_slot": [0], "anchor": slot == (0,),
+            "chat": True}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -36,14 +42,14 @@ def pair_row(student: str, teacher: str, response: str, position: int = 1) -> di
 # ---------------------------------------------------------------------------------------------
 
 def test_response_mask_by_hand() -> None:
-    assert train.response_mask([1, 3, 2]).tolist() == [[False, False, True],
+    assert batches.response_mask([1, 3, 2]).tolist() == [[False, False, True],
                                                        [True, True, True],
                                                        [False, True, True]]
-    assert train.response_mask([2]).tolist() == [[True, True]]
+    assert batches.response_mask([2]).tolist() == [[True, True]]
 
 
 def test_left_pad_by_hand() -> None:
-    ids, att = train.left_pad([[5, 6], [7, 8, 9, 10], [11]], pad_id=0)
+    ids, att = batches.left_pad([[5, 6], [7, 8, 9, 10], [11]], pad_id=0)
     assert ids.tolist() == [[0, 0, 5, 6], [7, 8, 9, 10], [0, 0, 0, 11]]
     assert att.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
 
@@ -56,23 +62,41 @@ def test_left_pad_by_hand() -> None:
     (16, 0.1), (40, 0.1),                              # floor, never below
 ])
 def test_lr_lambda_by_hand(step: int, expected: float) -> None:
-    assert train.lr_lambda(step, total=16, warmup=4, min_ratio=0.1) == pytest.approx(expected)
+    assert lr_lambda(step, total=16, warmup=4, min_ratio=0.1) == pytest.approx(expected)
 
 
 def test_lr_lambda_without_floor() -> None:
-    assert train.lr_lambda(10, total=10, warmup=0, min_ratio=0.0) == pytest.approx(0.0)
-    assert train.lr_lambda(0, total=10, warmup=0, min_ratio=0.0) == pytest.approx(1.0)
+    assert lr_lambda(10, total=10, warmup=0, min_ratio=0.0) == pytest.approx(0.0)
+    assert lr_lambda(0, total=10, warmup=0, min_ratio=0.0) == pytest.approx(1.0)
 
 
 def test_encode_pair(tok: Any) -> None:
     row = pair_row("Oslo Lima", "Lima Oslo Paris", "Paris .")
-    ex = train.encode_pair(row, tok)
+    ex = batches.encode_pair(row, tok)
     response = tok("Paris .", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ex.response_len == 3
     assert list(ex.student_ids) == encode_prompt(tok, row["student_prompt"], chat=True) + response
     assert list(ex.teacher_ids) == encode_prompt(tok, row["teacher_prompt"], chat=True) + response
     assert ex.student_ids.count(tok.bos_token_id) == 1
-    assert (ex.position, ex.adv_position) == (1, 0)
+    assert (ex.slot, ex.adv_slot) == ((1,), (0,))
+
+
+@pytest.mark.parametrize("fields, slot, adv_slot", [
+    ({"slot": [3], "adv_slot": [0]}, (3,), (0,)),
+    ({"position": 3, "adv_position": 0}, (3,), (0,)),                       # old retrieval row
+    ({"position": 0, "adv_position": 0}, (0,), (0,)),                       # ... an anchor
+    ({"position": 4, "adv_position": 8, "configuration": [4, 2],            # old reasoning row
+      "adv_configuration": [8, 9]}, (4, 2), (8, 9)),
+    ({"slot": [4, 2], "adv_slot": [8, 9], "position": 4, "configuration": [1, 1]}, (4, 2), (8, 9)),
+    ({}, (), ()),
+])
+def test_slots_of_every_row_format(tmp_path: Path, fields: dict[str, Any], slot: tuple[int, ...],
+                                   adv_slot: tuple[int, ...]) -> None:
+    row = {"student_prompt": "s", "teacher_prompt": "t", "response": "r", "chat": True, **fields}
+    write_jsonl(tmp_path / "p.jsonl", [row])
+    [read] = batches.read_pairs(str(tmp_path / "p.jsonl"))
+    assert (read.get("slot", ()), read.get("adv_slot", ())) == (slot, adv_slot)
+    assert batches.is_anchor(read) == (slot == adv_slot != ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,19 +104,19 @@ def test_encode_pair(tok: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 ROWS = [pair_row("Where does Tude live ?", "Tude lives in Oslo .", "Oslo ."),
-        pair_row("Dublin", "Oslo Lima Paris Rome Dublin", "Lima Paris Rome Oslo", position=2),
+        pair_row("Dublin", "Oslo Lima Paris Rome Dublin", "Lima Paris Rome Oslo", slot=(2,)),
         pair_row("Kavo lives in Rome . Where does Kavo live ?", "Rome", "Rome")]
 
 
 def test_response_logits_align_with_unpadded_forward(sharp_model: Any, tok: Any) -> None:
-    examples = [train.encode_pair(r, tok) for r in ROWS]
+    examples = [batches.encode_pair(r, tok) for r in ROWS]
     lens = [e.response_len for e in examples]
     assert lens == [3, 5, 2]
     R = max(lens)
-    ids, att = train.left_pad([e.student_ids for e in examples], tok.pad_token_id)
-    mask = train.response_mask(lens)
+    ids, att = batches.left_pad([e.student_ids for e in examples], tok.pad_token_id)
+    mask = batches.response_mask(lens)
     with torch.no_grad():
-        batched = train.response_logits(sharp_model, ids, att, R)           # (B, R, V)
+        batched = response_logits(sharp_model, ids, att, R)           # (B, R, V)
     assert batched.shape == (3, R, len(tok))
     for b, e in enumerate(examples):
         seq = list(e.student_ids)
@@ -100,7 +124,7 @@ def test_response_logits_align_with_unpadded_forward(sharp_model: Any, tok: Any)
         n_prompt = T - r
         with torch.no_grad():
             full = sharp_model(torch.tensor([seq])).logits[0]                # (T, V); t predicts t+1
-            alone = train.response_logits(sharp_model, torch.tensor([seq]),
+            alone = response_logits(sharp_model, torch.tensor([seq]),
                                           torch.ones(1, T, dtype=torch.long), r)[0]
         expected = full[n_prompt - 1:T - 1]                                 # last prompt pos .. pos before EOS
         assert expected.shape[0] == r
@@ -118,10 +142,10 @@ def test_response_logits_align_with_unpadded_forward(sharp_model: Any, tok: Any)
 
 
 def test_micro_kl_matches_hand_alignment(sharp_model: Any, tok: Any) -> None:
-    examples = [train.encode_pair(r, tok) for r in ROWS]
-    batch = train.batch_tensors(examples, tok.pad_token_id, "cpu")
+    examples = [batches.encode_pair(r, tok) for r in ROWS]
+    batch = batches.batch_tensors(examples, tok.pad_token_id, "cpu")
     with torch.no_grad():
-        kl = train.micro_kl(sharp_model, sharp_model, batch)
+        kl = micro_kl(sharp_model, sharp_model, batch)
     for b, e in enumerate(examples):
         r = e.response_len
         with torch.no_grad():
@@ -131,10 +155,11 @@ def test_micro_kl_matches_hand_alignment(sharp_model: Any, tok: Any) -> None:
         assert kl[b].item() == pytest.approx(ref.item(), abs=1e-5)
         assert kl[b].item() > 1e-3   # different prompts: a real signal
     # Teacher prompt == student prompt gives 0 whatever the padding.
-    same = [train.Example(e.student_ids, e.student_ids, e.response_len, 1, 0) for e in examples]
+    same = [batches.Example(e.student_ids, e.student_ids, e.response_len, (1,), (0,))
+            for e in examples]
     with torch.no_grad():
-        zero = train.micro_kl(sharp_model, sharp_model,
-                              train.batch_tensors(same, tok.pad_token_id, "cpu"))
+        zero = micro_kl(sharp_model, sharp_model,
+                              batches.batch_tensors(same, tok.pad_token_id, "cpu"))
     assert zero.abs().max().item() < 1e-5
 
 
@@ -170,10 +195,10 @@ def _load(model_dir: Path) -> Any:
 
 
 def _mean_kl(student: Any, teacher: Any, pairs_path: Path, tok: Any) -> float:
-    examples = [train.encode_pair(r, tok) for r in train.read_pairs(str(pairs_path))]
+    examples = [batches.encode_pair(r, tok) for r in batches.read_pairs(str(pairs_path))]
     with torch.no_grad():
-        return train.micro_kl(student, teacher,
-                              train.batch_tensors(examples, tok.pad_token_id, "cpu")).mean().item()
+        return micro_kl(student, teacher,
+                              batches.batch_tensors(examples, tok.pad_token_id, "cpu")).mean().item()
 
 
 def _cfg(pairs_file: Path, model_dir: Path, out: Path, **kw: Any) -> TrainConfig:
@@ -188,7 +213,7 @@ def test_r1_steps_lower_the_kl(pairs_file: Path, sharp_model_dir: Path, sharp_mo
     before = _mean_kl(frozen, frozen, pairs_file, tok)
     summary = train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "run"))
     assert summary["steps"] == 12 * 4 // 4 and summary["examples"] == 12
-    assert summary["adv_position"] == 0
+    assert summary["adv_slot"] == [0]
     trained = _load(tmp_path / "run" / "model")
     after = _mean_kl(trained, frozen, pairs_file, tok)
     assert before > 0.03
@@ -213,12 +238,12 @@ def _first_batch_kl(pairs_file: Path, model: Any, tok: Any) -> float:
     """KL of the first optimizer batch, rebuilt from train.main's seeded shuffle (seed 0)."""
     import random
 
-    examples = [train.encode_pair(r, tok) for r in train.read_pairs(str(pairs_file))]
+    examples = [batches.encode_pair(r, tok) for r in batches.read_pairs(str(pairs_file))]
     perm = list(range(len(examples)))
     random.Random(0).shuffle(perm)
-    batch = train.batch_tensors([examples[i] for i in perm[:4]], tok.pad_token_id, "cpu")
+    batch = batches.batch_tensors([examples[i] for i in perm[:4]], tok.pad_token_id, "cpu")
     with torch.no_grad():
-        return train.micro_kl(model, model, batch).mean().item()
+        return micro_kl(model, model, batch).mean().item()
 
 
 @pytest.mark.parametrize("grad_accum", [2, 4])
@@ -250,17 +275,17 @@ def test_grad_accum_gives_the_same_training(pairs_file: Path, sharp_model_dir: P
 def test_read_pairs_errors(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "bad.jsonl", [{**pair_row("a", "b", "c")}, {"student_prompt": "x"}])
     with pytest.raises(DataError) as info:
-        train.read_pairs(str(tmp_path / "bad.jsonl"))
+        batches.read_pairs(str(tmp_path / "bad.jsonl"))
     assert info.value.line == 2 and info.value.field == "teacher_prompt"
     write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(DataError, match="no training pairs"):
-        train.read_pairs(str(tmp_path / "empty.jsonl"))
+        batches.read_pairs(str(tmp_path / "empty.jsonl"))
 
 
-def test_several_advantageous_positions_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
-    rows = [pair_row("a", "b", "Oslo"), {**pair_row("a", "b", "Oslo"), "adv_position": 3}]
+def test_several_advantageous_slots_are_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    rows = [pair_row("a", "b", "Oslo"), {**pair_row("a", "b", "Oslo"), "adv_slot": [3]}]
     write_jsonl(tmp_path / "p.jsonl", rows)
-    with pytest.raises(DataError, match=r"several advantageous positions \[0, 3\]"):
+    with pytest.raises(DataError, match=r"several advantageous slots \[\[0\], \[3\]\]"):
         train.main(TrainConfig(pairs=str(tmp_path / "p.jsonl"), model=str(tiny_model_dir),
                                out=str(tmp_path / "out")))
 
@@ -308,7 +333,8 @@ class Crash(Exception):
 
 
 def _failing_loss(monkeypatch: pytest.MonkeyPatch, at_call: int, *, nan: bool = False) -> None:
-    """Make the ``at_call``-th weighted loss (one per step without accumulation) crash or be NaN."""
+    """Make the ``at_call``-th weighted loss crash or be NaN. A step computes 1 + grad_accum of
+    them: the batch loss (the one checked for NaN), then one per micro-batch's backward pass."""
     real = train.weighted_loss
     calls = {"n": 0}
 
@@ -333,7 +359,7 @@ def test_resume_after_a_crash_gives_the_same_weights_and_log(
     full = train.main(_cfg(pairs_file, sharp_model_dir, tmp_path / "full", save_every=3))
     out = tmp_path / "crashed"
     cfg = _cfg(pairs_file, sharp_model_dir, out, save_every=3)
-    _failing_loss(monkeypatch, at_call=9)            # dies in step 9: checkpoint at 6, log to 8
+    _failing_loss(monkeypatch, at_call=1 + 2 * 8)    # dies in step 9: checkpoint at 6, log to 8
     with pytest.raises(Crash):
         train.main(cfg)
     state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
@@ -395,8 +421,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
     from pos2distill.errors import TrainingError
 
     out = tmp_path / "run"
-    # With accumulation the first weighted loss of a step is the one checked (then one per micro-batch).
-    _failing_loss(monkeypatch, at_call=1 + 4 * (1 + grad_accum) if grad_accum > 1 else 5, nan=True)
+    _failing_loss(monkeypatch, at_call=1 + 4 * (1 + grad_accum), nan=True)   # step 5's batch loss
     with pytest.raises(TrainingError) as info:
         train.main(_cfg(pairs_file, sharp_model_dir, out, save_every=2, grad_accum=grad_accum))
     message = str(info.value)
@@ -412,3 +437,87 @@ def test_save_every_is_validated() -> None:
     assert TrainConfig(save_every=0).save_every == 0
     with pytest.raises(ConfigError, match="--save-every: must be >= 0"):
         TrainConfig(save_every=-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Regression: the weights of short runs, recorded before the training loop was restructured
+# ---------------------------------------------------------------------------------------------
+
+REFERENCE = Path(__file__).parent / "data" / "train_reference"
+REFERENCE_RUNS = {"r1": {}, "sft": {"method": "sft"}, "r1-accum2": {"grad_accum": 2},
+                  "r1-lora": {"lora_rank": 4},
+                  "kl+align-cache": {"method": "kl+align", "teacher_cache": "CACHE"}}
+
+
+def _digest(weights: dict[str, torch.Tensor]) -> str:
+    """sha256 of every tensor's bytes, by name: equal digests are bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode())
+        h.update(weights[name].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("run", [
+    "r1", "sft", "r1-accum2",
+    pytest.param("r1-lora", marks=pytest.mark.slow),
+    pytest.param("kl+align-cache", marks=pytest.mark.slow)])
+def test_weights_match_the_recorded_reference(run: str, sharp_model_dir: Path,
+                                              tmp_path: Path) -> None:
+    """A 3-step run (2 for the cache run, whose method drops the anchors) on frozen pairs gives
+    the weights and log rows recorded with the code before the loop was restructured: bit for
+    bit with the torch and transformers versions that recorded them, to rounding with others."""
+    from safetensors.torch import load_file
+    import transformers
+
+    from pos2distill.config import CacheConfig
+    from pos2distill.stages import cache
+
+    if run == "r1-lora":
+        pytest.importorskip("peft", reason="LoRA needs peft")
+    reference = json.loads((REFERENCE / "reference.json").read_text())
+    expected = reference["runs"][run]
+    kw = dict(REFERENCE_RUNS[run])
+    pairs_path = REFERENCE / "pairs.jsonl"
+    if kw.get("teacher_cache") == "CACHE":
+        kw["teacher_cache"] = str(tmp_path / "cache")
+        cache.main(CacheConfig(pairs=str(pairs_path), model=str(sharp_model_dir),
+                               out=kw["teacher_cache"], top_k=8))
+    out = tmp_path / "run"
+    train.main(TrainConfig(pairs=str(pairs_path), model=str(sharp_model_dir), out=str(out),
+                           lr=1e-2, batch_size=4, epochs=1, warmup_ratio=0.25, **kw))
+    log = _log(out)
+    same_versions = reference["recorded_with"] == {"torch": torch.__version__,
+                                                   "transformers": transformers.__version__}
+    if same_versions:
+        assert log == expected["log"]
+        assert _digest(load_file(out / "model" / "model.safetensors")) == expected["sha256"]
+    else:
+        assert [r["step"] for r in log] == [r["step"] for r in expected["log"]]
+        for got, want in zip(log, expected["log"]):
+            assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+
+
+def test_old_pairs_rows_train_like_new_ones(sharp_model_dir: Path, tmp_path: Path) -> None:
+    """Retrieval rows written before slots (``position``/``adv_position``) and the same rows with
+    ``slot``/``adv_slot`` give the same log and bit-identical weights (the reasoning rows'
+    ``configuration``: tests/test_reasoning.py)."""
+    from safetensors.torch import load_file
+
+    old = [json.loads(line) for line in (REFERENCE / "pairs.jsonl").read_text().splitlines()]
+    assert all("position" in r and "slot" not in r for r in old)
+    new = [{**{k: v for k, v in r.items() if k not in ("position", "adv_position")},
+            "task": "retrieval", "slot": [r["position"]], "adv_slot": [r["adv_position"]]}
+           for r in old]
+    for name, rows in (("old", old), ("new", new)):
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        summary = train.main(_cfg(tmp_path / f"{name}.jsonl", sharp_model_dir, tmp_path / name,
+                                  epochs=1))
+        assert summary["adv_slot"] == [0]
+    assert _log(tmp_path / "old") == _log(tmp_path / "new")
+    assert set(_log(tmp_path / "new")[0]["kl_by_position"]) <= {"0", "1", "2", "3", "4"}
+    a = load_file(tmp_path / "old" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "new" / "model" / "model.safetensors")
+    assert _digest(a) == _digest(b)

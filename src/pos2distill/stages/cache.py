@@ -12,53 +12,33 @@ KL and the gap is ``m * KL(teacher tail || student tail)`` (renormalised tails),
 the vocabulary. ``bench/cache_error.py`` measures it on the embedded default; the default k keeps it
 under 1e-3 nats per token there.
 
-Format: a folder with ``teacher.safetensors`` (never pickle) and ``cache.json``.
-
-=================  ==========  =========  ============================================
-tensor             shape       dtype      meaning
-=================  ==========  =========  ============================================
-``logprobs``       (N, k)      float32    top-k teacher log-probabilities per token
-``ids``            (N, k)      int32      their vocabulary ids
-``log_tail``       (N,)        float32    log of the remaining mass (-inf when none)
-``targets``        (N,)        int32      the response token each row predicts
-``offsets``        (E + 1,)    int64      rows of entry e are ``offsets[e]:offsets[e+1]``
-``entry_of_pair``  (P,)        int64      the entry of each line of the pairs file
-=================  ==========  =========  ============================================
-
-``cache.json`` records the format version, k, the temperature, the vocabulary size, the sha256 of
-the pairs file and of the model's weights and config, the counts, and the sha256 of
-``teacher.safetensors``. :class:`CacheReader` checks all of it before training starts and refuses a
-corrupted file or one made from other pairs, another model or another temperature, with one line
-that says what differs. Rows are read lazily (memory-mapped), a micro-batch at a time.
+The format and its reader (what training uses) are :mod:`pos2distill.training.cache`: a folder with
+``teacher.safetensors`` and ``cache.json``, checked against the pairs file, the model and the
+temperature before a run starts.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 
+from pos2distill import modeling, progress
 from pos2distill.config import CacheConfig
 from pos2distill.errors import ConfigError
+from pos2distill.runinfo import file_sha256, replace_dir, write_json_atomic
+from pos2distill.training.batches import encode_pair, left_pad, read_pairs, response_mask
+from pos2distill.training.cache import (FORMAT, META_FILE, TENSOR_FILE, VERSION, CacheReader,
+                                        model_checksums)
+from pos2distill.training.heads import head, plain_head, response_hidden, response_logits_full
 
 log = logging.getLogger(__name__)
-
-FORMAT = "pos2distill-teacher-cache"
-VERSION = 1
-TENSOR_FILE = "teacher.safetensors"
-META_FILE = "cache.json"
-
-
-def bytes_per_token(k: int) -> int:
-    """Tensor bytes stored per response token at top-k ``k`` (float32 + int32 per kept entry, then
-    the tail and the target)."""
-    return 8 * k + 8
 
 
 def topk_rows(logits: Tensor, k: int, *, temperature: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -81,99 +61,9 @@ def topk_rows(logits: Tensor, k: int, *, temperature: float = 1.0) -> tuple[Tens
     return top.float(), ids.int(), log_tail.float()
 
 
-def model_checksums(model_path: str) -> dict[str, str]:
-    """sha256 of the model's weights and config files, by file name."""
-    from pos2distill.runinfo import input_checksums
-
-    return {Path(p).name: h for p, h in input_checksums([model_path]).items()}
-
-
-class CacheReader:
-    """A validated, memory-mapped teacher cache; :meth:`rows` reads a micro-batch."""
-
-    def __init__(self, path: str | Path, *, pairs: str, model_path: str, temperature: float,
-                 vocab_size: int, n_pairs: int, verify: bool = True):
-        from safetensors import SafetensorError, safe_open
-
-        from pos2distill.runinfo import file_sha256
-
-        self.path = Path(path)
-        tensors, meta_path = self.path / TENSOR_FILE, self.path / META_FILE
-        where = f"--teacher-cache: {self.path}"
-        if not tensors.is_file() or not meta_path.is_file():
-            raise ConfigError(f"{where} is not a teacher cache (no {TENSOR_FILE} and {META_FILE}); "
-                              "make one with `pos2distill cache`")
-        try:
-            meta = json.loads(meta_path.read_text())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise ValueError("not a teacher cache description")
-        except ValueError as e:
-            raise ConfigError(f"{where}: unreadable {META_FILE} ({e})") from None
-        if meta.get("version") != VERSION:
-            raise ConfigError(f"{where}: cache format version {meta.get('version')}, this "
-                              f"pos2distill reads {VERSION}; re-run `pos2distill cache`")
-        if verify and file_sha256(tensors) != meta.get("file_sha256"):
-            raise ConfigError(f"{where}: {TENSOR_FILE} is corrupted (checksum differs from "
-                              f"{META_FILE}); re-run `pos2distill cache`")
-        checks = [("pairs file", meta.get("pairs_sha256"), file_sha256(pairs), pairs),
-                  ("model", meta.get("model_sha256"), model_checksums(model_path), model_path),
-                  ("temperature", meta.get("temperature"), temperature, None),
-                  ("vocabulary size", meta.get("vocab_size"), vocab_size, None),
-                  ("number of pairs", meta.get("n_pairs"), n_pairs, None)]
-        for what, stored, ours, name in checks:
-            if stored != ours:
-                detail = f"another {what} ({name})" if name else \
-                    f"{what} {stored}, this run uses {ours}"
-                raise ConfigError(f"{where} was made for {detail}; re-run `pos2distill cache` "
-                                  "with the same --pairs, --model and --temperature")
-        self.meta = meta
-        self.k = int(meta["top_k"])
-        try:
-            self._file = safe_open(str(tensors), framework="pt")
-            self.offsets = self._file.get_tensor("offsets")
-            self.entry_of_pair = self._file.get_tensor("entry_of_pair")
-            shapes = {n: tuple(self._file.get_slice(n).get_shape()) for n in self._file.keys()}
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise ConfigError(f"{where}: unreadable {TENSOR_FILE} ({e})") from None
-        n_tokens = int(self.offsets[-1]) if self.offsets.numel() else -1
-        expected = {"logprobs": (n_tokens, self.k), "ids": (n_tokens, self.k),
-                    "log_tail": (n_tokens,), "targets": (n_tokens,),
-                    "offsets": (int(meta["n_entries"]) + 1,), "entry_of_pair": (n_pairs,)}
-        if shapes != expected or n_tokens != meta.get("n_tokens"):
-            raise ConfigError(f"{where}: tensors {shapes} do not match {META_FILE}; re-run "
-                              "`pos2distill cache`")
-
-    def rows(self, pair_indices: Sequence[int], response_lens: Sequence[int],
-             targets: Sequence[Sequence[int]] | None = None) -> dict[str, Tensor]:
-        """The cached rows of these pairs, concatenated in order (each pair's tokens in order).
-
-        ``response_lens`` (and, when given, the response token ids) are checked against the cache:
-        a cache built from another tokenizer or pair encoding is refused.
-        """
-        parts: dict[str, list[Tensor]] = {"logprobs": [], "ids": [], "log_tail": []}
-        for n, (p, length) in enumerate(zip(pair_indices, response_lens)):
-            e = int(self.entry_of_pair[p])
-            a, b = int(self.offsets[e]), int(self.offsets[e + 1])
-            if b - a != length:
-                raise ConfigError(f"--teacher-cache: {self.path}: pair {p} has {b - a} cached "
-                                  f"tokens but {length} response tokens; the cache was made with "
-                                  "another tokenizer; re-run `pos2distill cache`")
-            if targets is not None and \
-                    self._file.get_slice("targets")[a:b].tolist() != list(targets[n]):
-                raise ConfigError(f"--teacher-cache: {self.path}: pair {p}'s response tokens "
-                                  "differ from the cache; re-run `pos2distill cache`")
-            for name in parts:
-                parts[name].append(self._file.get_slice(name)[a:b])
-        return {name: torch.cat(v) for name, v in parts.items()}
-
-
 def write_cache(out: Path, *, logprobs: Tensor, ids: Tensor, log_tail: Tensor, targets: Tensor,
                 offsets: Tensor, entry_of_pair: Tensor, meta: dict[str, Any]) -> None:
     """Write ``out`` (a folder) atomically: tensors, then ``cache.json`` with their checksum."""
-    from safetensors.torch import save_file
-
-    from pos2distill.runinfo import file_sha256, replace_dir, write_json_atomic
-
     tmp = out.with_name(".tmp-" + out.name)
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -191,24 +81,17 @@ def write_cache(out: Path, *, logprobs: Tensor, ids: Tensor, log_tail: Tensor, t
 
 def main(cfg: CacheConfig) -> dict[str, Any]:
     """Compute the teacher cache of a pairs file (one forward pass per distinct teacher prompt)."""
-    from tqdm.auto import tqdm
-
-    from pos2distill.training.heads import response_hidden, response_logits_full, head, plain_head
-    from pos2distill.modeling import (load_causal_lm, load_config, load_tokenizer,
-                                      resolve_model_path)
-    from pos2distill.runinfo import file_sha256
-    from pos2distill.stages.train import encode_pair, left_pad, read_pairs, response_mask
-
     rows = read_pairs(cfg.pairs)
-    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = modeling.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     # The output head's size; the config's vocab_size until the weights are loaded.
-    vocab = int(load_config(cfg.model, trust_remote_code=cfg.trust_remote_code).vocab_size)
+    vocab = int(modeling.load_config(cfg.model, trust_remote_code=cfg.trust_remote_code).vocab_size)
     k = min(cfg.top_k, vocab) if cfg.top_k else vocab
     out = Path(cfg.out)
     if (out / META_FILE).exists():
         # A complete cache of the same pairs, model, temperature and k is reused as it is.
         try:
-            done = CacheReader(out, pairs=cfg.pairs, model_path=resolve_model_path(cfg.model),
+            done = CacheReader(out, pairs=cfg.pairs,
+                               model_path=modeling.resolve_model_path(cfg.model),
                                temperature=cfg.temperature, vocab_size=vocab, n_pairs=len(rows))
         except ConfigError as e:
             raise ConfigError(f"--out {out} holds another cache ({e}); choose another --out or "
@@ -221,8 +104,8 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
                     "out": str(out)}
         raise ConfigError(f"--out {out} holds a top-{done.k} cache; choose another --out or "
                           "delete it")
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
-                           trust_remote_code=cfg.trust_remote_code)
+    model = modeling.load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                    trust_remote_code=cfg.trust_remote_code)
     vocab = model.get_output_embeddings().weight.shape[0]
     k = min(cfg.top_k, vocab) if cfg.top_k else vocab
     examples = [encode_pair(r, tokenizer) for r in rows]
@@ -241,7 +124,7 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     per_entry: list[dict[str, Tensor]] = [dict() for _ in entries]
     autocast = (torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.autocast))
                 if cfg.autocast != "off" else nullcontext())
-    with torch.no_grad(), autocast, tqdm(total=len(entries), desc="cache", unit="prompt") as bar:
+    with torch.no_grad(), autocast, progress.bar(total=len(entries), desc="cache", unit="prompt") as bar:
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
             ids, att = left_pad([entries[i] for i in idx], tokenizer.pad_token_id)
@@ -271,8 +154,8 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     offsets[1:] = torch.tensor(lens, dtype=torch.long).cumsum(0)
     meta = {"top_k": k, "temperature": cfg.temperature, "vocab_size": vocab,
             "pairs": str(cfg.pairs), "pairs_sha256": file_sha256(cfg.pairs),
-            "model": resolve_model_path(cfg.model),
-            "model_sha256": model_checksums(resolve_model_path(cfg.model)),
+            "model": modeling.resolve_model_path(cfg.model),
+            "model_sha256": model_checksums(modeling.resolve_model_path(cfg.model)),
             "n_pairs": len(rows), "dtype": cfg.dtype, "autocast": cfg.autocast}
     write_cache(out, **{n: torch.cat(v) for n, v in chunks.items()}, offsets=offsets,
                 entry_of_pair=torch.tensor(entry_of_pair, dtype=torch.long), meta=meta)

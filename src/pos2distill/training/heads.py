@@ -1,7 +1,7 @@
 """Response-only logits: run the backbone, apply the output head only where a response token is
 predicted, a chunk of tokens at a time. Never [batch, sequence, vocabulary].
 
-Sequences are left-padded so every response ends at the last position (see :mod:`pos2distill.stages.train`).
+Sequences are left-padded so every response ends at the last position (see :mod:`pos2distill.training.batches`).
 With R the longest response in the batch, the hidden states at the last R+1 positions minus the very
 last one predict the R final tokens. :func:`response_hidden` returns those (B, R, H) hidden states;
 the caller keeps the masked-in ones, (N, H), and :func:`chunked_token_map` turns them into per-token
@@ -20,9 +20,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-
-#: Default tokens per output-head chunk: (chunk, V) logits at a time (1024 x 152k fp32 = 620 MB).
-DEFAULT_CHUNK = 1024
 
 _SPECIAL_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale",
                  "logits_scaling")
@@ -83,7 +80,7 @@ def head(model: Any, hidden: Tensor) -> Tensor:
 
 
 def chunked_token_map(hidden: Tensor, fn: Callable[[Tensor, int, int], Tensor], *,
-                      chunk: int = DEFAULT_CHUNK) -> Tensor:
+                      chunk: int) -> Tensor:
     """``cat([fn(hidden[s:e], s, e) for each chunk])``, one chunk of tokens at a time.
 
     ``fn`` maps (n, H) hidden states of tokens ``s:e`` to (n,) values (e.g. per-token KL through the
@@ -93,7 +90,7 @@ def chunked_token_map(hidden: Tensor, fn: Callable[[Tensor, int, int], Tensor], 
     Args:
         hidden: (N, H).
         fn: (hidden chunk, start, end) -> (n,) values.
-        chunk: tokens per chunk, > 0.
+        chunk: tokens per chunk, > 0 (``train --head-chunk``; the peak holds (chunk, V) logits).
 
     Returns:
         (N,) values.

@@ -15,11 +15,16 @@ folder (:func:`merge_from_disk`), never from the 4-bit weights.
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import torch
+
 from pos2distill.errors import ConfigError
+from pos2distill.runinfo import replace_dir
 
 #: ``--lora-targets all-linear``: every linear layer but the output head (peft's own rule).
 ALL_LINEAR = "all-linear"
@@ -54,8 +59,7 @@ def quantization_kwargs(cfg: Any, device: str | None = None) -> dict[str, Any]:
     after loading). Pure: builds the config object, loads nothing, needs no bitsandbytes."""
     if not quantization_flag(cfg):
         return {}
-    import torch
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # only for a quantised base
 
     if cfg.load_in_4bit:
         compute = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.autocast,
@@ -70,10 +74,6 @@ def quantization_kwargs(cfg: Any, device: str | None = None) -> dict[str, Any]:
 def check_quantization_support(flag: str, device: str) -> None:
     """Refuse a quantised load that cannot work here, in one line: bitsandbytes missing, no CUDA
     device, or ``--device`` not a CUDA device."""
-    import importlib.util
-
-    import torch
-
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ConfigError(f"{flag} needs bitsandbytes and a CUDA GPU: pip install bitsandbytes "
                           "(it is not part of any pos2distill extra)")
@@ -138,10 +138,6 @@ def save(peft_model: Any, tokenizer: Any, out: Path, *, merge: bool,
     ``merge_base``: returns a fresh unquantised base model; when given, the merged model is that
     base plus the adapter just written (:func:`merge_from_disk`) instead of ``merge_and_unload`` of
     ``peft_model`` (whose weights are quantised or sharded)."""
-    import shutil
-
-    from pos2distill.runinfo import replace_dir
-
     paths = {}
     tmp = out / ".tmp-adapter"
     if tmp.exists():

@@ -228,8 +228,11 @@ def position_weights(per_example_loss: Tensor, positions: Tensor, *, anchor_posi
 
     Args:
         per_example_loss: (B,) float, ``L_e`` (e.g. from :func:`per_example_kl`).
-        positions: (B,) integer, the student's 0-based gold position of each example.
-        anchor_position: the advantageous position (0, the first document, by default elsewhere).
+        positions: (B,) integer, the student's 0-based gold position of each example, or any
+            integer id of its slot (only equality and order are used; ``train`` passes
+            :func:`pos2distill.training.batches.slot_ids`, which keep the order of positions).
+        anchor_position: the advantageous position (0, the first document, by default
+            elsewhere), or the id of the advantageous slot.
         anchor_weight: ``lambda`` >= 0, the weight of every anchor example.
         formula: one of :data:`WEIGHT_FORMULAS`.
 

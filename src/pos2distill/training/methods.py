@@ -93,10 +93,12 @@ class Method:
         return formula
 
     def pair_fields(self) -> tuple[str, ...]:
-        """The fields of a pairs row this method reads."""
+        """The fields of a pairs row this method needs. KL methods group their weights by
+        ``slot`` and anchor them at ``adv_slot``, as given by
+        :func:`pos2distill.training.batches.read_pairs` (which also finds them in older rows)."""
         fields = ["student_prompt", "chat", "answers" if self.target == "gold" else "response"]
         if self.loss == "kl":
-            fields += ["teacher_prompt", "position", "adv_position"]
+            fields += ["teacher_prompt", "slot", "adv_slot"]
         return tuple(fields)
 
 

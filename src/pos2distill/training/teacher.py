@@ -17,15 +17,16 @@ computation: backbone, response positions, chunked head, per-token loss, per-exa
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any, Callable, ContextManager, Protocol
 
 import torch
 from torch import Tensor
 
-from pos2distill.training.heads import (DEFAULT_CHUNK, chunked_token_map, head, plain_head,
-                               response_hidden, response_logits_full)
-from pos2distill.training.losses import _compute_dtype, _masked_row_mean, per_token_kl, topk_token_kl
+from pos2distill.training.heads import (chunked_token_map, head, plain_head, response_hidden,
+                                        response_logits_full)
+from pos2distill.training.losses import (_compute_dtype, _masked_row_mean, per_token_kl,
+                                         topk_token_kl)
 
 
 class Targets(Protocol):
@@ -110,8 +111,6 @@ class OnlineTeacher:
                             temperature=self.temperature)
 
     def _head_context(self) -> Any:
-        from contextlib import ExitStack
-
         stack = ExitStack()
         stack.enter_context(self.context())
         stack.enter_context(self.autocast())
@@ -119,7 +118,7 @@ class OnlineTeacher:
 
 
 class CachedTeacher:
-    """Targets from a teacher cache (:class:`pos2distill.stages.cache.CacheReader`)."""
+    """Targets from a teacher cache (:class:`pos2distill.training.cache.CacheReader`)."""
 
     def __init__(self, reader: Any, *, temperature: float = 1.0, check_tokens: bool = True):
         self.reader, self.temperature, self.check_tokens = reader, temperature, check_tokens
@@ -145,7 +144,7 @@ class ResponseLoss(torch.nn.Module):
     :func:`pos2distill.training.losses.per_example_kl` and :func:`~pos2distill.training.losses.per_example_cross_entropy`.
     """
 
-    def __init__(self, model: Any, *, chunk: int = DEFAULT_CHUNK):
+    def __init__(self, model: Any, *, chunk: int):
         super().__init__()
         self.model, self.chunk = model, chunk
 

@@ -1,0 +1,162 @@
+"""Checkpoints: ``OUT/checkpoint`` holds everything a resumed run needs to continue bit for bit.
+
+One process: :func:`save_checkpoint` writes the student weights (the adapter only, with LoRA),
+optimizer, scheduler and RNG states and ``trainer_state.json`` (config fingerprint, data order,
+step). Several processes: :func:`save_distributed_checkpoint` writes accelerate's ``save_state``
+(every rank takes part, so sharded FSDP state is gathered or saved sharded) next to the same
+``trainer_state.json``. Both go to a temporary folder that then replaces the old checkpoint, so a
+kill never leaves a half-written one. A checkpoint of another config, data order or number of
+processes is refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from pos2distill.errors import ConfigError
+from pos2distill.runinfo import replace_dir, write_text_atomic
+from pos2distill.training.distributed import Dist
+
+CHECKPOINT = "checkpoint"
+
+
+def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
+                    sched: Any, state: dict[str, Any], trainable_only: bool = False) -> Path:
+    """Write ``out/checkpoint`` after optimizer step ``step``: student weights (safetensors),
+    optimizer and scheduler state, torch and python RNG states, and ``state`` (fingerprint, data
+    order). Everything goes to a temporary folder first, which then replaces the old checkpoint
+    (:func:`~pos2distill.runinfo.replace_dir`), so a kill never leaves a half-written checkpoint."""
+    final = out / CHECKPOINT
+    tmp = out / (".tmp-" + CHECKPOINT)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    if trainable_only:  # LoRA: the frozen base is the --model folder itself; keep the adapter
+        save_file({n: p.detach().contiguous() for n, p in student.named_parameters()
+                   if p.requires_grad}, str(tmp / "model.safetensors"))
+    else:
+        save_model(student, str(tmp / "model.safetensors"))  # handles tied weights
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    version, internal, gauss = random.getstate()
+    (tmp / "trainer_state.json").write_text(json.dumps(
+        {**state, "step": step, "python_rng": [version, list(internal), gauss]}))
+    replace_dir(tmp, final)
+    return final
+
+
+def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sched: Any,
+                    fingerprint: str, order: list[int], device: str,
+                    trainable_only: bool = False) -> int:
+    """Restore a checkpoint written by :func:`save_checkpoint`; returns its step.
+
+    A checkpoint of another config or data order is refused. The optimizer file is read with
+    ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickles.
+    """
+    state = _checked_trainer_state(path, fingerprint=fingerprint, order=order, processes=1)
+    try:
+        if trainable_only:
+            _load_trainable(student, path / "model.safetensors")
+        else:
+            load_model(student, path / "model.safetensors", device=device)
+        blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(blob["optimizer"])
+        sched.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["torch_rng"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        return int(state["step"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
+                          "over") from None
+
+
+def save_distributed_checkpoint(out: Path, dist: Dist, *, step: int, state: dict[str, Any],
+                                trainable_only: bool = False) -> Path:
+    """:func:`save_checkpoint` under several processes: every rank writes its part through
+    accelerate's ``save_state`` (model, optimizer, scheduler, per-rank RNG states; FSDP shards are
+    gathered or saved sharded, as the accelerate config says) into a temporary folder, then the main
+    process adds ``trainer_state.json`` and swaps the folder in."""
+    final, tmp = out / CHECKPOINT, out / (".tmp-" + CHECKPOINT)
+    if dist.is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    dist.save_state(tmp, trainable_only=trainable_only)
+    dist.barrier()
+    if dist.is_main:
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {**state, "step": step, "format": "accelerate", "processes": dist.world}))
+        replace_dir(tmp, final)
+    dist.barrier()
+    return final
+
+
+def read_trainer_state(path: Path, *, fingerprint: str, order: list[int], processes: int) -> int:
+    """The step of an accelerate checkpoint (:func:`save_distributed_checkpoint`), after the same
+    checks as :func:`load_checkpoint` and that it was written by as many processes."""
+    state = _checked_trainer_state(path, fingerprint=fingerprint, order=order, processes=processes)
+    try:
+        return int(state["step"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({e!r}); delete it to start over") from None
+
+
+def _checked_trainer_state(path: Path, *, fingerprint: str, order: list[int],
+                           processes: int) -> dict[str, Any]:
+    """``trainer_state.json`` of a checkpoint, refused unless it was written for this config, data
+    order and number of processes (one process: the single-process format)."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("trainer_state.json is not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path} is a checkpoint of a different config; choose another --out "
+                          "or delete it")
+    if state.get("order") != order:
+        raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
+                          "another --out or delete it")
+    written = state.get("processes", 1)
+    if written != processes or (processes > 1 and state.get("format") != "accelerate"):
+        raise ConfigError(f"{path} was written by {written} process(es); resume it with the same "
+                          f"launch (this one has {processes}), or delete it")
+    return state
+
+
+def _load_trainable(student: Any, path: Path) -> None:
+    """Copy the trainable tensors of a ``trainable_only`` checkpoint into ``student``."""
+    saved = load_file(path)
+    params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError("the checkpoint holds other trainable tensors (another LoRA config?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows of steps up to ``step`` (those the checkpoint has seen); a resumed run
+    appends the rest, so no step is missing or logged twice. A torn last line is dropped."""
+    keep = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith("\n") or not isinstance(row, dict) or row.get("step", 0) > step:
+                break
+            keep.append(line)
+    write_text_atomic(path, "".join(keep))
