@@ -199,3 +199,42 @@ def reasoning_oracle_hf(monkeypatch: pytest.MonkeyPatch) -> type[ReasoningOracle
     OracleHFGenerator.instances = []
     monkeypatch.setattr("pos2distill.generation.HFGenerator", ReasoningOracleHFGenerator)
     return ReasoningOracleHFGenerator
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval pairs files built from fake teacher rows (the oracle answers at the first position)
+
+
+@pytest.fixture(scope="session")
+def make_pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any
+                    ) -> Callable[..., Path]:
+    """``make_pairs_file(n_questions, K=2, anchors=1, teacher_seed=0)``: a pairs file of that many
+    synthetic 5-document training questions, each with K trivial positions plus anchors (made
+    once per argument set for the whole session)."""
+    from helpers import teacher_rows
+    from pos2distill.data import synthetic
+    from pos2distill.data.records import write_jsonl
+    from pos2distill.stages import pairs
+
+    made: dict[tuple[int, int, int, int], Path] = {}
+
+    def make(n_questions: int, K: int = 2, anchors: int = 1, teacher_seed: int = 0) -> Path:
+        key = (n_questions, K, anchors, teacher_seed)
+        if key not in made:
+            records = synthetic.generate("train", n_questions, n_documents=5)
+            rows = teacher_rows(records, FakeGenerator(), tok, task="retrieval", adv=(0,),
+                                template="authors", chat="auto", seed=teacher_seed,
+                                max_new_tokens=8)
+            assert all(row["correct"] for row in rows)
+            path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+            write_jsonl(path, pairs.make_pairs(rows, tok, K=K, anchors=anchors, seed=0))
+            made[key] = path
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pairs_file(make_pairs_file: Callable[..., Path]) -> Path:
+    """12 pairs: 4 questions x (K=2 trivial positions + 1 anchor), 5 documents."""
+    return make_pairs_file(4)

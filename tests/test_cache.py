@@ -33,16 +33,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
     return save_model_dir(tmp_path_factory, "cache-llama", tiny_llama(tok, initializer_range=0.2), tok)
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
-    records = synthetic.generate("train", 3, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
-    path = tmp_path_factory.mktemp("cpairs") / "pairs.jsonl"
-    write_jsonl(path, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
-    return path
-
-
 def _reader(out: Path, pairs_file: Path, model_dir: Path, **kw: Any) -> CacheReader:
     args = dict(pairs=str(pairs_file), model_path=str(model_dir), temperature=1.0,
                 vocab_size=V, n_pairs=9)
@@ -201,3 +191,8 @@ def test_bf16_autocast_cache_is_close(cache_dir: Path, pairs_file: Path, model_d
     pa, pb = dense(a), dense(b)
     assert (pa - pb).abs().max() < 0.05                                  # bf16 rounding only
     assert (pa * (pa.clamp_min(1e-30).log() - pb.clamp_min(1e-30).log())).sum(-1).max() < 0.02
+
+
+@pytest.fixture(scope="module")
+def pairs_file(make_pairs_file: Any) -> Path:
+    return make_pairs_file(3, K=2)

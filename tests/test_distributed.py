@@ -103,16 +103,6 @@ def test_sharded_runs_go_through_accelerate(monkeypatch: pytest.MonkeyPatch) -> 
         _dist_with(monkeypatch, FakeAccelerator("DistributedType.NO", processes=1))
 
 
-@pytest.fixture(scope="module")
-def dist_pairs(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
-    records = synthetic.generate("train", 4, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
-    path = tmp_path_factory.mktemp("dpairs") / "pairs.jsonl"
-    write_jsonl(path, pairs.make_pairs(rows, tok, K=3, anchors=1, seed=0))   # 16 pairs
-    return path
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -298,3 +288,8 @@ def test_fsdp_with_the_lora_teacher_is_refused(monkeypatch: pytest.MonkeyPatch, 
         train.main(TrainConfig(pairs=str(dist_pairs), model=str(tiny_model_dir), lora_rank=2,
                                out=str(tmp_path / "x")))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture(scope="module")
+def dist_pairs(make_pairs_file: Any) -> Path:
+    return make_pairs_file(4, K=3)   # 16 pairs

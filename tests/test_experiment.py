@@ -263,7 +263,7 @@ def test_grid_stops_resumes_and_tabulates(tmp_path: Path, tiny_model_dir: Path, 
     assert k0["train"] is None and k0["model"] == str(tiny_model_dir)
     assert not (out / "runs" / "r1-K0-n4-seed0" / "train").exists()
     base = json.loads((out / "shared" / "probe-base-d4" / "summary.json").read_text())
-    assert k0["eval"]["4"] == experiment.eval_summary(base, 0)
+    assert k0["eval"]["4"] == experiment.eval_summary(base, "0")
     k0_row, base_row = rows[("r1", 0, 4)], rows[("base", None, 4)]
     for key in ("mean", "gap", "adv_accuracy", "accuracy_by_position"):
         assert k0_row[key] == base_row[key]
@@ -304,7 +304,7 @@ def test_shards_split_the_runs_and_share_the_stages(tmp_path: Path, tiny_model_d
 def test_reasoning_config_errors() -> None:
     with pytest.raises(ConfigError, match="methods: r1 trains retrieval pairs; task reasoning trains r2"):
         ExperimentConfig(task="reasoning", grids=[{"methods": ["r1"]}])
-    with pytest.raises(ConfigError, match="configurations places hop documents"):
+    with pytest.raises(ConfigError, match="--configurations places the documents of --task reasoning"):
         ExperimentConfig(configurations="0,1", grids=[{"methods": ["r1"]}])
     cfg = ExperimentConfig(task="reasoning", grids=[{"methods": ["r2"]}])
     assert cfg.advantageous == "last" and cfg.template == "reasoning"

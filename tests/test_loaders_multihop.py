@@ -238,3 +238,12 @@ def test_multihop_data_for_retrieval_points_to_the_task_option(tmp_path: Path) -
     with pytest.raises(DataError, match="2 gold \\(hop\\) documents: multi-hop data needs --task "
                                         "reasoning"):
         get_task("retrieval").keep(load_data(ProbeConfig(data=str(path))), str(path))
+
+
+def test_iter_rows_bad_utf8_after_the_first_block(tmp_path: Path) -> None:
+    """A JSON array whose invalid byte comes after the 4096 characters read to sniff the format
+    (found by tests/test_fuzz.py) is a DataError, not a UnicodeDecodeError."""
+    path = tmp_path / "late.json"
+    path.write_bytes(b'[{"a": "' + b"x" * 5000 + b'"}]\n\x80\n')
+    with pytest.raises(DataError, match="late.json: cannot read"):
+        list(iter_rows(path))

@@ -27,16 +27,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
     return save_model_dir(tmp_path_factory, "lora-llama", tiny_llama(tok, initializer_range=0.2), tok)
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
-    records = synthetic.generate("train", 4, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
-    path = tmp_path_factory.mktemp("lpairs") / "pairs.jsonl"
-    write_jsonl(path, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
-    return path
-
-
 def _load(path: Path) -> Any:
     from transformers import AutoModelForCausalLM
 

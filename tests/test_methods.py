@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import teacher_rows
 from conftest import FakeGenerator, save_model_dir
 from pos2distill.stages import pairs, teach, train
 from pos2distill.data import synthetic
@@ -67,8 +68,8 @@ def fixed_pairs(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> tuple[Pat
     """12 pairs: 4 questions x (K=2 trivial positions + 1 anchor), 5 documents. The gold answers
     are (GOLD_FIRST, the true city), so the first gold answer is not the teacher's response."""
     records = synthetic.generate("train", 4, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
+    rows = teacher_rows(records, FakeGenerator(), tok, task="retrieval", adv=(0,),
+                        template="authors", chat="auto", seed=0, max_new_tokens=8)
     made = pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0)
     for row in made:
         assert row["answers"] == [row["response"]]          # pairs copies the record's answers

@@ -21,7 +21,7 @@ from pos2distill.tasks import get_task, reasoning
 from pos2distill.data import synthetic
 from pos2distill.config import PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.tasks.positions import hop_group, place_hops, rng_for, slot_key
+from pos2distill.tasks.positions import configuration_key, hop_group, place_hops, rng_for, slot_key
 from pos2distill.tasks.prompts import INSTRUCTIONS, encode_prompt, render_prompt
 from pos2distill.data.records import Document, Record, write_jsonl
 from pos2distill.training import batches

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import torch
 
+from helpers import teacher_rows
 from conftest import FakeGenerator
 from pos2distill.stages import pairs, teach
 from pos2distill.data import synthetic
@@ -114,9 +115,9 @@ def teach_data(tmp_path_factory: pytest.TempPathFactory, tiny_model: Any, tok: A
     """Synthetic questions whose gold answer is, for every other one, the first word the random
     tiny model answers: so teach keeps some rows and drops others (not a vacuous comparison)."""
     records = synthetic.generate("train", N_QUESTIONS, n_documents=4)
-    rows = teach.teacher_rows(records, HFGenerator(tiny_model, tok, chat=True, batch_size=1), tok,
-                              adv_position=0, template="authors", chat="auto", seed=0,
-                              max_new_tokens=4)
+    rows = teacher_rows(records, HFGenerator(tiny_model, tok, chat=True, batch_size=1), tok,
+                        task="retrieval", adv=(0,), template="authors", chat="auto", seed=0,
+                        max_new_tokens=4)
     mixed = []
     for k, (r, row) in enumerate(zip(records, rows)):
         words = row["response"].split()
@@ -141,16 +142,6 @@ def teach_reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pa
     rows = teach.read_teacher_rows(folder / "teach.jsonl")
     assert 0 < len(rows) < N_QUESTIONS
     return rows
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
-    records = synthetic.generate("train", 8, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    write_jsonl(path, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
-    return path
 
 
 def train_cmd(model_dir: Path, pairs_path: Path, out: Path, save_every: int) -> list[str]:
@@ -232,3 +223,8 @@ def test_train_survives_sigkill(save_every: int, tiny_model_dir: Path, pairs_fil
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == TRAIN_STEPS
+
+
+@pytest.fixture(scope="module")
+def pairs_file(make_pairs_file: Any) -> Path:
+    return make_pairs_file(8, K=2)

@@ -172,18 +172,6 @@ def sharp_model_dir(tmp_path_factory: pytest.TempPathFactory, sharp_model: Any, 
     return save_model_dir(tmp_path_factory, "sharp-random-llama", sharp_model, tok)
 
 
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
-    """12 pairs (4 questions x (K=2 + 1 anchor)) built from fake teacher rows."""
-    records = synthetic.generate("train", 4, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
-    assert all(row["correct"] for row in rows)
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    write_jsonl(path, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
-    return path
-
-
 def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 

@@ -26,16 +26,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any) -> Path:
-    records = synthetic.generate("train", 4, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=0, max_new_tokens=8)
-    path = tmp_path_factory.mktemp("opairs") / "pairs.jsonl"
-    write_jsonl(path, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
-    return path
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, pairs_file: Path) -> Path:
     """The plain run (online frozen-copy teacher, float32) every option is compared with."""
     out = tmp_path_factory.mktemp("ref") / "run"
@@ -94,14 +84,11 @@ def test_cached_teacher_small_k_is_a_lower_bound(model_dir: Path, pairs_file: Pa
 
 
 def test_cache_of_other_pairs_is_refused(model_dir: Path, pairs_file: Path, tmp_path: Path,
-                                         tok: Any) -> None:
+                                         make_pairs_file: Any) -> None:
     c = tmp_path / "cache"
     cache.main(CacheConfig(pairs=str(pairs_file), model=str(model_dir), out=str(c), top_k=4))
     other = tmp_path / "other.jsonl"
-    records = synthetic.generate("train", 2, n_documents=5)
-    rows = teach.teacher_rows(records, FakeGenerator(), tok, adv_position=0, template="authors",
-                              chat="auto", seed=1, max_new_tokens=8)
-    write_jsonl(other, pairs.make_pairs(rows, tok, K=2, anchors=1, seed=0))
+    other.write_bytes(make_pairs_file(2, teacher_seed=1).read_bytes())
     with pytest.raises(ConfigError, match="another pairs file"):
         train.main(_cfg(model_dir, other, tmp_path / "x", teacher_cache=str(c)))
     with pytest.raises(ConfigError, match="temperature"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence
 
 from pos2distill.errors import ConfigError
-from pos2distill.modeling import load_causal_lm, resolve_model_path
+from pos2distill import modeling
 from pos2distill.tasks.prompts import encode_prompt
 
 #: ``--backend`` values.
@@ -117,9 +117,9 @@ def make_generator(cfg: Any, tokenizer: Any, *, chat: bool,
                    progress: Callable[[int], None] | None = None) -> Generator:
     """The generator of ``cfg.backend`` for the model of ``cfg`` (a probe or teach config)."""
     if cfg.backend == "vllm":
-        return VLLMGenerator.load(resolve_model_path(cfg.model), tokenizer, chat=chat,
+        return VLLMGenerator.load(modeling.resolve_model_path(cfg.model), tokenizer, chat=chat,
                                   dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
                                   progress=progress)
-    model = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
+    model = modeling.load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
                            trust_remote_code=cfg.trust_remote_code)
     return HFGenerator(model, tokenizer, chat=chat, batch_size=cfg.batch_size, progress=progress)

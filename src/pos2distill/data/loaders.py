@@ -210,8 +210,11 @@ def iter_rows(path: PathLike) -> Iterator[tuple[int, Any]]:
     if not head.startswith("["):
         yield from iter_jsonl(p)
         return
-    with open_text(p) as f:
-        text = f.read()
+    try:
+        with open_text(p) as f:
+            text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:   # past the first 4096 characters
+        raise DataError(f"cannot read ({e})", path=p) from None
     decoder = json.JSONDecoder()
     i, line = text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
     pos_line = text.index("[")  # `line` is the line of text[pos_line]

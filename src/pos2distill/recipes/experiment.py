@@ -557,7 +557,8 @@ def write_results(cfg: ExperimentConfig, runs: Sequence[Run], base: dict[int, di
           f"mean ± std over seeds ({len(results)} of {len(runs)} runs finished).{kept}", "",
           markdown_table(rows)]
     for d in sorted({d for r in runs for d in r.eval_documents}):
-        md += ["", f"## {task.metric} by {task.slot_noun}, {d} documents (mean over seeds)", "",
+        md += ["", f"## {task.metric[0].upper()}{task.metric[1:]} by {task.slot_noun}, {d} "
+                   "documents (mean over seeds)", "",
                position_table(rows, d)]
     with lock():  # shards finishing together must not write the same files at once
         write_text_atomic(out / "results.md", "\n".join(md))
