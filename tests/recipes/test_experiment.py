@@ -19,7 +19,7 @@ from pos2distill.options import from_yaml
 from pos2distill.errors import ConfigError
 from pos2distill.runinfo import fingerprint
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 # ---------------------------------------------------------------------------------------------

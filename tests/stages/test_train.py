@@ -431,7 +431,7 @@ def test_save_every_is_validated() -> None:
 # Regression: the weights of short runs, recorded before the training loop was restructured
 # ---------------------------------------------------------------------------------------------
 
-REFERENCE = Path(__file__).parent / "data" / "train_reference"
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "train_reference"
 REFERENCE_RUNS = {"r1": {}, "sft": {"method": "sft"}, "r1-accum2": {"grad_accum": 2},
                   "r1-lora": {"lora_rank": 4},
                   "kl+align-cache": {"method": "kl+align", "teacher_cache": "CACHE"}}

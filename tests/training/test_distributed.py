@@ -23,7 +23,7 @@ from pos2distill.errors import ConfigError
 from pos2distill.training.losses import position_weights
 from pos2distill.data.records import write_jsonl
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def test_shard_blocks_concatenate_to_the_batch() -> None:

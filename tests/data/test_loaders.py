@@ -16,7 +16,7 @@ from pos2distill.data.loaders import (FORMATS, build_from_oracle, detect_format,
 from pos2distill.metrics import normalize_answer
 from pos2distill.data.records import Document, Record, write_records
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 NQ_ORACLE = DATA / "nq-open-oracle.jsonl.gz"
 KV_75 = DATA / "kv-retrieval-75_keys.jsonl.gz"
 
