@@ -19,3 +19,14 @@ def teacher_rows(records: Sequence[Record], generator: Any, tokenizer: Any, *, t
                                     chat=chat, seed=seed, instruction=instruction)
     return teach.answer_prompts(prompts, generator, task=t, adv=adv, template=template, chat=chat,
                                 max_new_tokens=max_new_tokens, instruction=instruction)
+
+
+def retrieval_summary(accs: dict[int, float], counts: dict[int, int], best: int) -> dict[str, Any]:
+    """A retrieval probe summary with these accuracies (s.e. 0.01 × the 1-based position)."""
+    values = list(accs.values())
+    return {"task": "retrieval",
+            "by_slot": [{"slot": [p], "accuracy": a, "stderr": 0.01 * (p + 1),
+                         "count": counts[p]} for p, a in accs.items()],
+            "mean": sum(values) / len(values), "gap": max(values) - min(values),
+            "best_slot": [best], "worst_slot": [min(accs, key=accs.get)],  # type: ignore[arg-type]
+            "n_per_slot": min(counts.values())}

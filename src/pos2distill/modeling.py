@@ -1,4 +1,8 @@
-"""Loading models and tokenizers from local folders (offline, no remote code unless asked)."""
+"""Loading models and tokenizers from local folders (offline, no remote code unless asked).
+
+transformers is imported inside the functions that load something: configs import this module for
+its dtype names, and `pos2distill --help` should not pay for transformers or torch.
+"""
 
 from __future__ import annotations
 

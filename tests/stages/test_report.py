@@ -10,21 +10,11 @@ from typing import Any
 
 import pytest
 
+from helpers import retrieval_summary as summary
 from pos2distill.stages import report
 from pos2distill.config import ReportConfig
 from pos2distill.errors import ConfigError
 from pos2distill.tasks import get_task
-
-
-def summary(accs: dict[int, float], counts: dict[int, int], best: int) -> dict[str, Any]:
-    """A retrieval probe summary with these accuracies (s.e. 0.01 × the 1-based position)."""
-    values = list(accs.values())
-    return {"task": "retrieval",
-            "by_slot": [{"slot": [p], "accuracy": a, "stderr": 0.01 * (p + 1),
-                         "count": counts[p]} for p, a in accs.items()],
-            "mean": sum(values) / len(values), "gap": max(values) - min(values),
-            "best_slot": [best], "worst_slot": [min(accs, key=accs.get)],  # type: ignore[arg-type]
-            "n_per_slot": min(counts.values())}
 
 
 def old_summary(accs: dict[int, float], counts: dict[int, int], best: int) -> dict[str, Any]:

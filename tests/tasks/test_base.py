@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from helpers import retrieval_summary as summary
 from pos2distill.errors import ConfigError
 from pos2distill.tasks import get_task
 
@@ -118,17 +119,6 @@ def test_reasoning_summary_and_table_by_hand() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # compare and comparison_table (report's report.json and report.md)
-
-
-def summary(accs: dict[int, float], counts: dict[int, int], best: int) -> dict[str, Any]:
-    """A retrieval probe summary with these accuracies (s.e. 0.01 × the 1-based position)."""
-    values = list(accs.values())
-    return {"task": "retrieval",
-            "by_slot": [{"slot": [p], "accuracy": a, "stderr": 0.01 * (p + 1),
-                         "count": counts[p]} for p, a in accs.items()],
-            "mean": sum(values) / len(values), "gap": max(values) - min(values),
-            "best_slot": [best], "worst_slot": [min(accs, key=accs.get)],  # type: ignore[arg-type]
-            "n_per_slot": min(counts.values())}
 
 
 BEFORE = summary({0: 0.8, 2: 0.4, 4: 0.6}, {0: 10, 2: 10, 4: 10}, best=0)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.tasks.positions import (HOP_GROUPS, configuration_key, hop_group, paper_configurations,
+from pos2distill.tasks.positions import (HOP_GROUPS, slot_key, hop_group, paper_configurations,
                                    parse_configurations, parse_positions, place_gold, place_hops,
                                    resolve_position, rng_for)
 from pos2distill.data.records import Document, Record
@@ -186,7 +186,7 @@ def test_paper_configurations() -> None:
     assert pairs == [(0, 1), (5, 6), (12, 13), (17, 18), (0, 8), (5, 13), (6, 14), (8, 16),
                      (8, 0), (13, 5), (14, 6), (16, 8)]
     assert [hop_group(p) for p in pairs] == ["connected"] * 4 + ["disconnected"] * 4 + ["reversed"] * 4
-    assert configuration_key((8, 0)) == "8,0"
+    assert slot_key((8, 0)) == "8,0"
     for n in (4, 6, 10, 30, 40):
         scaled = paper_configurations(n)
         assert len(set(scaled)) == len(scaled)

@@ -21,7 +21,7 @@ from pos2distill.tasks import get_task, reasoning
 from pos2distill.data import synthetic
 from pos2distill.config import PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.tasks.positions import configuration_key, hop_group, place_hops, rng_for, slot_key
+from pos2distill.tasks.positions import hop_group, place_hops, rng_for, slot_key
 from pos2distill.tasks.prompts import INSTRUCTIONS, encode_prompt, render_prompt
 from pos2distill.data.records import Document, Record, write_jsonl
 from pos2distill.training import batches
@@ -312,7 +312,7 @@ def test_a_few_r2_steps_lower_the_loss(teacher_rows: list[dict[str, Any]], tok: 
     assert summary["steps"] == 8 and summary["method"] == "r2"
     assert log[-1]["ce_mean"] < 0.5 * log[0]["ce_mean"]
     # The log groups by configuration (the row's slot), written like the probe's tables.
-    assert set(log[0]["ce_by_position"]) == {configuration_key(tuple(_slot(r))) for r in rows}
+    assert set(log[0]["ce_by_position"]) == {slot_key(tuple(_slot(r))) for r in rows}
 
 
 def _slot(row: dict[str, Any]) -> list[int]:

@@ -54,9 +54,10 @@ from pos2distill import modeling, progress
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError, TrainingError
 from pos2distill.runinfo import fingerprint, recover_dir, replace_dir, start_run, write_json_atomic
+from pos2distill.tasks.positions import Slot, slot_key
 from pos2distill.training import lora
-from pos2distill.training.batches import (Example, Slot, batch_tensors, encode_pair, read_pairs,
-                                          select_rows, slot_ids, slot_key)
+from pos2distill.training.batches import (Example, batch_tensors, encode_pair, read_pairs,
+                                          select_rows, slot_ids)
 from pos2distill.training.cache import CacheReader
 from pos2distill.training.checkpoints import (CHECKPOINT, load_checkpoint, read_trainer_state,
                                               save_checkpoint, save_distributed_checkpoint,
@@ -122,7 +123,7 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     micro = cfg.batch_size // dist.world // cfg.grad_accum
     keys = [slot_key(s) for s in slot_id]                # log key of each slot id
     with progress.bar(total=total, initial=start, desc=f"train {cfg.method}", unit="step",
-              disable=not dist.is_main) as bar, \
+                      disable=not dist.is_main) as bar, \
             open(log_path if dist.is_main else os.devnull, "a", encoding="utf-8") as log_file:
         for step in range(start, total):
             idx = shard(order[step * cfg.batch_size:(step + 1) * cfg.batch_size], dist.rank,

@@ -164,11 +164,6 @@ def hop_group(pair: tuple[int, ...]) -> str:
     return "connected" if post == pre + 1 else "disconnected"
 
 
-def configuration_key(pair: tuple[int, ...]) -> str:
-    """``"0,1"``: the key a configuration has in tables and summary.json (0-based)."""
-    return ",".join(str(p) for p in pair)
-
-
 def paper_configurations(n_documents: int, groups: tuple[str, ...] = HOP_GROUPS
                          ) -> list[tuple[int, int]]:
     """The named configurations of METHOD.md section 3 for ``n_documents`` documents.

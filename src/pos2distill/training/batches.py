@@ -29,11 +29,10 @@ import torch
 
 from pos2distill.data.records import iter_jsonl
 from pos2distill.errors import DataError
-from pos2distill.tasks.positions import configuration_key
+from pos2distill.tasks.positions import Slot, slot_key
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.training.methods import Method
 
-Slot = tuple[int, ...]
 
 #: Where each normalised field is read from, first match wins (current name, then older ones).
 SLOT_SOURCES = {"slot": ("slot", "configuration", "position"),
@@ -118,11 +117,6 @@ def slot_ids(slots: Iterable[Slot]) -> dict[Slot, int]:
     :func:`pos2distill.training.losses.position_weights` wants. For retrieval slots ``(p,)`` the
     ids keep the order of the positions, so the weights are those of the positions themselves."""
     return {slot: i for i, slot in enumerate(sorted(set(slots)))}
-
-
-def slot_key(slot: Slot) -> str:
-    """``"5"``, ``"0,1"``: a slot as a key of the training log (0-based, like every table)."""
-    return configuration_key(slot)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
