@@ -28,3 +28,12 @@ class ConfigError(Pos2DistillError):
 class TrainingError(Pos2DistillError):
     """Training cannot go on (a non-finite loss or gradient): names the step and the last good
     checkpoint, which stays on disk."""
+
+
+class OutputError(Pos2DistillError):
+    """An output cannot be written (no space left, no permission, a read-only or too small
+    filesystem): names the file and the cause. Nothing half-written is left under its name."""
+
+
+class BusyError(Pos2DistillError):
+    """Another run is writing the same output: names its owner."""

@@ -11,6 +11,8 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pos2distill.runinfo import atomic_path  # noqa: E402
+
 
 def _save(fig, ax, path: str | Path, *, title: str, legend: bool) -> Path:
     """Title and legend on ``ax``, then ``fig`` written to ``path`` (folders made) and closed."""
@@ -22,12 +24,15 @@ def _save(fig, ax, path: str | Path, *, title: str, legend: bool) -> Path:
 
 
 def _write(fig, path: str | Path) -> Path:
+    """``fig`` to ``path`` through a temporary file (:func:`~pos2distill.runinfo.atomic_path`), so
+    a full disk never leaves a zero-byte image under the final name; the figure is closed."""
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def plot_accuracy_by_configuration(series: Mapping[str, Sequence[tuple[str, float, float]]],

@@ -1,21 +1,33 @@
-"""What every output folder records: the resolved config, the package version, input checksums.
+"""What every output folder records, and how outputs are written.
 
-A stage that resumes compares the stored fingerprint with its own and refuses to mix outputs of
-different configurations.
+- ``run.json``: the resolved config, the package version, input checksums. A stage that resumes
+  compares the stored fingerprint with its own and refuses to mix outputs of different configs.
+- One writer: :func:`one_writer` holds an exclusive lock on an output for the whole run (a lock file
+  beside it, with the owner's pid and host; the operating system releases it when the owner exits,
+  so a lock never outlives its run). A second run on the same output stops at once.
+- Atomic files: every final file is written under a temporary name and renamed
+  (:func:`atomic_path`), so a full disk or a kill never leaves a zero-byte or half file under its
+  final name; an ``OSError`` while writing becomes an :class:`~pos2distill.errors.OutputError`
+  that names the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+from filelock import FileLock, Timeout
 
 from pos2distill import __version__
-from pos2distill.errors import ConfigError
+from pos2distill.errors import BusyError, ConfigError, OutputError
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -38,16 +50,72 @@ def input_checksums(paths: Iterable[str]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` when the block ends
+    without an error. The temporary name keeps the suffix (``.tmp-NAME``), so writers that go by
+    the suffix (gzip, image formats) write what the final name says. An ``OSError`` (no space, no
+    permission) removes the temporary file and is raised as an :class:`OutputError` naming
+    ``path``."""
+    path = Path(path)
+    tmp = path.with_name(".tmp-" + path.name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def lock_path(out: str | os.PathLike) -> Path:
+    """``DIR/.lock`` for a folder output, ``FILE.lock`` beside a file output."""
+    out = Path(out)
+    return out.with_name(out.name + ".lock") if out.suffix in (".jsonl", ".gz") else out / ".lock"
+
+
+@contextlib.contextmanager
+def one_writer(out: str | os.PathLike, *, enabled: bool = True) -> Iterator[None]:
+    """Hold the exclusive lock of the output ``out`` inside the block; a second run on the same
+    output raises :class:`BusyError` naming the owner (pid, host, start). ``enabled=False`` (the
+    other ranks of a multi-process run, whose main process holds it) takes no lock."""
+    if not enabled:
+        yield
+        return
+    path = lock_path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path), timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise BusyError(f"{out} is being written by another run ({_owner(path)}); wait for it to "
+                        "end, or choose another --out") from None
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    try:
+        path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                    "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        yield
+    finally:
+        lock.release()
+
+
+def _owner(path: Path) -> str:
+    try:
+        who = json.loads(path.read_text())
+        return f"pid {who['pid']} on {who['host']}, since {who['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "owner not yet recorded"
 
 
 def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:

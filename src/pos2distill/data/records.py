@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pos2distill.errors import DataError
+from pos2distill.runinfo import atomic_path
 
 #: What a record is: retrieval QA, key-value retrieval, or a multi-hop question.
 KINDS = ("qa", "kv", "multihop")
@@ -175,15 +176,11 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows atomically: to a temporary name, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name keeps the final suffix so .gz files are compressed like the target.
-    tmp = path.with_name(".tmp-" + path.name)
-    with open_text(tmp, "wt") as f:
+    """Write rows atomically: to a temporary name, then renamed over ``path``
+    (:func:`pos2distill.runinfo.atomic_path`; .gz files are compressed like the target)."""
+    with atomic_path(path) as tmp, open_text(tmp, "wt") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:

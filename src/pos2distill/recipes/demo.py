@@ -25,7 +25,7 @@ from typing import Any
 
 from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
                                 TrainConfig)
-from pos2distill.runinfo import write_json_atomic
+from pos2distill.runinfo import write_json_atomic, write_text_atomic
 from pos2distill.stages import crosstask, pairs, probe, report, teach, train
 from pos2distill.tasks import get_task
 
@@ -140,7 +140,7 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
                         "reasoning": results["r1_on_reasoning"]}
         probes = {m: probes[m] for m in ("base", "r1", "r2")}
     table = crosstask.cross_task(probes)
-    (out / "cross_task.md").write_text(crosstask.markdown(table))
+    write_text_atomic(out / "cross_task.md", crosstask.markdown(table))
     table["table"] = str(out / "cross_task.md")
     if cfg.task == "reasoning":
         summary = {**block("reasoning_"), "cross_task": table, "config": config}

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from pos2distill.config import CrossTaskConfig
 from pos2distill.errors import ConfigError
-from pos2distill.runinfo import write_json_atomic
+from pos2distill.runinfo import write_json_atomic, write_text_atomic
 from pos2distill.stages.probe import load_summary
 from pos2distill.tasks import TASKS
 
@@ -87,7 +87,7 @@ def main(cfg: CrossTaskConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "cross_task.json", block)
-    (out / "cross_task.md").write_text(markdown(block))
+    write_text_atomic(out / "cross_task.md", markdown(block))
     return {"table": str(out / "cross_task.md"), **block}
 
 

@@ -23,7 +23,7 @@ from pos2distill.generation import Generator, make_generator
 from pos2distill import progress
 from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
 from pos2distill.plots import plot_slots
-from pos2distill.runinfo import start_run, write_json_atomic
+from pos2distill.runinfo import start_run, write_json_atomic, write_text_atomic
 from pos2distill.tasks import Task, get_task
 from pos2distill.tasks.fitting import fit_prompt, prompt_budget
 from pos2distill.tasks.positions import Slot
@@ -158,7 +158,7 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
     if too_long:
         summary["too_long"] = too_long
     write_json_atomic(out / SUMMARY, summary)
-    (out / TABLE).write_text(task.table(summary))
+    write_text_atomic(out / TABLE, task.table(summary))
     plot_slots({Path(cfg.model).name: points(summary)}, out / task.plot_file, kind=task.plot_kind,
                title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
     return summary

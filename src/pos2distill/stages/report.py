@@ -8,7 +8,7 @@ from typing import Any
 from pos2distill.config import ReportConfig
 from pos2distill.errors import ConfigError
 from pos2distill.plots import plot_slots
-from pos2distill.runinfo import write_json_atomic
+from pos2distill.runinfo import write_json_atomic, write_text_atomic
 from pos2distill.stages.probe import load_summary, points
 from pos2distill.tasks import get_task
 
@@ -23,7 +23,7 @@ def main(cfg: ReportConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", cmp)
-    (out / "report.md").write_text(task.comparison_table(cmp))
+    write_text_atomic(out / "report.md", task.comparison_table(cmp))
     plot_slots({"before": points(cmp, "before", "before_stderr"),
                 "after": points(cmp, "after", "after_stderr")}, out / task.plot_file,
                kind=task.plot_kind, title=cfg.title or f"{task.metric} by {task.slot_noun}")
