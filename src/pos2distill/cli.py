@@ -6,16 +6,21 @@ Errors a user can fix (bad flags, bad data, missing files) print one line and ex
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
-from pos2distill import __version__
+from pos2distill import __version__, progress
 from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, ExperimentConfig,
                                 PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig)
 from pos2distill.errors import Pos2DistillError
 from pos2distill.options import add_arguments, from_args
+
+#: OSError numbers that mean "this output cannot be written": one line and exit code 2.
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
 
 #: Subcommand -> (its config, the module whose ``main(cfg)`` runs it, one line of help). The module
 #: is imported only when its command runs, so ``--help`` loads neither torch nor transformers.
@@ -63,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    # Under torchrun / accelerate launch every process runs this; only the first one speaks.
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.WARNING if args.quiet or not main_process else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    progress.quiet(args.quiet)
     # Our own progress bars say what is happening; transformers' per-load bars only add noise.
     from transformers.utils import logging as hf_logging
 
@@ -78,12 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     except Pos2DistillError as e:
         print(f"pos2distill {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        # Writes that go through runinfo.atomic_path are OutputErrors already; this catches the
+        # appends (rows.jsonl, logs) and the writers of other libraries (save_pretrained).
+        print(f"pos2distill {args.command}: error: {e.filename or 'an output'}: cannot write "
+              f"({e.strerror}); free some space or fix the permissions, then re-run the same "
+              "command to resume", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"pos2distill {args.command}: interrupted; re-run the same command to resume",
               file=sys.stderr)
         return 130
-    describe = getattr(stage, "describe", counts_line)
-    print(describe(result))
+    if main_process:
+        describe = getattr(stage, "describe", counts_line)
+        print(describe(result))
     return 0
 
 

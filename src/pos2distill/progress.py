@@ -13,11 +13,21 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 _defaults: dict[str, Any] = {}
+_quiet = False
+
+
+def quiet(on: bool = True) -> None:
+    """No bars at all while on (``pos2distill -q``: only warnings and errors)."""
+    global _quiet
+    _quiet = on
 
 
 def bar(**kwargs: Any) -> tqdm:
-    """A tqdm bar with ``kwargs``, placed by the innermost :func:`nested` (if any)."""
-    return tqdm(**{**_defaults, **kwargs})
+    """A tqdm bar with ``kwargs``, placed by the innermost :func:`nested` (if any); hidden when
+    :func:`quiet` is on, whatever ``disable`` says."""
+    kwargs = {**_defaults, **kwargs}
+    kwargs["disable"] = kwargs.get("disable", False) or _quiet
+    return tqdm(**kwargs)
 
 
 @contextlib.contextmanager

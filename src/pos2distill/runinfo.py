@@ -78,21 +78,23 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def lock_path(out: str | os.PathLike) -> Path:
-    """``DIR/.lock`` for a folder output, ``FILE.lock`` beside a file output."""
-    out = Path(out)
-    return out.with_name(out.name + ".lock") if out.suffix in (".jsonl", ".gz") else out / ".lock"
+def lock_path(out: str | os.PathLike, part: str = "") -> Path:
+    """``OUT.lock`` beside the output (a folder or a file), ``OUT.PART.lock`` for one part of
+    it (an experiment's shard): outside the output, which may be replaced as a whole."""
+    out = Path(out).resolve()
+    return out.with_name(out.name + (f".{part}" if part else "") + ".lock")
 
 
 @contextlib.contextmanager
-def one_writer(out: str | os.PathLike, *, enabled: bool = True) -> Iterator[None]:
-    """Hold the exclusive lock of the output ``out`` inside the block; a second run on the same
-    output raises :class:`BusyError` naming the owner (pid, host, start). ``enabled=False`` (the
-    other ranks of a multi-process run, whose main process holds it) takes no lock."""
+def one_writer(out: str | os.PathLike, *, part: str = "", enabled: bool = True) -> Iterator[None]:
+    """Hold the exclusive lock of the output ``out`` (or of one ``part`` of it) inside the block;
+    a second run on the same output raises :class:`BusyError` naming the owner (pid, host,
+    start). ``enabled=False`` (the other ranks of a multi-process run, whose main process holds
+    it) takes no lock."""
     if not enabled:
         yield
         return
-    path = lock_path(out)
+    path = lock_path(out, part)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path), timeout=0)

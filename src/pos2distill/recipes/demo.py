@@ -25,7 +25,7 @@ from typing import Any
 
 from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
                                 TrainConfig)
-from pos2distill.runinfo import write_json_atomic, write_text_atomic
+from pos2distill.runinfo import one_writer, write_json_atomic, write_text_atomic
 from pos2distill.stages import crosstask, pairs, probe, report, teach, train
 from pos2distill.tasks import get_task
 
@@ -87,6 +87,12 @@ def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def main(cfg: DemoConfig) -> dict[str, Any]:
+    with one_writer(cfg.out):   # each stage also holds its own output
+        return run(cfg)
+
+
+def run(cfg: DemoConfig) -> dict[str, Any]:
+    """The chains ``--task`` asks for, then ``summary.json``."""
     stages = {**stage_configs(cfg), **reasoning_stage_configs(cfg)}
     r1_steps = [("probe the base model", probe.main, "probe_before"),
                 ("teacher responses at the first position", teach.main, "teach"),

@@ -60,7 +60,7 @@ from pos2distill.errors import ConfigError
 from pos2distill import progress
 from pos2distill.modeling import load_config
 from pos2distill.plots import plot_curves, plot_slots
-from pos2distill.runinfo import fingerprint, write_json_atomic, write_text_atomic
+from pos2distill.runinfo import fingerprint, one_writer, write_json_atomic, write_text_atomic
 from pos2distill.stages import pairs, probe, teach, train
 from pos2distill.stages.teach import read_teacher_rows
 from pos2distill.stages.train import RESUME_IGNORES
@@ -453,6 +453,15 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     runs = plan_runs(cfg.grid_configs())
     shard, n_shards = cfg.shard_index()
     refuse_early(cfg, runs, sharded=n_shards > 1)
+    # One process per shard (the whole grid without --shard); the shards share the folder.
+    with one_writer(out, part=f"shard-{shard}-of-{n_shards}" if n_shards > 1 else ""):
+        return run_grid(cfg, runs, shard, n_shards)
+
+
+def run_grid(cfg: ExperimentConfig, runs: Sequence[Run], shard: int,
+             n_shards: int) -> dict[str, Any]:
+    """This shard's runs (every run without sharding), then the results of the whole grid."""
+    out = Path(cfg.out)
     lock = functools.partial(shared_lock, out, n_shards > 1)
     with lock():
         write_json_atomic(out / "experiment.json", {"config": dataclasses.asdict(cfg),

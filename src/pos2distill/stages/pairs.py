@@ -19,7 +19,7 @@ from pos2distill.config import PairsConfig
 from pos2distill.data.records import Record, write_jsonl
 from pos2distill.errors import ConfigError
 from pos2distill.modeling import load_tokenizer
-from pos2distill.runinfo import start_run
+from pos2distill.runinfo import one_writer, start_run
 from pos2distill.stages.teach import read_teacher_rows
 from pos2distill.tasks import get_task
 from pos2distill.tasks.positions import slot_rng
@@ -67,8 +67,9 @@ def main(cfg: PairsConfig) -> dict[str, Any]:
     if not pairs:
         raise ConfigError("no training pairs: --K is 0 and this task has no anchors (R2); "
                           "give --K > 0")
-    start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
-    write_jsonl(cfg.out, pairs)
+    with one_writer(cfg.out):
+        start_run(cfg.out, cfg, inputs=[cfg.teach], stage="pairs", ignore=("out",))
+        write_jsonl(cfg.out, pairs)
     log.info("%d pairs from %d questions -> %s", len(pairs), len(rows), cfg.out)
     return {"pairs": len(pairs), "questions": len(rows), "out": str(Path(cfg.out))}
 

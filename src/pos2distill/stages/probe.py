@@ -23,7 +23,7 @@ from pos2distill.generation import Generator, make_generator
 from pos2distill import progress
 from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
 from pos2distill.plots import plot_slots
-from pos2distill.runinfo import start_run, write_json_atomic, write_text_atomic
+from pos2distill.runinfo import one_writer, start_run, write_json_atomic, write_text_atomic
 from pos2distill.tasks import Task, get_task
 from pos2distill.tasks.fitting import fit_prompt, prompt_budget
 from pos2distill.tasks.positions import Slot
@@ -76,8 +76,20 @@ def run_probe(items: Sequence[Item], generator: Generator, task: Task, *, max_ne
         on_rows(score_rows(task, part, preds))
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    return read_append_log(path)
+def read_rows(path: str | Path, task: Task) -> list[dict]:
+    """The rows of a probe's ``rows.jsonl`` in today's form, each (question, slot) once: older
+    versions let two runs append to one folder, which left duplicates (the first one counts)."""
+    rows, seen, duplicates = [], set(), 0
+    for row in map(task.upgrade_row, read_append_log(path)):
+        key = (row["id"], tuple(row["slot"]))
+        duplicates += key in seen
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    if duplicates:
+        log.warning("%s: %d duplicated rows (two runs wrote this folder at once, which older "
+                    "versions allowed) are counted once", path, duplicates)
+    return rows
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
@@ -113,7 +125,7 @@ def pending_prompts(cfg: ProbeConfig, out: Path, task: Task, records: Sequence[R
     inputs = [cfg.data, resolve_model_path(cfg.model)]
     start_run(out, cfg, inputs=[p for p in inputs if Path(p).exists()], stage="probe",
               ignore=("out", "batch_size", "device"))
-    done = {(r["id"], tuple(r["slot"])) for r in map(task.upgrade_row, read_rows(out / ROWS))}
+    done = {(r["id"], tuple(r["slot"])) for r in read_rows(out / ROWS, task)}
     items = [it for it in all_items if (it[0].id, it[1]) not in done]
     if done:
         log.info("resuming: %d of %d rows already in %s", len(done), len(done) + len(items), out)
@@ -126,8 +138,10 @@ def generate_rows(cfg: ProbeConfig, out: Path, task: Task, items: Sequence[Item]
                   *, chat: bool) -> None:
     """Answer ``items`` with the generator of ``cfg.backend`` and append their scored rows to
     ``out/rows.jsonl`` chunk by chunk (a killed probe keeps what it wrote), with a progress bar."""
-    bar = progress.bar(total=len(items), desc=f"probe {task.name} {Path(cfg.model).name}", unit="prompt")
-    generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
+    # The generator first: a backend that cannot load refuses before any progress bar is drawn.
+    generator = make_generator(cfg, tokenizer, chat=chat, progress=lambda n: bar.update(n))
+    bar = progress.bar(total=len(items), desc=f"probe {task.name} {Path(cfg.model).name}",
+                       unit="prompt")
     with open_text(out / ROWS, "at") as f:
         def append(rows: list[dict]) -> None:
             for row in rows:
@@ -150,17 +164,19 @@ def main(cfg: ProbeConfig) -> dict[str, Any]:
     config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
-    items, too_long = pending_prompts(cfg, out, task, records, slots, tokenizer, config)
-    if items:
-        generate_rows(cfg, out, task, items, tokenizer, chat=chat)
-    summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs,
-               **task.summarize(read_rows(out / ROWS), slots)}
-    if too_long:
-        summary["too_long"] = too_long
-    write_json_atomic(out / SUMMARY, summary)
-    write_text_atomic(out / TABLE, task.table(summary))
-    plot_slots({Path(cfg.model).name: points(summary)}, out / task.plot_file, kind=task.plot_kind,
-               title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
+    with one_writer(out):
+        items, too_long = pending_prompts(cfg, out, task, records, slots, tokenizer, config)
+        if items:
+            generate_rows(cfg, out, task, items, tokenizer, chat=chat)
+        summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs,
+                   **task.summarize(read_rows(out / ROWS, task), slots)}
+        if too_long:
+            summary["too_long"] = too_long
+        write_json_atomic(out / SUMMARY, summary)
+        write_text_atomic(out / TABLE, task.table(summary))
+        plot_slots({Path(cfg.model).name: points(summary)}, out / task.plot_file,
+                   kind=task.plot_kind,
+                   title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
     return summary
 
 

@@ -21,7 +21,7 @@ from pos2distill.errors import ConfigError, DataError
 from pos2distill.generation import Generator, make_generator
 from pos2distill import progress
 from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
-from pos2distill.runinfo import start_run
+from pos2distill.runinfo import one_writer, start_run
 from pos2distill.stages.probe import load_summary
 from pos2distill.tasks import Task, get_task
 from pos2distill.tasks.fitting import Fitted, fit_prompt, prompt_budget
@@ -97,7 +97,6 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     """Write the kept teacher rows to ``cfg.out``; returns counts."""
     task = get_task(cfg.task)
     out = Path(cfg.out)
-    partial = out.with_name(out.name + ".partial")
     records = task.keep(load_data(cfg), cfg.data)
     adv = resolve_advantageous(cfg, task, len(records[0].documents))
     # Everything that can refuse the run (--too-long fail included) does so before anything is
@@ -112,6 +111,17 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     if not prompts:
         raise ConfigError(f"--too-long {cfg.too_long}: no teacher prompt fits the model's context "
                           f"({budget} prompt tokens with --max-new-tokens {cfg.max_new_tokens})")
+    with one_writer(out):
+        return answer_all(cfg, out, task, adv, records, prompts, tokenizer, chat=chat,
+                          budget=budget)
+
+
+def answer_all(cfg: TeachConfig, out: Path, task: Task, adv: Slot, records: Sequence[Record],
+               prompts: Sequence[Fitted], tokenizer: Any, *, chat: bool,
+               budget: int | None) -> dict[str, Any]:
+    """Answer the teacher prompts not yet in ``OUT.partial`` (appended chunk by chunk, so a killed
+    run resumes), then write the kept rows to ``out`` in the data's order."""
+    partial = out.with_name(out.name + ".partial")
     inputs = [p for p in (cfg.data, resolve_model_path(cfg.model), cfg.probe) if p and Path(p).exists()]
     resumed = start_run(out, cfg, inputs=inputs, stage="teach",
                         ignore=("out", "batch_size", "device"))
@@ -123,9 +133,10 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
     done = {row["id"] for row in read_append_log(partial)}
     todo = [f for f in prompts if f.record.id not in done]
     if todo:
+        # The generator first: a backend that cannot load refuses before any bar is drawn.
+        generator = make_generator(cfg, tokenizer, chat=chat, progress=lambda n: bar.update(n))
         bar = progress.bar(total=len(prompts), initial=len(prompts) - len(todo), desc="teach",
-                   unit="question")
-        generator = make_generator(cfg, tokenizer, chat=chat, progress=bar.update)
+                           unit="question")
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk = cfg.batch_size * 4
         with open_text(partial, "at") as f:
@@ -138,8 +149,12 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 f.flush()
         bar.close()
+    # Each question once: older versions let two runs append to one partial file.
     order = {r.id: k for k, r in enumerate(records)}
-    all_rows = sorted(read_append_log(partial), key=lambda row: order[row["id"]])
+    by_id = {}
+    for row in read_append_log(partial):
+        by_id.setdefault(row["id"], row)
+    all_rows = sorted(by_id.values(), key=lambda row: order[row["id"]])
     kept = [row for row in all_rows if row["correct"]]
     write_jsonl(out, kept)
     partial.unlink(missing_ok=True)

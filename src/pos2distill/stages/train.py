@@ -53,7 +53,8 @@ from torch import Tensor
 from pos2distill import modeling, progress
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError, TrainingError
-from pos2distill.runinfo import fingerprint, recover_dir, replace_dir, start_run, write_json_atomic
+from pos2distill.runinfo import (fingerprint, one_writer, recover_dir, replace_dir, start_run,
+                                 write_json_atomic)
 from pos2distill.tasks.positions import Slot, slot_key
 from pos2distill.training import lora
 from pos2distill.training.batches import (Example, batch_tensors, encode_pair, read_pairs,
@@ -89,6 +90,15 @@ def main(cfg: TrainConfig) -> dict[str, Any]:
     quantized = check_config(cfg, method)
     dist = Dist(device=cfg.device)
     check_launch(cfg, method, dist)
+    with one_writer(out, enabled=dist.is_main):   # one run per --out; the main process holds it
+        return run(cfg, method, dist, out, all_rows=all_rows, rows=rows, adv=adv,
+                   quantized=quantized)
+
+
+def run(cfg: TrainConfig, method: Method, dist: Dist, out: Path, *,
+        all_rows: list[dict[str, Any]], rows: list[dict[str, Any]], adv: Slot,
+        quantized: str) -> dict[str, Any]:
+    """The run itself, once :func:`main` has checked everything and holds ``out``."""
     finished = open_run(cfg, dist, out)
     if finished is not None:
         return finished
