@@ -18,6 +18,7 @@ from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, Experi
                                 PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig)
 from pos2distill.errors import Pos2DistillError
 from pos2distill.options import add_arguments, from_args
+from pos2distill.runinfo import one_writer
 
 #: OSError numbers that mean "this output cannot be written": one line and exit code 2.
 WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG}
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     del args.quiet
     try:
         cfg = from_args(cls, args)
-        stage = importlib.import_module(module)
-        result: Any = stage.main(cfg)
+        # The output's lock first, before the stage's heavy imports: a second run on the same
+        # output stops at once. The stage takes it again when called from Python.
+        with one_writer(cfg.out, part=getattr(cfg, "lock_part", str)(), enabled=main_process):
+            stage = importlib.import_module(module)
+            result: Any = stage.main(cfg)
     except Pos2DistillError as e:
         print(f"pos2distill {args.command}: error: {e}", file=sys.stderr)
         return 2

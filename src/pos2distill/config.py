@@ -451,6 +451,11 @@ class ExperimentConfig(ModelOptions):
                                   "DOCUMENTS: 'POSITIONS'")
         self.shard_index()
 
+    def lock_part(self) -> str:
+        """The part of ``out`` this process writes alone: its shard (shards share the folder)."""
+        i, n = self.shard_index()
+        return f"shard-{i}-of-{n}" if n > 1 else ""
+
     def shard_index(self) -> tuple[int, int]:
         """(I, N) of ``--shard I/N``; (0, 1) without sharding."""
         if not self.shard:

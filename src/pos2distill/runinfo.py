@@ -78,6 +78,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+#: Locks this process holds: taking one again (the CLI, then the stage it runs) is a no-op.
+_held: set[Path] = set()
+
+
 def lock_path(out: str | os.PathLike, part: str = "") -> Path:
     """``OUT.lock`` beside the output (a folder or a file), ``OUT.PART.lock`` for one part of
     it (an experiment's shard): outside the output, which may be replaced as a whole."""
@@ -90,11 +94,11 @@ def one_writer(out: str | os.PathLike, *, part: str = "", enabled: bool = True) 
     """Hold the exclusive lock of the output ``out`` (or of one ``part`` of it) inside the block;
     a second run on the same output raises :class:`BusyError` naming the owner (pid, host,
     start). ``enabled=False`` (the other ranks of a multi-process run, whose main process holds
-    it) takes no lock."""
-    if not enabled:
+    it) takes no lock; a lock this process holds already is not taken twice."""
+    path = lock_path(out, part)
+    if not enabled or path in _held:   # another rank, or this process holds it already
         yield
         return
-    path = lock_path(out, part)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path), timeout=0)
@@ -104,11 +108,13 @@ def one_writer(out: str | os.PathLike, *, part: str = "", enabled: bool = True) 
                         "end, or choose another --out") from None
     except OSError as e:
         raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
+    _held.add(path)
     try:
         path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
         yield
     finally:
+        _held.discard(path)
         lock.release()
 
 

@@ -20,6 +20,7 @@ from conftest import OracleHFGenerator, ReasoningOracleHFGenerator
 from pos2distill.recipes import demo
 from pos2distill.config import DemoConfig
 from pos2distill.tasks import get_task
+from pos2distill.tasks.positions import slot_key
 from pos2distill.errors import ConfigError
 
 S_KEYS = {"accuracy_by_position", "mean", "gap", "n_per_position"}
@@ -109,7 +110,7 @@ def test_demo_with_the_real_generator_on_a_random_model(tiny_model_dir: Path,
         demo.main(DemoConfig(model=str(tiny_model_dir), out=str(tmp_path / "demo"), n_test=2,
                              n_train=8, epochs=1, batch_size=4))
     summary = json.loads((tmp_path / "demo" / "probe_before" / "summary.json").read_text())
-    assert len(summary["by_position"]) == 20
+    assert [e["slot"] for e in summary["by_slot"]] == [[p] for p in range(20)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,5 +211,5 @@ def test_demo_reasoning_with_the_real_generator_on_a_random_model(tiny_model_dir
                              n_train=4, task="reasoning"))
     summary = json.loads((tmp_path / "demo" / "reasoning" / "probe_before" / "summary.json")
                          .read_text())
-    assert [c["configuration"] for c in summary["by_configuration"]] == PAPER_KEYS
-    assert all(c["no_answer"] == 1.0 for c in summary["by_configuration"])
+    assert [slot_key(c["slot"]) for c in summary["by_slot"]] == PAPER_KEYS
+    assert all(c["no_answer"] == 1.0 for c in summary["by_slot"])

@@ -454,7 +454,7 @@ def main(cfg: ExperimentConfig) -> dict[str, Any]:
     shard, n_shards = cfg.shard_index()
     refuse_early(cfg, runs, sharded=n_shards > 1)
     # One process per shard (the whole grid without --shard); the shards share the folder.
-    with one_writer(out, part=f"shard-{shard}-of-{n_shards}" if n_shards > 1 else ""):
+    with one_writer(out, part=cfg.lock_part()):
         return run_grid(cfg, runs, shard, n_shards)
 
 
