@@ -144,8 +144,11 @@ def test_resume_of_two_processes_never_unpickles_a_planted_pickle(
                                                  "trainer_state.json"}
     marker = tmp_path / "pwned"
     plant_pickles(ckpt, marker)
-    assert run.resume(dist, tmp_path) == 2
-    assert not marker.exists()
+    try:
+        step = run.resume(dist, tmp_path)
+    finally:        # checked first, whatever an unpickled payload made resume do next
+        assert not marker.exists(), "resuming unpickled a planted pickle"
+    assert step == 2
     # ... and the state of step 2 is back: weights, Adam moments, schedule, both RNGs.
     got = run.snapshot()
     for part in ("weights", "adam"):
