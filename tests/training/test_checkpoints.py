@@ -53,10 +53,10 @@ def plant_pickles(folder: Path, marker: Path) -> None:
 
 
 class FakeAccelerator:
-    """Rank 0 of 2 under DDP, without a process group."""
+    """Rank 0 of 2 under DDP on CPU, without a process group."""
 
-    distributed_type, num_processes, process_index, device = \
-        "DistributedType.MULTI_CPU", 2, 0, "cpu"
+    distributed_type, num_processes, process_index = "DistributedType.MULTI_CPU", 2, 0
+    device = torch.device("cpu", 0)       # as accelerate has it there (not what safetensors takes)
 
     def prepare(self, *objects: Any) -> tuple[Any, ...]:
         return objects
@@ -172,12 +172,13 @@ def test_a_pickle_in_place_of_a_file_that_is_read_is_refused(
 
 
 @pytest.mark.parametrize("file,content", [
+    ("model.safetensors", "not safetensors"),
     ("rng_state_0.json", '{"python": [3, [1, 2], null], "torch": [1, 2]}'),
     ("rng_state_0.json", "[]"),
     ("custom_state_0.json", '{"last_epoch": 2}'),
     ("custom_state_0.json", "{not json"),
 ])
-def test_a_damaged_json_file_is_an_unreadable_checkpoint(
+def test_a_damaged_file_is_an_unreadable_checkpoint(
         dist: Dist, saved: tuple[Run, dict[str, Any]], tmp_path: Path, file: str,
         content: str) -> None:
     run, _ = saved

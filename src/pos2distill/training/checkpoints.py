@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from pos2distill.errors import ConfigError
@@ -156,7 +157,8 @@ def _checked_trainer_state(path: Path, *, fingerprint: str, order: list[int],
 
 
 # What reading a damaged checkpoint raises (pickle: weights_only=True refusing a global).
-_UNREADABLE = (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError)
+_UNREADABLE = (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError,
+               SafetensorError)
 
 
 def _unreadable(path: Path, e: Exception) -> ConfigError:

@@ -197,7 +197,7 @@ class Dist:
             if trainable_only:
                 _load_trainable(model, folder / MODEL_FILE)
             else:
-                load_model(model, folder / MODEL_FILE, device=self.device)
+                load_model(model, folder / MODEL_FILE)      # to CPU, copied to the parameters
             optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu",
                                                  weights_only=True))
         for obj, state in zip(self.checkpointed, custom):
