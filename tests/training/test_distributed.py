@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from conftest import FakeGenerator
+from test_checkpoints import plant_pickles
 from pos2distill.stages import pairs, teach, train
 from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
+from pos2distill.training.checkpoints import DISTRIBUTED_FORMAT
 from pos2distill.training.distributed import Dist, shard
 from pos2distill.errors import ConfigError
 from pos2distill.training.losses import position_weights
@@ -170,11 +172,12 @@ def test_two_processes_equal_one_process_on_the_concatenated_batch(
 
 # The entry point of the resume test's processes: `pos2distill train ARGS`, stopped for good right
 # after its checkpoint at step STOP_AT is complete on every rank (as a kill between two steps would,
-# but deterministically). With FORCE_FSDP=1 accelerate's state is switched to FSDP right after the
-# Accelerator is built: accelerate 1.15 shards only on GPUs and other accelerators and sets up plain
-# DDP on CPU (DistributedType.MULTI_CPU), though torch's FSDP2 runs on CPU with gloo. Everything
-# after the switch (fully_shard, sharded clipping, sharded save_state/load_state, get_state_dict)
-# is accelerate's and torch's own FSDP2 code.
+# but deterministically); with RESUMED set, each rank writes the step it resumed from (None: it
+# started over) to RESUMED + rank. With FORCE_FSDP=1 accelerate's state is switched to FSDP right
+# after the Accelerator is built: accelerate 1.15 shards only on GPUs and other accelerators and
+# sets up plain DDP on CPU (DistributedType.MULTI_CPU), though torch's FSDP2 runs on CPU with gloo.
+# Everything after the switch (fully_shard, sharded clipping, accelerate's per-rank FSDP savers and
+# loaders, get_state_dict) is accelerate's and torch's own FSDP2 code.
 _ENTRY = """
 import os, sys
 if os.environ.get("FORCE_FSDP") == "1":
@@ -204,6 +207,16 @@ def save_and_stop(out, dist, *, step, **kw):
     return path
 
 train.save_distributed_checkpoint = save_and_stop
+_resume = train.resume
+
+def resume_and_tell(out, dist, **kw):
+    step = _resume(out, dist, **kw)
+    if os.environ.get("RESUMED"):
+        with open(os.environ["RESUMED"] + str(dist.rank), "w") as f:
+            f.write(str(step))
+    return step
+
+train.resume = resume_and_tell
 sys.exit(main(["-q", "train", *sys.argv[1:]]))
 """
 # FSDP2 from the environment, as `accelerate launch --config_file configs/accelerate/fsdp.yaml`
@@ -221,11 +234,12 @@ _FSDP_ENV = {"FORCE_FSDP": "1", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "T
 def test_two_processes_resume_from_an_accelerate_checkpoint(
         dist_pairs: Path, tiny_model_dir: Path, tmp_path: Path, backend: str, lora_rank: int,
         method: str) -> None:
-    """The checkpoint of several processes is accelerate's save_state, which every rank writes
-    (sharded under FSDP); a run stopped after step 2 of 4 and re-run ends with the weights of one
+    """The checkpoint of several processes is written by every rank (sharded under FSDP, one
+    file per rank); a run stopped after step 2 of 4 and re-run ends with the weights of one
     process, and the final model is the state dict gathered from every rank. With LoRA the DDP
     checkpoint keeps the adapter only and the saved adapter (peft, from the gathered state dict)
-    is the same."""
+    is the same. The pickles accelerate's load_state would unpickle, planted in the checkpoint
+    before the re-run, are never read."""
     pytest.importorskip("accelerate", reason="several processes need accelerate")
     if lora_rank:
         pytest.importorskip("peft", reason="LoRA needs peft")
@@ -240,21 +254,29 @@ def test_two_processes_resume_from_an_accelerate_checkpoint(
     _launch_two(args, script=[str(entry)], env={**env, "STOP_AT": "2"})
     ckpt = tmp_path / "two" / "checkpoint"
     state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert (state["step"], state["format"], state["processes"]) == (2, "accelerate", 2)
+    assert (state["step"], state["format"], state["processes"]) == (2, DISTRIBUTED_FORMAT, 2)
     names = {p.name for p in ckpt.iterdir()}
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= names
+    json_files = {"custom_state_0.json", "rng_state_0.json", "rng_state_1.json"}
     from safetensors.torch import load_file
 
-    if backend == "fsdp":          # sharded model and optimizer (torch.distributed.checkpoint)
-        assert {"pytorch_model_fsdp_0", "optimizer_0"} <= names
+    if backend == "fsdp":          # sharded model and optimizer: one file per rank
+        assert names == json_files | {"trainer_state.json", "pytorch_model_fsdp_0_rank0.bin",
+                                      "pytorch_model_fsdp_0_rank1.bin", "optimizer_0_rank0.bin",
+                                      "optimizer_0_rank1.bin"}
     else:
+        assert names == json_files | {"trainer_state.json", "model.safetensors", "optimizer.bin"}
         saved = load_file(ckpt / "model.safetensors")
         assert saved and all(("lora_" in k) == bool(lora_rank) for k in saved)
     assert not (tmp_path / "two" / "model").exists()
     assert [r["step"] for r in _log(tmp_path / "two")] == [1, 2]
     with pytest.raises(ConfigError, match="written by 2 process"):   # one process cannot resume it
         train.main(TrainConfig(**common, out=str(tmp_path / "two")))
-    _launch_two(args, script=[str(entry)], env=env)                     # the same launch resumes
+    marker = tmp_path / "pwned"
+    plant_pickles(ckpt, marker)
+    resumed = str(tmp_path / "resumed")
+    _launch_two(args, script=[str(entry)], env={**env, "RESUMED": resumed})  # the same launch
+    assert [Path(resumed + r).read_text() for r in "01"] == ["2", "2"]     # resumes at step 2
+    assert not marker.exists()
     train.main(TrainConfig(**common, out=str(tmp_path / "one")))
     two, one = _log(tmp_path / "two"), _log(tmp_path / "one")
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3, 4]

@@ -60,9 +60,9 @@ from pos2distill.training import lora
 from pos2distill.training.batches import (Example, batch_tensors, encode_pair, read_pairs,
                                           select_rows, slot_ids)
 from pos2distill.training.cache import CacheReader
-from pos2distill.training.checkpoints import (CHECKPOINT, load_checkpoint, read_trainer_state,
-                                              save_checkpoint, save_distributed_checkpoint,
-                                              truncate_log)
+from pos2distill.training.checkpoints import (CHECKPOINT, load_checkpoint,
+                                              load_distributed_checkpoint, save_checkpoint,
+                                              save_distributed_checkpoint, truncate_log)
 from pos2distill.training.distributed import Dist, shard
 from pos2distill.training.losses import position_weights, weighted_loss
 from pos2distill.training.methods import Method, get_method
@@ -316,16 +316,17 @@ def resume(out: Path, dist: Dist, *, student: Any, opt: torch.optim.Optimizer, s
            state: dict[str, Any], lora_rank: int, device: str) -> int | None:
     """Restore ``OUT/checkpoint`` (weights, optimizer, schedule, RNG states) if there is one and
     return its step; None to start from step 0. A checkpoint of another config, data order or
-    launch is refused."""
+    launch, or a multi-process one of an earlier version (pickled), is refused. Nothing is
+    unpickled beyond ``torch.load(weights_only=True)``."""
     checkpoint = recover_dir(out / CHECKPOINT) if dist.is_main else None
     dist.barrier()
     checkpoint = checkpoint or ((out / CHECKPOINT) if (out / CHECKPOINT).is_dir() else None)
     if checkpoint is None:
         return None
-    if dist.accelerator is not None:
-        step = read_trainer_state(checkpoint, fingerprint=state["fingerprint"],
-                                  order=state["order"], processes=dist.world)
-        dist.load_state(checkpoint, trainable_only=_adapter_only(lora_rank, dist))
+    if dist.accelerator is not None:   # the schedule is restored as registered with dist
+        step = load_distributed_checkpoint(checkpoint, dist, fingerprint=state["fingerprint"],
+                                           order=state["order"],
+                                           trainable_only=_adapter_only(lora_rank, dist))
     else:
         step = load_checkpoint(checkpoint, student=student, opt=opt, sched=sched,
                                fingerprint=state["fingerprint"], order=state["order"],
@@ -457,8 +458,9 @@ def _by_slot(values: Tensor, slots: Tensor, keys: Sequence[str]) -> dict[str, fl
 
 def checkpoint(out: Path, dist: Dist, *, step: int, student: Any, opt: torch.optim.Optimizer,
                sched: Any, state: dict[str, Any], lora_rank: int) -> None:
-    """``OUT/checkpoint`` after ``step``: accelerate's state under several processes (every rank
-    writes its part), else the student, optimizer, schedule and RNG states (main process)."""
+    """``OUT/checkpoint`` after ``step``: under several processes every rank writes its part
+    (:meth:`Dist.save_state`; the schedule is registered with ``dist``), else the main process
+    writes the student, optimizer, schedule and RNG states."""
     if dist.accelerator is not None:
         save_distributed_checkpoint(out, dist, step=step, state=state,
                                     trainable_only=_adapter_only(lora_rank, dist))

@@ -2,11 +2,16 @@
 
 One process: :func:`save_checkpoint` writes the student weights (the adapter only, with LoRA),
 optimizer, scheduler and RNG states and ``trainer_state.json`` (config fingerprint, data order,
-step). Several processes: :func:`save_distributed_checkpoint` writes accelerate's ``save_state``
-(every rank takes part, so sharded FSDP state is gathered or saved sharded) next to the same
-``trainer_state.json``. Both go to a temporary folder that then replaces the old checkpoint, so a
-kill never leaves a half-written one. A checkpoint of another config, data order or number of
-processes is refused with a message that says what to do.
+step). Several processes: :func:`save_distributed_checkpoint` has every rank write its part
+(:meth:`~pos2distill.training.distributed.Dist.save_state`: sharded FSDP state one file per rank,
+each rank's RNG states) next to the same ``trainer_state.json``. Both go to a temporary folder that
+then replaces the old checkpoint, so a kill never leaves a half-written one. A checkpoint of another
+config, data order or number of processes is refused with a message that says what to do.
+
+Resuming reads safetensors, JSON and ``torch.load(weights_only=True)`` only, so a checkpoint folder
+from elsewhere cannot run code. Multi-process checkpoints of earlier versions (``"format":
+"accelerate"``: accelerate's ``save_state``, whose ``load_state`` unpickles the schedule with
+``weights_only=False``) are refused before any of their files is opened.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from pos2distill.errors import ConfigError
@@ -26,6 +32,10 @@ from pos2distill.runinfo import replace_dir, write_text_atomic
 from pos2distill.training.distributed import Dist
 
 CHECKPOINT = "checkpoint"
+#: ``format`` in the ``trainer_state.json`` of a multi-process checkpoint (:meth:`Dist.save_state`).
+DISTRIBUTED_FORMAT = "dist-v2"
+#: The format of earlier versions, refused: resuming it meant unpickling arbitrary objects.
+PICKLED_FORMAT = "accelerate"
 
 
 def save_checkpoint(out: Path, *, step: int, student: Any, opt: torch.optim.Optimizer,
@@ -74,18 +84,16 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         return int(state["step"])
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as e:
-        raise ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start "
-                          "over") from None
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from None
 
 
 def save_distributed_checkpoint(out: Path, dist: Dist, *, step: int, state: dict[str, Any],
                                 trainable_only: bool = False) -> Path:
-    """:func:`save_checkpoint` under several processes: every rank writes its part through
-    accelerate's ``save_state`` (model, optimizer, scheduler, per-rank RNG states; FSDP shards are
-    gathered or saved sharded, as the accelerate config says) into a temporary folder, then the main
-    process adds ``trainer_state.json`` and swaps the folder in."""
+    """:func:`save_checkpoint` under several processes: every rank writes its part
+    (:meth:`~pos2distill.training.distributed.Dist.save_state`: model, optimizer, the registered
+    schedule, its RNG states; FSDP shards one file per rank) into a temporary folder, then the
+    main process adds ``trainer_state.json`` and swaps the folder in."""
     final, tmp = out / CHECKPOINT, out / (".tmp-" + CHECKPOINT)
     if dist.is_main:
         if tmp.exists():
@@ -96,20 +104,26 @@ def save_distributed_checkpoint(out: Path, dist: Dist, *, step: int, state: dict
     dist.barrier()
     if dist.is_main:
         (tmp / "trainer_state.json").write_text(json.dumps(
-            {**state, "step": step, "format": "accelerate", "processes": dist.world}))
+            {**state, "step": step, "format": DISTRIBUTED_FORMAT, "processes": dist.world}))
         replace_dir(tmp, final)
     dist.barrier()
     return final
 
 
-def read_trainer_state(path: Path, *, fingerprint: str, order: list[int], processes: int) -> int:
-    """The step of an accelerate checkpoint (:func:`save_distributed_checkpoint`), after the same
-    checks as :func:`load_checkpoint` and that it was written by as many processes."""
-    state = _checked_trainer_state(path, fingerprint=fingerprint, order=order, processes=processes)
+def load_distributed_checkpoint(path: Path, dist: Dist, *, fingerprint: str, order: list[int],
+                                trainable_only: bool = False) -> int:
+    """Restore a checkpoint written by :func:`save_distributed_checkpoint` (every rank calls it);
+    returns its step. Refused like :func:`load_checkpoint`, and unless it was written by as many
+    processes in this version's format. Only the files ``save_state`` writes are read (JSON,
+    safetensors, ``torch.load(weights_only=True)``): a pickle planted in the folder is ignored."""
+    state = _checked_trainer_state(path, fingerprint=fingerprint, order=order,
+                                   processes=dist.world)
     try:
-        return int(state["step"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable checkpoint ({e!r}); delete it to start over") from None
+        step = int(state["step"])
+        dist.load_state(path, trainable_only=trainable_only)
+        return step
+    except _UNREADABLE as e:
+        raise _unreadable(path, e) from None
 
 
 def _checked_trainer_state(path: Path, *, fingerprint: str, order: list[int],
@@ -128,11 +142,29 @@ def _checked_trainer_state(path: Path, *, fingerprint: str, order: list[int],
     if state.get("order") != order:
         raise ConfigError(f"{path} was trained on a different data order (other pairs?); choose "
                           "another --out or delete it")
+    if state.get("format") == PICKLED_FORMAT:
+        raise ConfigError(f"{path} is a multi-process checkpoint of an earlier pos2distill, which "
+                          "only unpickling (able to run any code) could resume; delete it to start "
+                          "over")
     written = state.get("processes", 1)
-    if written != processes or (processes > 1 and state.get("format") != "accelerate"):
+    if written != processes:
         raise ConfigError(f"{path} was written by {written} process(es); resume it with the same "
                           f"launch (this one has {processes}), or delete it")
+    if processes > 1 and state.get("format") != DISTRIBUTED_FORMAT:
+        raise ConfigError(f"{path}: unknown checkpoint format {state.get('format')!r}; delete it "
+                          "to start over")
     return state
+
+
+# What reading a damaged checkpoint raises (pickle: weights_only=True refusing a global).
+_UNREADABLE = (OSError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError,
+               SafetensorError)
+
+
+def _unreadable(path: Path, e: Exception) -> ConfigError:
+    first = str(e).splitlines()[0] if str(e) else ""
+    return ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first}); delete it "
+                       "to start over")
 
 
 def _load_trainable(student: Any, path: Path) -> None:

@@ -11,8 +11,11 @@ examples, and DDP's gradient average makes the update that of one process on the
 
 Sharded parameters (FSDP from an accelerate config file): every rank takes part in reading the full
 weights (:meth:`Dist.full_state_dict`, accelerate's ``get_state_dict``) and the main process writes
-them; resumable checkpoints go through ``accelerator.save_state``/``load_state``, which handle
-sharded model and optimizer state. The same calls run under DDP. DeepSpeed is refused: its engine
+them. Resumable checkpoints (:meth:`Dist.save_state`/:meth:`Dist.load_state`) keep the sharded model
+and optimizer through accelerate's FSDP savers, one file per rank, and everything else as
+safetensors or JSON, so that resuming never unpickles code: accelerate's own ``load_state`` reads
+registered objects with ``torch.load(weights_only=False)``, and the ``torch.distributed.checkpoint``
+folders its ``save_state`` writes under FSDP with ``pickle.load``. DeepSpeed is refused: its engine
 owns the backward pass and the optimizer step, which this loop does itself.
 
 Without a launcher (no ``WORLD_SIZE`` > 1 in the environment) nothing here imports accelerate:
@@ -21,19 +24,26 @@ Without a launcher (no ``WORLD_SIZE`` > 1 in the environment) nothing here impor
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import random
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Sequence, TypeVar
 
 import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor
 
 from pos2distill.errors import ConfigError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+# The weights and optimizer of a DDP checkpoint (FSDP: accelerate's per-rank file names).
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.bin"
 
 
 def world_size_from_env() -> int:
@@ -56,6 +66,8 @@ class Dist:
     def __init__(self, *, device: str = "cpu", mixed_precision: str = "no"):
         self.world = world_size_from_env()
         self.accelerator: Any = None
+        self.prepared: tuple[torch.nn.Module, torch.optim.Optimizer] | None = None
+        self.checkpointed: list[Any] = []
         if self.world > 1:
             try:
                 from accelerate import Accelerator
@@ -95,7 +107,8 @@ class Dist:
         ones)."""
         if self.accelerator is None:
             return module, optimizer
-        return self.accelerator.prepare(module, optimizer)
+        self.prepared = self.accelerator.prepare(module, optimizer)   # what save_state keeps
+        return self.prepared
 
     def clip_grad_norm(self, module: torch.nn.Module, params: Sequence[torch.nn.Parameter],
                        max_norm: float) -> Tensor:
@@ -122,33 +135,82 @@ class Dist:
         return module if self.accelerator is None else self.accelerator.unwrap_model(module)
 
     def register_for_checkpointing(self, *objects: Any) -> None:
-        """Objects besides the prepared model and optimizer that :meth:`save_state` keeps."""
-        self.accelerator.register_for_checkpointing(*objects)
+        """Objects besides the prepared model and optimizer (the LR schedule) whose ``state_dict``
+        :meth:`save_state` keeps, as JSON. Not accelerate's ``register_for_checkpointing``: its
+        ``load_state`` reads them back with ``torch.load(weights_only=False)``."""
+        self.checkpointed.extend(objects)
 
     def save_state(self, folder: Path, *, trainable_only: bool = False) -> None:
-        """accelerate's checkpoint of the prepared model and optimizer (sharded or not), the
-        registered objects and every rank's RNG states; every rank must call it.
-        ``trainable_only`` (LoRA under DDP): the model file keeps the trainable tensors only, not
-        the frozen base (FSDP writes its own model files)."""
-        handle = None
-        if trainable_only:
-            def keep_trainable(models: list[Any], weights: list[dict[str, Any]], _: str) -> None:
-                for model, sd in zip(models, weights):
-                    train = {n for n, p in model.named_parameters() if p.requires_grad}
-                    for k in [k for k in sd if k not in train]:
-                        del sd[k]
+        """Write the prepared model and optimizer, the registered objects and this rank's RNG
+        states to ``folder``; every rank must call it.
 
-            handle = self.accelerator.register_save_state_pre_hook(keep_trainable)
-        try:
-            self.accelerator.save_state(str(folder))
-        finally:
-            if handle is not None:
-                handle.remove()
+        FSDP: accelerate's savers with ``use_dcp=False`` write one model and one optimizer file
+        per rank (``torch.save``; :meth:`load_state` reads them with ``weights_only=True``), not
+        the ``torch.distributed.checkpoint`` folders of ``save_state``, whose metadata is read
+        back with ``pickle.load``. DDP: the main process writes the weights (safetensors; with
+        ``trainable_only``, LoRA, the trainable tensors only) and the optimizer (``torch.save``,
+        plain tensors and numbers). Registered objects go to ``custom_state_{i}.json`` (main
+        process), RNG states to ``rng_state_{rank}.json``."""
+        module, optimizer = self._module_and_optimizer()
+        if self.sharded:
+            from accelerate.utils import save_fsdp_model, save_fsdp_optimizer
+
+            plugin = self.accelerator.state.fsdp_plugin
+            save_fsdp_model(plugin, self.accelerator, module, str(folder), use_dcp=False)
+            save_fsdp_optimizer(plugin, self.accelerator, optimizer, module, str(folder),
+                                use_dcp=False)
+        elif self.is_main:
+            model = self.unwrap(module)
+            if trainable_only:
+                save_file({n: p.detach().contiguous() for n, p in model.named_parameters()
+                           if p.requires_grad}, str(folder / MODEL_FILE))
+            else:
+                save_model(model, str(folder / MODEL_FILE))       # handles tied weights
+            torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+        if self.is_main:
+            for i, obj in enumerate(self.checkpointed):
+                (folder / f"custom_state_{i}.json").write_text(json.dumps(obj.state_dict()))
+        (folder / f"rng_state_{self.rank}.json").write_text(json.dumps(_rng_state(self.device)))
 
     def load_state(self, folder: Path, *, trainable_only: bool = False) -> None:
-        """Restore :meth:`save_state`; with ``trainable_only`` the frozen tensors are not in the
-        file and keep their values."""
-        self.accelerator.load_state(str(folder), **({"strict": False} if trainable_only else {}))
+        """Restore :meth:`save_state`; every rank must call it. With ``trainable_only`` the frozen
+        tensors are not in the file and keep their values. Only the files :meth:`save_state`
+        writes are read, as safetensors, JSON or ``torch.load(weights_only=True)`` (tensors and
+        plain containers, never arbitrary pickles); anything else in ``folder`` (accelerate's
+        ``custom_checkpoint_*.pkl`` or ``random_states_*.pkl``) is ignored. Raises ``OSError``,
+        ``ValueError``, ``KeyError``, ``TypeError``, ``RuntimeError`` or
+        ``pickle.UnpicklingError`` on a missing or malformed file."""
+        module, optimizer = self._module_and_optimizer()
+        # The JSON first: a malformed file fails before any collective operation of the loaders.
+        custom = [_json_object(folder / f"custom_state_{i}.json")
+                  for i in range(len(self.checkpointed))]
+        rng = _json_object(folder / f"rng_state_{self.rank}.json")
+        if self.sharded:
+            from accelerate.utils import load_fsdp_model, load_fsdp_optimizer
+
+            plugin = self.accelerator.state.fsdp_plugin
+            load_fsdp_model(plugin, self.accelerator, module, str(folder), use_dcp=False)
+            load_fsdp_optimizer(plugin, self.accelerator, optimizer, module, str(folder),
+                                use_dcp=False)
+        else:
+            model = self.unwrap(module)
+            if trainable_only:
+                _load_trainable(model, folder / MODEL_FILE)
+            else:
+                load_model(model, folder / MODEL_FILE)      # to CPU, copied to the parameters
+            optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu",
+                                                 weights_only=True))
+        for obj, state in zip(self.checkpointed, custom):
+            if set(state) != set(obj.state_dict()):
+                raise ValueError(f"custom_state: the fields of a {type(obj).__name__} are "
+                                 f"{sorted(obj.state_dict())}, not {sorted(state)}")
+            obj.load_state_dict(state)
+        _set_rng_state(rng, self.device)
+
+    def _module_and_optimizer(self) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        if self.prepared is None:
+            raise RuntimeError("save_state/load_state need the model and optimizer of prepare()")
+        return self.prepared
 
     def gather(self, t: Tensor) -> Tensor:
         """(W * n, ...) concatenation of every rank's (n, ...) tensor, in rank order."""
@@ -175,3 +237,40 @@ class Dist:
     def end(self) -> None:
         if self.accelerator is not None:
             self.accelerator.end_training()
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    state = json.loads(path.read_text())
+    if not isinstance(state, dict):
+        raise ValueError(f"{path.name} is not a JSON object")
+    return state
+
+
+def _rng_state(device: str) -> dict[str, Any]:
+    """This process's Python and torch RNG states (and those of its CUDA device), as JSON."""
+    version, internal, gauss = random.getstate()
+    state = {"python": [version, list(internal), gauss], "torch": torch.get_rng_state().tolist()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: str) -> None:
+    """Restore :func:`_rng_state`. A malformed state raises: ``random.setstate`` and
+    ``torch.set_rng_state`` check types and lengths."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
+
+
+def _load_trainable(model: torch.nn.Module, path: Path) -> None:
+    """Copy the tensors of a ``trainable_only`` weights file into ``model``'s trainable ones."""
+    saved = load_file(path)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise ValueError("the checkpoint holds other trainable tensors (another LoRA config?)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
