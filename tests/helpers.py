@@ -30,3 +30,23 @@ def retrieval_summary(accs: dict[int, float], counts: dict[int, int], best: int)
             "mean": sum(values) / len(values), "gap": max(values) - min(values),
             "best_slot": [best], "worst_slot": [min(accs, key=accs.get)],  # type: ignore[arg-type]
             "n_per_slot": min(counts.values())}
+
+
+def chat(text: str) -> str:
+    """``text`` as one user turn of the test tokenizer's chat template."""
+    return f"<|bos|><|user|>\n{text}<|end|>\n<|assistant|>\n"
+
+
+def pair_row(student: str, teacher: str, response: str, slot: tuple[int, ...] = (1,)
+             ) -> dict[str, Any]:
+    """A retrieval pairs row (advantageous slot (0,)) with these prompts and response."""
+    return {"student_prompt": chat(student), "teacher_prompt": chat(teacher), "response": response,
+            "task": "retrieval", "slot": list(slot), "adv_slot": [0], "anchor": slot == (0,),
+            "chat": True}
+
+
+#: Pairs whose responses align differently with their prompts (the alignment tests' rows).
+ALIGNMENT_ROWS = [
+    pair_row("Where does Tude live ?", "Tude lives in Oslo .", "Oslo ."),
+    pair_row("Dublin", "Oslo Lima Paris Rome Dublin", "Lima Paris Rome Oslo", slot=(2,)),
+    pair_row("Kavo lives in Rome . Where does Kavo live ?", "Rome", "Rome")]

@@ -64,9 +64,9 @@ def test_locks_are_per_output_and_per_part(tmp_path: Path) -> None:
             one_writer(tmp_path / "a", part="shard-0-of-2"), \
             one_writer(tmp_path / "a", part="shard-1-of-2"):
         pass
-    assert lock_path(tmp_path / "a") == tmp_path / "a.lock"            # beside, not inside
-    assert lock_path(tmp_path / "t.jsonl") == tmp_path / "t.jsonl.lock"
-    assert lock_path(tmp_path / "a", "shard-1-of-2") == tmp_path / "a.shard-1-of-2.lock"
+    assert lock_path(tmp_path / "a") == tmp_path / ".a.lock"            # beside, not inside
+    assert lock_path(tmp_path / "t.jsonl") == tmp_path / ".t.jsonl.lock"
+    assert lock_path(tmp_path / "a", "shard-1-of-2") == tmp_path / ".a.shard-1-of-2.lock"
     with one_writer(tmp_path / "a", enabled=False):   # another rank: no lock at all
         with one_writer(tmp_path / "a"):
             pass

@@ -83,10 +83,12 @@ _held: set[Path] = set()
 
 
 def lock_path(out: str | os.PathLike, part: str = "") -> Path:
-    """``OUT.lock`` beside the output (a folder or a file), ``OUT.PART.lock`` for one part of
-    it (an experiment's shard): outside the output, which may be replaced as a whole."""
+    """``.OUT.lock`` beside the output (a folder or a file), ``.OUT.PART.lock`` for one part of
+    it (an experiment's shard): outside the output, which may be replaced as a whole, and hidden.
+    The file stays after the run (deleting a lock file others may have opened would let two
+    runs hold it); only the lock on it is released."""
     out = Path(out).resolve()
-    return out.with_name(out.name + (f".{part}" if part else "") + ".lock")
+    return out.with_name("." + out.name + (f".{part}" if part else "") + ".lock")
 
 
 @contextlib.contextmanager

@@ -23,18 +23,8 @@ from pos2distill.training.losses import per_example_kl
 from pos2distill.training.optim import lr_lambda
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.data.records import write_jsonl
+from helpers import ALIGNMENT_ROWS as ROWS, chat, pair_row
 from reference import micro_kl, response_logits
-
-
-def chat(text: str) -> str:
-    return f"<|bos|><|user|>\n{text}<|end|>\n<|assistant|>\n"
-
-
-def pair_row(student: str, teacher: str, response: str, slot: tuple[int, ...] = (1,)
-             ) -> dict[str, Any]:
-    return {"student_prompt": chat(student), "teacher_prompt": chat(teacher), "response": response,
-            "task": "retrieval", "slot": list(slot), "adv_slot": [0], "anchor": slot == (0,),
-            "chat": True}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,11 +92,6 @@ def test_slots_of_every_row_format(tmp_path: Path, fields: dict[str, Any], slot:
 # ---------------------------------------------------------------------------------------------
 # Alignment: which logits are distilled
 # ---------------------------------------------------------------------------------------------
-
-ROWS = [pair_row("Where does Tude live ?", "Tude lives in Oslo .", "Oslo ."),
-        pair_row("Dublin", "Oslo Lima Paris Rome Dublin", "Lima Paris Rome Oslo", slot=(2,)),
-        pair_row("Kavo lives in Rome . Where does Kavo live ?", "Rome", "Rome")]
-
 
 def test_response_logits_align_with_unpadded_forward(sharp_model: Any, tok: Any) -> None:
     examples = [batches.encode_pair(r, tok) for r in ROWS]

@@ -16,7 +16,7 @@ from pos2distill.training.heads import chunked_token_map, head, plain_head, resp
 from pos2distill.training.losses import per_example_kl, per_token_kl, topk_token_kl
 from pos2distill.training.teacher import OnlineTeacher, ResponseLoss, TopKTargets
 from reference import micro_kl
-from test_train import ROWS
+from helpers import ALIGNMENT_ROWS as ROWS
 
 
 @pytest.fixture(scope="module")

@@ -508,7 +508,8 @@ def save_model(cfg: TrainConfig, dist: Dist, *, student: Any, loss_module: torch
 
 
 def _adapter_only(lora_rank: int, dist: Dist) -> bool:
-    """LoRA under DDP: accelerate checkpoints keep the adapter only (FSDP writes its own files)."""
+    """LoRA under DDP: multi-process checkpoints keep the adapter only (FSDP writes each rank's
+    shard)."""
     return bool(lora_rank) and not dist.sharded
 
 
