@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from pos2distill import cli
+from pos2distill.stages.probe import load_summary
 from test_runinfo import hold_lock
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -84,6 +85,10 @@ def test_rows_written_twice_by_an_older_version_count_once(
     twice = json.loads((out / "summary.json").read_text())
     assert twice == once and twice["n_per_slot"] == 2
     assert "4 duplicated rows" in caplog.text and "are counted once" in caplog.text
+    # A summary an older version wrote from the duplicated rows is summarised again on reading.
+    inflated = {**once, "n_per_slot": 4}
+    (out / "summary.json").write_text(json.dumps(inflated))
+    assert load_summary(out) == once
 
 
 @contextlib.contextmanager

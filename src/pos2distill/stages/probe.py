@@ -101,7 +101,17 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError(f"{path}: no probe summary found (run `pos2distill probe --out {path}`)")
     summary = json.loads(p.read_text())
-    return get_task(summary.get("task", "retrieval")).upgrade_summary(summary)
+    task = get_task(summary.get("task", "retrieval"))
+    summary = task.upgrade_summary(summary)
+    # A folder two runs of an older version wrote at once holds duplicated rows, and its summary
+    # counted them: summarise again, each (question, slot) once.
+    rows_path = p.with_name(ROWS)
+    if rows_path.exists():
+        rows = read_rows(rows_path, task)
+        if len(rows) < len(read_append_log(rows_path)):
+            order = [tuple(e["slot"]) for e in summary["by_slot"]]
+            summary = {**summary, **task.summarize(rows, order)}
+    return summary
 
 
 def pending_prompts(cfg: ProbeConfig, out: Path, task: Task, records: Sequence[Record],

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_model, save_file, save_model
 
 from pos2distill.errors import ConfigError
 from pos2distill.runinfo import replace_dir, write_text_atomic
-from pos2distill.training.distributed import Dist
+from pos2distill.training.distributed import Dist, load_trainable
 
 CHECKPOINT = "checkpoint"
 #: ``format`` in the ``trainer_state.json`` of a multi-process checkpoint (:meth:`Dist.save_state`).
@@ -74,7 +74,7 @@ def load_checkpoint(path: Path, *, student: Any, opt: torch.optim.Optimizer, sch
     state = _checked_trainer_state(path, fingerprint=fingerprint, order=order, processes=1)
     try:
         if trainable_only:
-            _load_trainable(student, path / "model.safetensors")
+            load_trainable(student, path / "model.safetensors")
         else:
             load_model(student, path / "model.safetensors", device=device)
         blob = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
@@ -165,17 +165,6 @@ def _unreadable(path: Path, e: Exception) -> ConfigError:
     first = str(e).splitlines()[0] if str(e) else ""
     return ConfigError(f"{path}: unreadable checkpoint ({type(e).__name__}: {first}); delete it "
                        "to start over")
-
-
-def _load_trainable(student: Any, path: Path) -> None:
-    """Copy the trainable tensors of a ``trainable_only`` checkpoint into ``student``."""
-    saved = load_file(path)
-    params = {n: p for n, p in student.named_parameters() if p.requires_grad}
-    if set(saved) != set(params):
-        raise ValueError("the checkpoint holds other trainable tensors (another LoRA config?)")
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(saved[n])
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -195,7 +195,7 @@ class Dist:
         else:
             model = self.unwrap(module)
             if trainable_only:
-                _load_trainable(model, folder / MODEL_FILE)
+                load_trainable(model, folder / MODEL_FILE)
             else:
                 load_model(model, folder / MODEL_FILE)      # to CPU, copied to the parameters
             optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location="cpu",
@@ -265,7 +265,7 @@ def _set_rng_state(state: dict[str, Any], device: str) -> None:
         torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
 
 
-def _load_trainable(model: torch.nn.Module, path: Path) -> None:
+def load_trainable(model: torch.nn.Module, path: Path) -> None:
     """Copy the tensors of a ``trainable_only`` weights file into ``model``'s trainable ones."""
     saved = load_file(path)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
