@@ -13,7 +13,6 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 # ASCII punctuation plus the unicode quotes, dashes and ellipsis that model outputs and Wikipedia
 # text use in place of their ASCII forms; without them "“Paris”" and "Paris" would not match.

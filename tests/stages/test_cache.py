@@ -12,17 +12,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FakeGenerator, save_model_dir, tiny_llama
+from conftest import save_model_dir, tiny_llama
 from pos2distill.tiny.tokenizer import build_tokenizer
 from pos2distill.stages import cache, pairs, teach
 from pos2distill import cli
-from pos2distill.data import synthetic
 from pos2distill.config import CacheConfig
 from pos2distill.errors import ConfigError
 from pos2distill.training.batches import batch_tensors, encode_pair, read_pairs
 from pos2distill.training.cache import META_FILE, TENSOR_FILE, CacheReader, bytes_per_token
 from pos2distill.training.heads import head
-from pos2distill.data.records import write_jsonl
 from pos2distill.training.teacher import CachedTeacher, OnlineTeacher
 
 V = len(build_tokenizer())  # the random test models' vocabulary (the tiny tokenizer's)

@@ -24,11 +24,10 @@ import pytest
 import torch
 
 from helpers import teacher_rows
-from conftest import FakeGenerator
-from pos2distill.stages import pairs, teach
+from pos2distill.stages import teach
 from pos2distill.data import synthetic
 from pos2distill.generation import HFGenerator
-from pos2distill.data.records import Record, write_jsonl, write_records
+from pos2distill.data.records import Record, write_records
 
 pytestmark = pytest.mark.slow   # a dozen interpreter starts: about a minute on a loaded machine
 

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import FakeGenerator, save_model_dir
-from pos2distill.stages import pairs, teach, train
-from pos2distill.data import synthetic
+from conftest import save_model_dir
+from pos2distill.stages import train
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.training import batches
@@ -23,7 +22,7 @@ from pos2distill.training.losses import per_example_kl
 from pos2distill.training.optim import lr_lambda
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.data.records import write_jsonl
-from helpers import ALIGNMENT_ROWS as ROWS, chat, pair_row
+from helpers import ALIGNMENT_ROWS as ROWS, pair_row
 from reference import micro_kl, response_logits
 
 

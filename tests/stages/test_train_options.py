@@ -12,12 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import FakeGenerator, save_model_dir, tiny_llama
-from pos2distill.stages import cache, pairs, teach, train
-from pos2distill.data import synthetic
+from conftest import save_model_dir, tiny_llama
+from pos2distill.stages import cache, train
 from pos2distill.config import CacheConfig, TrainConfig
 from pos2distill.errors import ConfigError
-from pos2distill.data.records import write_jsonl
 
 
 @pytest.fixture(scope="module")

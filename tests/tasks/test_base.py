@@ -3,7 +3,6 @@ upgrade of files written before slots existed."""
 
 from __future__ import annotations
 
-from typing import Any
 
 import pytest
 

@@ -14,16 +14,13 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import FakeGenerator
 from test_checkpoints import plant_pickles
-from pos2distill.stages import pairs, teach, train
-from pos2distill.data import synthetic
+from pos2distill.stages import train
 from pos2distill.config import TrainConfig
 from pos2distill.training.checkpoints import DISTRIBUTED_FORMAT
 from pos2distill.training.distributed import Dist, shard
 from pos2distill.errors import ConfigError
 from pos2distill.training.losses import position_weights
-from pos2distill.data.records import write_jsonl
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 

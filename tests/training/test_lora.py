@@ -10,13 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import FakeGenerator, save_model_dir, tiny_llama
+from conftest import save_model_dir, tiny_llama
 from pos2distill.training import lora
-from pos2distill.stages import pairs, teach, train
-from pos2distill.data import synthetic
+from pos2distill.stages import train
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError
-from pos2distill.data.records import write_jsonl
 from pos2distill.training.teacher import OnlineTeacher
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'pos2distill[lora]')")

@@ -14,7 +14,7 @@ import torch
 
 from helpers import teacher_rows
 from conftest import FakeGenerator, save_model_dir
-from pos2distill.stages import pairs, teach, train
+from pos2distill.stages import pairs, train
 from pos2distill.data import synthetic
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError

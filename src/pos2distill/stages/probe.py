@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from pos2distill.config import ProbeConfig
 from pos2distill.data.records import Record, open_text, read_append_log
@@ -79,17 +79,24 @@ def run_probe(items: Sequence[Item], generator: Generator, task: Task, *, max_ne
 def read_rows(path: str | Path, task: Task) -> list[dict]:
     """The rows of a probe's ``rows.jsonl`` in today's form, each (question, slot) once: older
     versions let two runs append to one folder, which left duplicates (the first one counts)."""
-    rows, seen, duplicates = [], set(), 0
-    for row in map(task.upgrade_row, read_append_log(path)):
-        key = (row["id"], tuple(row["slot"]))
-        duplicates += key in seen
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
+    rows, duplicates = unique_rows(read_append_log(path), task)
     if duplicates:
         log.warning("%s: %d duplicated rows (two runs wrote this folder at once, which older "
                     "versions allowed) are counted once", path, duplicates)
     return rows
+
+
+def unique_rows(rows: Iterable[dict], task: Task) -> tuple[list[dict], int]:
+    """``rows`` upgraded to today's form with each (question, slot) once, and how many were
+    dropped."""
+    kept, seen, duplicates = [], set(), 0
+    for row in map(task.upgrade_row, rows):
+        key = (row["id"], tuple(row["slot"]))
+        duplicates += key in seen
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept, duplicates
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
@@ -107,8 +114,11 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     # counted them: summarise again, each (question, slot) once.
     rows_path = p.with_name(ROWS)
     if rows_path.exists():
-        rows = read_rows(rows_path, task)
-        if len(rows) < len(read_append_log(rows_path)):
+        rows, duplicates = unique_rows(read_append_log(rows_path), task)
+        if duplicates:
+            log.warning("%s: %d duplicated rows (two runs wrote this folder at once, which older "
+                        "versions allowed): the summary is made again, counting each once",
+                        rows_path, duplicates)
             order = [tuple(e["slot"]) for e in summary["by_slot"]]
             summary = {**summary, **task.summarize(rows, order)}
     return summary

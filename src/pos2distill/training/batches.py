@@ -29,7 +29,7 @@ import torch
 
 from pos2distill.data.records import iter_jsonl
 from pos2distill.errors import DataError
-from pos2distill.tasks.positions import Slot, slot_key
+from pos2distill.tasks.positions import Slot
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.training.methods import Method
 
