@@ -83,27 +83,10 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     """Compute the teacher cache of a pairs file (one forward pass per distinct teacher prompt)."""
     rows = read_pairs(cfg.pairs)
     tokenizer = modeling.load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
-    # The output head's size; the config's vocab_size until the weights are loaded.
-    vocab = int(modeling.load_config(cfg.model, trust_remote_code=cfg.trust_remote_code).vocab_size)
-    k = min(cfg.top_k, vocab) if cfg.top_k else vocab
     out = Path(cfg.out)
-    if (out / META_FILE).exists():
-        # A complete cache of the same pairs, model, temperature and k is reused as it is.
-        try:
-            done = CacheReader(out, pairs=cfg.pairs,
-                               model_path=modeling.resolve_model_path(cfg.model),
-                               temperature=cfg.temperature, vocab_size=vocab, n_pairs=len(rows))
-        except ConfigError as e:
-            raise ConfigError(f"--out {out} holds another cache ({e}); choose another --out or "
-                              "delete it") from None
-        if done.k == k:
-            log.info("%s is complete; nothing to do", out)
-            meta = done.meta
-            return {"entries": meta["n_entries"], "tokens": meta["n_tokens"], "top_k": k,
-                    "bytes_per_token": round(meta["bytes"] / max(1, meta["n_tokens"]), 1),
-                    "out": str(out)}
-        raise ConfigError(f"--out {out} holds a top-{done.k} cache; choose another --out or "
-                          "delete it")
+    done = finished_cache(cfg, out, n_pairs=len(rows))
+    if done is not None:
+        return done
     model = modeling.load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
                                     trust_remote_code=cfg.trust_remote_code)
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -114,20 +97,64 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
     for ex in examples:
         entry_of_pair.append(entry_index.setdefault(ex.teacher_ids, len(entry_index)))
     entries = [ids for ids, _ in sorted(entry_index.items(), key=lambda kv: kv[1])]
-    resp_len = {}
-    for ex in examples:
-        resp_len[ex.teacher_ids] = ex.response_len
+    resp_len = {ex.teacher_ids: ex.response_len for ex in examples}
     lens = [resp_len[e] for e in entries]
-    # Longest first keeps the padding of each batch small and shows the memory peak at once.
+    per_entry = teacher_rows(cfg, model, entries, lens, k=k, pad_id=tokenizer.pad_token_id)
+    offsets = torch.zeros(len(entries) + 1, dtype=torch.long)
+    offsets[1:] = torch.tensor(lens, dtype=torch.long).cumsum(0)
+    meta = {"top_k": k, "temperature": cfg.temperature, "vocab_size": vocab,
+            "pairs": str(cfg.pairs), "pairs_sha256": file_sha256(cfg.pairs),
+            "model": modeling.resolve_model_path(cfg.model),
+            "model_sha256": model_checksums(modeling.resolve_model_path(cfg.model)),
+            "n_pairs": len(rows), "dtype": cfg.dtype, "autocast": cfg.autocast}
+    write_cache(out, **{n: torch.cat([d[n] for d in per_entry]) for n in per_entry[0]},
+                offsets=offsets, entry_of_pair=torch.tensor(entry_of_pair, dtype=torch.long),
+                meta=meta)
+    n_tokens = int(offsets[-1])
+    size = (out / TENSOR_FILE).stat().st_size
+    log.info("teacher cache: %d prompts, %d tokens, top-%d, %.1f bytes/token -> %s",
+             len(entries), n_tokens, k, size / max(1, n_tokens), out)
+    return {"entries": len(entries), "tokens": n_tokens, "top_k": k,
+            "bytes_per_token": round(size / max(1, n_tokens), 1), "out": str(out)}
+
+
+def finished_cache(cfg: CacheConfig, out: Path, *, n_pairs: int) -> dict[str, Any] | None:
+    """The counts of a complete cache of the same pairs, model, temperature and k in ``out``
+    (reused as it is), None when ``out`` holds none; another cache there is refused."""
+    if not (out / META_FILE).exists():
+        return None
+    # The output head's size; the config's vocab_size until the weights are loaded.
+    vocab = int(modeling.load_config(cfg.model, trust_remote_code=cfg.trust_remote_code).vocab_size)
+    k = min(cfg.top_k, vocab) if cfg.top_k else vocab
+    try:
+        done = CacheReader(out, pairs=cfg.pairs, model_path=modeling.resolve_model_path(cfg.model),
+                           temperature=cfg.temperature, vocab_size=vocab, n_pairs=n_pairs)
+    except ConfigError as e:
+        raise ConfigError(f"--out {out} holds another cache ({e}); choose another --out or "
+                          "delete it") from None
+    if done.k != k:
+        raise ConfigError(f"--out {out} holds a top-{done.k} cache; choose another --out or "
+                          "delete it")
+    log.info("%s is complete; nothing to do", out)
+    meta = done.meta
+    return {"entries": meta["n_entries"], "tokens": meta["n_tokens"], "top_k": k,
+            "bytes_per_token": round(meta["bytes"] / max(1, meta["n_tokens"]), 1),
+            "out": str(out)}
+
+
+def teacher_rows(cfg: CacheConfig, model: Any, entries: list[tuple[int, ...]], lens: list[int],
+                 *, k: int, pad_id: int) -> list[dict[str, Tensor]]:
+    """The teacher's top-k rows of every entry (teacher prompt + response), batched longest
+    first (little padding, and the memory peak shows at once)."""
     order = sorted(range(len(entries)), key=lambda i: -len(entries[i]))
-    chunks: dict[str, list[Tensor]] = {"logprobs": [], "ids": [], "log_tail": [], "targets": []}
     per_entry: list[dict[str, Tensor]] = [dict() for _ in entries]
     autocast = (torch.autocast(torch.device(cfg.device).type, dtype=getattr(torch, cfg.autocast))
                 if cfg.autocast != "off" else nullcontext())
-    with torch.no_grad(), autocast, progress.bar(total=len(entries), desc="cache", unit="prompt") as bar:
+    with torch.no_grad(), autocast, progress.bar(total=len(entries), desc="cache",
+                                                  unit="prompt") as bar:
         for s in range(0, len(order), cfg.batch_size):
             idx = order[s:s + cfg.batch_size]
-            ids, att = left_pad([entries[i] for i in idx], tokenizer.pad_token_id)
+            ids, att = left_pad([entries[i] for i in idx], pad_id)
             ids, att = ids.to(cfg.device), att.to(cfg.device)
             mask = response_mask([lens[i] for i in idx]).to(cfg.device)
             R = mask.shape[1]
@@ -138,30 +165,12 @@ def main(cfg: CacheConfig) -> dict[str, Any]:
                 full = response_logits_full(model, ids, att, R)[mask]        # (N, V)
             tgt = ids[:, -R:][mask]
             n_done = 0
-            for b, i in enumerate(idx):
-                n = lens[i]
-                sl = slice(n_done, n_done + n)
+            for i in idx:
+                sl = slice(n_done, n_done + lens[i])
                 logits = head(model, hidden[sl]) if hidden is not None else full[sl]
                 lp, top, tail = topk_rows(logits.float(), k, temperature=cfg.temperature)
                 per_entry[i] = {"logprobs": lp.cpu(), "ids": top.cpu(), "log_tail": tail.cpu(),
                                 "targets": tgt[sl].int().cpu()}
-                n_done += n
+                n_done += lens[i]
             bar.update(len(idx))
-    for d in per_entry:
-        for name in chunks:
-            chunks[name].append(d[name])
-    offsets = torch.zeros(len(entries) + 1, dtype=torch.long)
-    offsets[1:] = torch.tensor(lens, dtype=torch.long).cumsum(0)
-    meta = {"top_k": k, "temperature": cfg.temperature, "vocab_size": vocab,
-            "pairs": str(cfg.pairs), "pairs_sha256": file_sha256(cfg.pairs),
-            "model": modeling.resolve_model_path(cfg.model),
-            "model_sha256": model_checksums(modeling.resolve_model_path(cfg.model)),
-            "n_pairs": len(rows), "dtype": cfg.dtype, "autocast": cfg.autocast}
-    write_cache(out, **{n: torch.cat(v) for n, v in chunks.items()}, offsets=offsets,
-                entry_of_pair=torch.tensor(entry_of_pair, dtype=torch.long), meta=meta)
-    n_tokens = int(offsets[-1])
-    size = (out / TENSOR_FILE).stat().st_size
-    log.info("teacher cache: %d prompts, %d tokens, top-%d, %.1f bytes/token -> %s",
-             len(entries), n_tokens, k, size / max(1, n_tokens), out)
-    return {"entries": len(entries), "tokens": n_tokens, "top_k": k,
-            "bytes_per_token": round(size / max(1, n_tokens), 1), "out": str(out)}
+    return per_entry
