@@ -25,7 +25,7 @@ from pos2distill.runinfo import one_writer, start_run
 from pos2distill.stages.probe import load_summary
 from pos2distill.tasks import Task, get_task
 from pos2distill.tasks.fitting import Fitted, fit_prompt, prompt_budget
-from pos2distill.tasks.positions import Slot, slot_key
+from pos2distill.tasks.positions import Slot, slot_key, stored_slot
 from pos2distill.tasks.prompts import use_chat
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,8 @@ def upgrade_teacher_row(row: dict[str, Any]) -> dict[str, Any]:
     ``adv_position``, and reasoning rows ``adv_configuration``)."""
     if "adv_slot" in row:
         return row
-    adv = row.get("adv_configuration") or [row["adv_position"]]
-    return {**row, "task": row.get("task", "retrieval"), "adv_slot": list(adv)}
+    adv = stored_slot(row, ("adv_configuration", "adv_position"))
+    return {**row, "task": row.get("task", "retrieval"), "adv_slot": list(adv or ())}
 
 
 def read_teacher_rows(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 from pos2distill.data.records import Record
 from pos2distill.errors import ConfigError
 from pos2distill.metrics import binomial_stats
-from pos2distill.tasks.positions import Slot, slot_key, slot_label
+from pos2distill.tasks.positions import Slot, slot_key, slot_label, stored_slot
 
 
 class Task(ABC):
@@ -232,9 +232,13 @@ class Task(ABC):
 
     # --- files written before slots existed -------------------------------------------------
 
-    @abstractmethod
     def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A probe row with ``slot`` (rows written before slots existed have other fields)."""
+        """A probe row with ``task`` and ``slot`` (rows written before slots existed have
+        ``position``, or reasoning's ``positions``)."""
+        if "slot" in row:
+            return row
+        return {**row, "task": self.name,
+                "slot": list(stored_slot(row, ("positions", "position")) or ())}
 
     @abstractmethod
     def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:

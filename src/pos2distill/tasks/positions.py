@@ -11,7 +11,7 @@ compared.
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Sequence
 
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.data.records import Record
@@ -38,6 +38,17 @@ def parse_slot_key(key: str) -> Slot:
 def slot_label(slot: Slot, sep: str = ",") -> str:
     """A slot 1-based, for people: ``(4,)`` → ``5``, ``(0, 8)`` → ``1,9``."""
     return sep.join(str(p + 1) for p in slot)
+
+
+def stored_slot(row: dict[str, Any], sources: Sequence[str]) -> Slot | None:
+    """The slot a file row stores under the first of ``sources`` it has (today's name first, then
+    the names files had before slots existed: ``positions``, ``configuration``, ``position``): a
+    list is a slot, a single integer a one-position slot. None when the row has none of them."""
+    for source in sources:
+        if source in row:
+            value = row[source]
+            return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    return None
 
 
 def slot_rng(seed: int, record_id: str, slot: Slot, copy: int = 0) -> random.Random:

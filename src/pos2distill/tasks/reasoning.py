@@ -151,9 +151,6 @@ class Reasoning(Task):
 
     # --- files written before slots existed -------------------------------------------------
 
-    def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        return row if "slot" in row else {**row, "task": self.name, "slot": list(row["positions"])}
-
     def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         if "by_slot" in summary:
             return summary

@@ -82,9 +82,6 @@ class Retrieval(Task):
         return {"accuracy_by_position": self.accuracy_by_slot(summary), "mean": summary["mean"],
                 "gap": summary["gap"], "n_per_position": summary["n_per_slot"]}
 
-    def upgrade_row(self, row: dict[str, Any]) -> dict[str, Any]:
-        return row if "slot" in row else {**row, "task": self.name, "slot": [row["position"]]}
-
     def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         if "by_slot" in summary:
             return summary

@@ -29,7 +29,7 @@ import torch
 
 from pos2distill.data.records import iter_jsonl
 from pos2distill.errors import DataError
-from pos2distill.tasks.positions import Slot
+from pos2distill.tasks.positions import Slot, stored_slot
 from pos2distill.tasks.prompts import encode_prompt
 from pos2distill.training.methods import Method
 
@@ -50,12 +50,8 @@ class Example:
 
 def row_slot(row: dict[str, Any], field: str) -> Slot | None:
     """``slot`` or ``adv_slot`` of a pairs row of any format (module table), None if it has
-    neither: a list is a slot, a single integer (the old ``position``) a one-position slot."""
-    for source in SLOT_SOURCES[field]:
-        if source in row:
-            value = row[source]
-            return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-    return None
+    neither."""
+    return stored_slot(row, SLOT_SOURCES[field])
 
 
 def read_pairs(path: str, fields: Sequence[str] = ("student_prompt", "teacher_prompt", "response",
