@@ -7,8 +7,8 @@ import math
 import pytest
 
 from pos2distill.metrics import (cot_through_answer, extract_answer, reasoning_em,
-                                 Stats, best_subspan_em, binomial_stats, first_line,
-                                 normalize_answer)
+                                 Stats, best_subspan_em, binomial_stats, exact_match,
+                                 first_line, normalize_answer, stops)
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -63,6 +63,30 @@ def test_best_subspan_em(prediction: str, answers: list[str], expected: float) -
 def test_best_subspan_em_refuses_a_bare_string() -> None:
     with pytest.raises(TypeError, match="single string"):
         best_subspan_em("x", "x")
+
+
+@pytest.mark.parametrize("prediction,answers,exact,stopped", [
+    ("Lima", ["Lima"], 1.0, 1.0),
+    ("  lima.\n", ["Lima"], 1.0, 1.0),
+    ("The Lima", ["Lima"], 1.0, 1.0),                 # articles are normalised away
+    ("Lima Oslo", ["Lima"], 0.0, 1.0),                # wrong, but short
+    ("Lima Oslo Rome Paris", ["Lima"], 0.0, 0.0),     # contains the answer: subspan passes, EM not
+    ("Lima\nOslo Rome Paris", ["Lima"], 1.0, 0.0),   # first line exact, but it ran on
+    ("New York City", ["New York", "NYC"], 0.0, 1.0),   # 3 words <= shortest (1) + 2
+    ("", ["Lima"], 0.0, 1.0),
+    ("Lima", ["", "."], 0.0, 0.0),                    # answers that normalise to nothing
+])
+def test_exact_match_and_stops(prediction: str, answers: list[str], exact: float,
+                               stopped: float) -> None:
+    assert exact_match(prediction, answers) == exact
+    assert stops(prediction, answers) == stopped
+
+
+def test_exact_match_and_stops_refuse_a_bare_string() -> None:
+    with pytest.raises(TypeError, match="single string"):
+        exact_match("x", "x")
+    with pytest.raises(TypeError, match="single string"):
+        stops("x", "x")
 
 
 def test_binomial_stats_hand_computed() -> None:

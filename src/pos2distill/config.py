@@ -76,8 +76,9 @@ class ModelOptions:
 @dataclass
 class DataOptions:
     data: str = option("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
-                   "key-value or our own format), or synthetic:train / synthetic:test, or "
-                   "synthetic-reasoning:train / synthetic-reasoning:test (two-hop).")
+                   "key-value or our own format), or synthetic:SPLIT or synthetic-reasoning:SPLIT "
+                   "(two-hop) with SPLIT train, dev (for choosing settings) or test (for "
+                   "reporting); the three ask about disjoint people.")
     data_format: str = option("auto", f"Data format: auto, {', '.join(FORMATS)}.")
     n_documents: int = option(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")

@@ -62,6 +62,31 @@ def best_subspan_em(prediction: str, answers: Iterable[str]) -> float:
     return 0.0
 
 
+def exact_match(prediction: str, answers: Iterable[str]) -> float:
+    """1.0 when the first non-blank line of ``prediction`` is, once normalised, exactly one of the
+    gold answers: the strict metric, which a long answer that contains the gold string fails."""
+    if isinstance(answers, str):
+        raise TypeError("answers must be a collection of strings, not a single string")
+    pred = normalize_answer(first_line(prediction))
+    return float(any(pred == normalize_answer(a) for a in answers if normalize_answer(a)))
+
+
+STOP_SLACK = 2
+"""An answer stops when it has at most this many words more than the shortest gold answer."""
+
+
+def stops(prediction: str, answers: Iterable[str]) -> float:
+    """1.0 when the whole ``prediction`` (every line) has at most :data:`STOP_SLACK` normalised
+    words more than the shortest gold answer: the model answered and stopped, rather than running
+    on to the token limit."""
+    if isinstance(answers, str):
+        raise TypeError("answers must be a collection of strings, not a single string")
+    lengths = [len(normalize_answer(a).split()) for a in answers if normalize_answer(a)]
+    if not lengths:
+        return 0.0
+    return float(len(normalize_answer(prediction).split()) <= min(lengths) + STOP_SLACK)
+
+
 _ANSWER_MARKER = re.compile(r"the\s+answer\s+is\s*:?", re.IGNORECASE)
 
 

@@ -45,15 +45,17 @@ def test_record_structure(split: str) -> None:
         assert record.answers == (city,) and city in synthetic.CITIES
 
 
-def test_test_subjects_never_train_subjects() -> None:
-    test_subjects = {subject(r) for r in synthetic.generate("test", 500)}
-    train_subjects = {subject(r) for seed in (0, 1) for r in synthetic.generate("train", 2000,
-                                                                                  seed=seed)}
-    assert test_subjects <= set(synthetic.TEST_NAMES)
-    assert train_subjects <= set(synthetic.TRAIN_NAMES)
-    assert not test_subjects & train_subjects
-    assert len(test_subjects) > 40 and len(train_subjects) > 140
-    assert not set(synthetic.TEST_NAMES) & set(synthetic.TRAIN_NAMES)
+def test_splits_ask_about_disjoint_people() -> None:
+    asked = {split: {subject(r) for seed in (0, 1) for r in synthetic.generate(split, 2000,
+                                                                                 seed=seed)}
+             for split in synthetic.SPLITS}
+    for split, people in asked.items():
+        assert people == set(synthetic.SUBJECTS[split])          # every subject is asked about
+    assert not asked["train"] & asked["dev"]
+    assert not asked["train"] & asked["test"]
+    assert not asked["dev"] & asked["test"]
+    assert len(synthetic.DEV_NAMES) == synthetic.N_DEV_NAMES
+    assert sum(map(len, synthetic.SUBJECTS.values())) == synthetic.N_NAMES
 
 
 def test_names() -> None:
@@ -65,7 +67,7 @@ def test_names() -> None:
 
 def test_generate_errors() -> None:
     with pytest.raises(ValueError, match="split"):
-        synthetic.generate("dev", 1)
+        synthetic.generate("validation", 1)
     with pytest.raises(ValueError, match="n_documents"):
         synthetic.generate("test", 1, n_documents=1)
 
@@ -74,8 +76,8 @@ def test_load_data_synthetic() -> None:
     records = load_data(ProbeConfig(data="synthetic:train", limit=7, n_documents=4, seed=2))
     assert records == synthetic.generate("train", 7, seed=2, n_documents=4)
     assert load_data(ProbeConfig(data="synthetic", limit=3)) == synthetic.generate("test", 3)
-    with pytest.raises(ConfigError, match="synthetic:train or synthetic:test"):
-        load_data(ProbeConfig(data="synthetic:dev", limit=3))
+    with pytest.raises(ConfigError, match="synthetic:train, synthetic:dev, synthetic:test"):
+        load_data(ProbeConfig(data="synthetic:validation", limit=3))
 
 
 @pytest.mark.parametrize("template, chat", [("authors", "auto"), ("authors", "off"),
@@ -126,7 +128,7 @@ def test_reasoning_record_structure(split: str, n_documents: int) -> None:
         m = _REASONING_Q.fullmatch(record.question)
         assert m
         x = m.group(1)
-        assert x in (synthetic.TEST_NAMES if split == "test" else synthetic.TRAIN_NAMES)
+        assert x in synthetic.SUBJECTS[split]
         managers: dict[str, str] = {}
         cities: dict[str, str] = {}
         for d in record.documents:
@@ -159,14 +161,15 @@ def test_reasoning_test_subjects_never_train_subjects() -> None:
         return {_REASONING_Q.fullmatch(r.question).group(1)  # type: ignore[union-attr]
                 for r in synthetic.generate_reasoning(split, n)}
 
-    test, train = subjects("test", 500), subjects("train", 2000)
+    test, dev, train = subjects("test", 500), subjects("dev", 500), subjects("train", 2000)
     assert test <= set(synthetic.TEST_NAMES) and train <= set(synthetic.TRAIN_NAMES)
-    assert len(test) > 40 and len(train) > 140
+    assert dev <= set(synthetic.DEV_NAMES)
+    assert len(test) > 40 and len(dev) > 25 and len(train) > 110
 
 
 def test_generate_reasoning_errors() -> None:
     with pytest.raises(ValueError, match="split"):
-        synthetic.generate_reasoning("dev", 1)
+        synthetic.generate_reasoning("validation", 1)
     with pytest.raises(ValueError, match="even"):
         synthetic.generate_reasoning("test", 1, n_documents=7)
 
@@ -178,11 +181,11 @@ def test_load_data_synthetic_reasoning() -> None:
     with pytest.raises(DataError, match="needs --task reasoning"):
         get_task("retrieval").keep(load_data(ProbeConfig(data="synthetic-reasoning:train",
                                                          limit=5, n_documents=6)), "synthetic")
-    with pytest.raises(ConfigError, match="synthetic-reasoning:train or"):
-        load_data(ProbeConfig(data="synthetic-reasoning:dev", limit=3))
+    with pytest.raises(ConfigError, match="synthetic-reasoning:train, synthetic-reasoning:dev"):
+        load_data(ProbeConfig(data="synthetic-reasoning:valid", limit=3))
     with pytest.raises(ConfigError, match="even"):
         load_data(ProbeConfig(data="synthetic-reasoning:test", limit=3, n_documents=5))
-    with pytest.raises(ConfigError, match="synthetic:train or"):
+    with pytest.raises(ConfigError, match="synthetic:train, synthetic:dev"):
         load_data(ProbeConfig(data="synthetic-foo", limit=3))
 
 

@@ -33,8 +33,8 @@ def load_data(opts: DataOptions) -> list[Record]:
         _, _, split = opts.data.partition(":")
         split = split or "test"
         if opts.data.partition(":")[0] != "synthetic-reasoning" or split not in synthetic.SPLITS:
-            raise ConfigError(f"--data: {opts.data!r}: use synthetic-reasoning:train or "
-                              "synthetic-reasoning:test")
+            raise ConfigError(f"--data: {opts.data!r}: use one of "
+                              + ", ".join(f"synthetic-reasoning:{s}" for s in synthetic.SPLITS))
         if not 2 <= opts.n_documents <= synthetic.N_NAMES or opts.n_documents % 2:
             raise ConfigError(f"--n-documents: the synthetic reasoning set has an even number of "
                               f"documents from 2 to {synthetic.N_NAMES}, got {opts.n_documents}")
@@ -44,7 +44,8 @@ def load_data(opts: DataOptions) -> list[Record]:
         _, _, split = opts.data.partition(":")
         split = split or "test"
         if opts.data.partition(":")[0] != "synthetic" or split not in synthetic.SPLITS:
-            raise ConfigError(f"--data: {opts.data!r}: use synthetic:train or synthetic:test")
+            raise ConfigError(f"--data: {opts.data!r}: use one of "
+                              + ", ".join(f"synthetic:{s}" for s in synthetic.SPLITS))
         if not 2 <= opts.n_documents <= synthetic.N_NAMES:
             raise ConfigError(f"--n-documents: the synthetic set has 2 to {synthetic.N_NAMES} "
                               f"documents per question, got {opts.n_documents}")

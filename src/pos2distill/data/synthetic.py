@@ -5,8 +5,9 @@ that person's city (``- Title: Kavo`` / ``Lima``). Exactly one document is about
 are ordinary :class:`~pos2distill.data.records.Record` objects and go through the same prompt, tokenizer
 and generation code as real data.
 
-Held-out questions are disjoint from training ones: the people asked about in the ``test`` split never
-appear as the subject of a ``train`` question (they do appear as distractors in both).
+Three splits ask about disjoint people: ``train`` (for teaching and pretraining), ``dev`` (for
+choosing recipes and defaults) and ``test`` (read only to report). A person asked about in one split
+is never the subject of a question in another (every person appears as a distractor in all three).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z")
 _VOWELS = ("a", "e", "i", "o", "u")
 N_NAMES = 200
 N_TEST_NAMES = 50
+N_DEV_NAMES = 30
 
 
 def make_names(n: int = N_NAMES, seed: int = 0) -> tuple[str, ...]:
@@ -38,8 +40,10 @@ def make_names(n: int = N_NAMES, seed: int = 0) -> tuple[str, ...]:
 
 NAMES = make_names()
 TEST_NAMES = NAMES[:N_TEST_NAMES]
-TRAIN_NAMES = NAMES[N_TEST_NAMES:]
-SPLITS = ("train", "test")
+DEV_NAMES = NAMES[N_TEST_NAMES:N_TEST_NAMES + N_DEV_NAMES]
+TRAIN_NAMES = NAMES[N_TEST_NAMES + N_DEV_NAMES:]
+SPLITS = ("train", "dev", "test")
+SUBJECTS = {"train": TRAIN_NAMES, "dev": DEV_NAMES, "test": TEST_NAMES}
 
 
 def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id: str) -> Record:
@@ -55,12 +59,13 @@ def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id
 
 
 def generate(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
-    """``n`` records of ``split`` ("train" or "test"); deterministic for (split, n, seed, n_documents)."""
+    """``n`` records of ``split`` (one of :data:`SPLITS`); deterministic for (split, n, seed,
+    n_documents)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 2 <= n_documents <= N_NAMES:
         raise ValueError(f"n_documents must be in 2..{N_NAMES}, got {n_documents}")
-    subjects = TEST_NAMES if split == "test" else TRAIN_NAMES
+    subjects = SUBJECTS[split]
     rng = random.Random(f"synthetic|{split}|{seed}|{n_documents}")
     return [make_record(rng, rng.choice(subjects), n_documents=n_documents,
                         record_id=f"synth-{split}-{seed}-{k}") for k in range(n)]
@@ -134,13 +139,12 @@ def make_reasoning_record(rng: random.Random, subject: str, *, n_documents: int,
 
 def generate_reasoning(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
     """``n`` two-hop records of ``split``; deterministic for (split, n, seed, n_documents), and a
-    shorter set is a prefix of a longer one. The asked person comes from :data:`TEST_NAMES` for
-    "test" and :data:`TRAIN_NAMES` for "train"."""
+    shorter set is a prefix of a longer one. The asked person comes from ``SUBJECTS[split]``."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 2 <= n_documents <= N_NAMES or n_documents % 2:
         raise ValueError(f"n_documents must be even and in 2..{N_NAMES}, got {n_documents}")
-    subjects = TEST_NAMES if split == "test" else TRAIN_NAMES
+    subjects = SUBJECTS[split]
     rng = random.Random(f"synthetic-reasoning|{split}|{seed}|{n_documents}")
     return [make_reasoning_record(rng, rng.choice(subjects), n_documents=n_documents,
                                   record_id=f"{REASONING_ID_PREFIX}-{split}-{seed}-{k}")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from pos2distill.data.records import Record
 from pos2distill.errors import ConfigError, DataError
-from pos2distill.metrics import best_subspan_em, first_line
+from pos2distill.metrics import best_subspan_em, exact_match, first_line, stops
 from pos2distill.tasks.base import Task
 from pos2distill.tasks.positions import Slot, parse_positions, place_gold, resolve_position
 
@@ -77,6 +77,26 @@ class Retrieval(Task):
 
     def target(self, response: str, *, first_line_only: bool) -> str:
         return first_line(response) if first_line_only else response.strip()
+
+    # --- summaries: the strict view beside best-subspan EM ----------------------------------
+
+    def slot_extras(self, slot: Slot, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Exact match of the whole first line, and the share of answers that stop (at most the
+        answer's words + 2): read from each row's prediction, so old files have them too (rows
+        without predictions have neither)."""
+        if not all("prediction" in r and "answers" in r for r in rows):
+            return {}
+        return {"exact_match": sum(exact_match(r["prediction"], r["answers"]) for r in rows)
+                / len(rows),
+                "stop_rate": sum(stops(r["prediction"], r["answers"]) for r in rows) / len(rows)}
+
+    def summary_extras(self, by_slot: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not all("exact_match" in e for e in by_slot):
+            return {}
+        exact = [e["exact_match"] for e in by_slot]
+        return {"exact_match": {"mean": sum(exact) / len(exact), "gap": max(exact) - min(exact)},
+                "stop_rate": sum(e["stop_rate"] * e["count"] for e in by_slot)
+                / sum(e["count"] for e in by_slot)}
 
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
         return {"accuracy_by_position": self.accuracy_by_slot(summary), "mean": summary["mean"],
