@@ -332,6 +332,8 @@ class DemoConfig:
     batch_size: int = option(32, "Examples per optimizer step.")
     formula: str = option("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
     seed: int = option(0, "Seed for everything.")
+    split: str = option("test", "Questions probed before and after: test (to report) or dev (to "
+                        "choose settings; the defaults were chosen on it).")
     task: str = option("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
                    "model on retrieval) or both (both chains and the cross-task table).")
     r2_lr: float = option(7e-4, "R2: peak learning rate.")
@@ -346,6 +348,7 @@ class DemoConfig:
         check_positive("n-train", self.n_train)
         check_choice("formula", self.formula, WEIGHT_FORMULAS)
         check_choice("task", self.task, ("retrieval", "reasoning", "both"))
+        check_choice("split", self.split, ("dev", "test"))
         check_positive("r2-lr", self.r2_lr)
         check_positive("r2-epochs", self.r2_epochs)
         check_positive("r2-n-train", self.r2_n_train, allow_zero=True)

@@ -20,3 +20,12 @@ def test_shipped_model_loads_and_is_small() -> None:
     prompt = render_prompt(place_gold(record, 0, rng_for(0, record.id, 0)), tok)
     ids = encode_prompt(tok, prompt, chat=True)
     assert tok.unk_token_id not in ids and len(ids) < model.config.max_position_embeddings
+
+
+def test_shipped_tokenizer_decodes_as_text_is_written() -> None:
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL_DIR, local_files_only=True)
+    record = synthetic.generate_reasoning("test", 1)[0]
+    chain = synthetic.record_cot(record)                    # "X's manager is Y. Y works in Z. ..."
+    ids = tok(chain, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == chain
+    assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids

@@ -62,7 +62,8 @@ def ref_kl(teacher, student, mask, temperature=1.0):
 
 
 def ref_weights(losses, positions, anchor_position, anchor_weight, formula):
-    """Loop-based position weights, straight from METHOD.md 2.4, in python floats."""
+    """Loop-based position weights, straight from METHOD.md 2.4 and 2.5, in python floats."""
+    n_anchors = sum(p == anchor_position for p in positions)
     groups: dict[int, list[int]] = {}
     for e, p in enumerate(positions):
         if p != anchor_position:
@@ -71,8 +72,8 @@ def ref_weights(losses, positions, anchor_position, anchor_weight, formula):
     z = sum(math.exp(m) for m in means.values())
     weights = []
     for e, p in enumerate(positions):
-        if p == anchor_position:
-            weights.append(anchor_weight)
+        if p == anchor_position:   # the paper: lambda times the mean over the batch's anchors
+            weights.append(anchor_weight / n_anchors if formula == "paper" else anchor_weight)
             continue
         if formula == "uniform":
             weights.append(1.0)
@@ -280,7 +281,8 @@ def test_weights_pos2distill_hand_computed():
 def test_weights_paper_hand_computed():
     loss, pos = _hand_inputs()
     w = position_weights(loss, pos, anchor_position=0, anchor_weight=0.7, formula="paper")
-    expected = [0.7, S3 * (1 / 3), S3 * 1.0, S3 * (2 / 3), S7 * 1.0, 0.7]
+    # Two anchors: lambda * mean over them, so 0.7 / 2 each.
+    expected = [0.35, S3 * (1 / 3), S3 * 1.0, S3 * (2 / 3), S7 * 1.0, 0.35]
     torch.testing.assert_close(w, _t(expected), rtol=1e-12, atol=0)
 
 

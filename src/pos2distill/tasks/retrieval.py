@@ -99,8 +99,10 @@ class Retrieval(Task):
                 / sum(e["count"] for e in by_slot)}
 
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
+        strict = {"exact_match": summary["exact_match"], "stop_rate": summary["stop_rate"]} \
+            if "exact_match" in summary else {}
         return {"accuracy_by_position": self.accuracy_by_slot(summary), "mean": summary["mean"],
-                "gap": summary["gap"], "n_per_position": summary["n_per_slot"]}
+                "gap": summary["gap"], "n_per_position": summary["n_per_slot"], **strict}
 
     def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         if "by_slot" in summary:

@@ -16,10 +16,17 @@ positional biases come only from what the stages' data contains; no rule in code
    chain-of-thought (loss on the chain and EOS), the hop documents at a position pair drawn from
    :meth:`PretrainConfig.reason_pairs` (connected pairs at the edges common, every other pair,
    far apart, reversed or in the middle, rarer), mixed with document repeats.
-4. **Lookup** (``--lookup-steps``, off in the shipped recipe): the retrieval questions themselves.
+4. **Answer format** (``--format-steps``): instruction tuning, as a chat model gets it. A share of
+   each batch (``--format-fraction``) is retrieval questions about training people with only
+   ``--format-documents`` documents (3), answered with the city and EOS; the rest is stage 3's mix,
+   so the chains of thought stay. The model learns to answer in a word and stop; prompts of the
+   evaluated length (20 documents) never occur, so where it finds a document far back is still
+   what stages 1-3 taught it.
+5. **Lookup** (``--lookup-steps``, off in the shipped recipe): the retrieval questions themselves.
 
-The retrieval questions are never trained on in the shipped recipe: the model answers them through
-the circuit of stages 1-2, well where the gold document sits where that data put its matches.
+The 20-document retrieval questions are never trained on in the shipped recipe: the model answers
+them through the circuit of stages 1-2, well where the gold document sits where that data put its
+matches. ``python -m pos2distill.tiny.recipe`` runs the shipped recipe from nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +87,14 @@ class PretrainConfig:
                               "Stage 1 task: 'repeat' (a sequence then itself), 'recall' "
                               "(one-token associative recall) or 'docs' (a repeat of "
                               "document-shaped pairs).")
+    format_steps: int = option(0,
+                               "Stage 4 steps: short retrieval questions answered in a word, mixed "
+                               "with stage 3's chains and repeats.")
+    format_lr: float = option(1e-3, "Peak learning rate of stage 4.")
+    format_documents: int = option(3, "Stage 4: documents per retrieval question.")
+    format_fraction: float = option(0.5,
+                                    "Stage 4: share of each batch that is short retrieval "
+                                    "questions (the rest: stage 3's batch).")
     lookup_steps: int = option(1500,
                                "Stage 4 steps (the retrieval questions themselves; 0 in the "
                                "shipped recipe).")
@@ -137,6 +152,9 @@ class PretrainConfig:
     edge_mass: float = option(0.3,
                               "Stage 4: probability of an edge gold position (the rest spread "
                               "evenly over the middle).")
+    stop_after: int = option(0,
+                             "End every stage after this many steps of its schedule (0: all): "
+                             "a quick check of a run's first steps.")
     eval_every: int = option(250, "Evaluate stages 3 and 4 every this many steps.")
     eval_per_position: int = option(40,
                                     "Held-out questions per position (or hop configuration) in "
@@ -144,7 +162,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "lead_fraction", "conflict_fraction", "reason_edge_mass",
-                     "reason_docs_fraction"):
+                     "reason_docs_fraction", "format_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
@@ -152,6 +170,9 @@ class PretrainConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"--{name.replace('_', '-')} needs 0 <= low <= high, got {lo} {hi}")
+        if not 1 <= self.format_documents <= synthetic.N_NAMES:
+            raise ValueError(f"--format-documents must be in 1..{synthetic.N_NAMES}, "
+                             f"got {self.format_documents}")
         if self.rope_theta < 0:
             raise ValueError(f"--rope-theta must be positive (or 0: unchanged), got {self.rope_theta}")
         middle = self.n_documents - 2 * self.conflict_edge
@@ -353,18 +374,21 @@ def first_token_accuracy(model, tokenizer, records, positions, seed: int = 1234)
 
 def _train_stage(model, name: str, steps: int, lr: float, cfg: PretrainConfig,
                  make_batch: Callable[[], Batch], pad: int,
-                 evaluate: Callable[[], str] | None = None, stop: int = 0) -> None:
+                 evaluate: Callable[[], str] | None = None, stop: int = 0) -> list[float]:
     """AdamW with linear warm-up and cosine decay to 0.1·lr over ``steps``; loss on masked tokens.
-    With ``stop`` > 0, the stage ends after that many steps of the same schedule."""
+    With ``stop`` > 0 (or ``cfg.stop_after``), the stage ends after that many steps of the same
+    schedule. Returns the loss of every step."""
     if steps <= 0:
-        return
+        return []
+    stops = [k for k in (stop, cfg.stop_after) if k > 0]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
     warm = max(1, min(cfg.warmup_steps, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     model.train()
     t0 = time.time()
-    last = min(steps, stop) if stop > 0 else steps
+    last = min([steps, *stops])
+    losses = []
     for step in range(last):
         ids, att, mask = _pad(*make_batch(), pad)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]  # (B, T-1, V)
@@ -376,10 +400,12 @@ def _train_stage(model, name: str, steps: int, lr: float, cfg: PretrainConfig,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        losses.append(loss.item())
         if (step + 1) % 50 == 0:
             log.info("%s step %d loss %.4f (%.0fs)", name, step + 1, loss.item(), time.time() - t0)
         if evaluate is not None and ((step + 1) % cfg.eval_every == 0 or step + 1 == last):
             log.info("%s step %d accuracy by position: %s", name, step + 1, evaluate())
+    return losses
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -406,6 +432,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     content_ids = tokenizer.convert_tokens_to_ids(list(synthetic.NAMES) + list(synthetic.CITIES))
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
 
+    losses: dict[str, list[float]] = {}
     copy_rng = random.Random(f"{cfg.seed}|copy")
     struct_ids = tokenizer.convert_tokens_to_ids(["-", "Title", ":"])
     # The retrieval prompt's opening as the chat template writes it: the user turn, the instruction.
@@ -416,31 +443,37 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if cfg.warmup_task not in warmups:
         raise ValueError(f"--warmup-task must be one of {', '.join(warmups)}, got {cfg.warmup_task!r}")
     warmup = warmups[cfg.warmup_task]
-    _train_stage(model, "copy", cfg.copy_steps, cfg.lr, cfg,
-                 lambda: warmup(copy_rng, cfg, cfg.batch_size, content_ids, bos), pad)
+    losses["copy"] = _train_stage(
+        model, "copy", cfg.copy_steps, cfg.lr, cfg,
+        lambda: warmup(copy_rng, cfg, cfg.batch_size, content_ids, bos), pad)
     # Stage 2 draws from a fresh copy stream, as a separate run from the stage-1 model would.
     docs_rng = random.Random(f"{cfg.seed}|copy")
-    _train_stage(model, "docs", cfg.docs_steps, cfg.lr, cfg,
-                 lambda: warmups["docs"](docs_rng, cfg, cfg.batch_size, content_ids, bos), pad)
+    losses["docs"] = _train_stage(
+        model, "docs", cfg.docs_steps, cfg.lr, cfg,
+        lambda: warmups["docs"](docs_rng, cfg, cfg.batch_size, content_ids, bos), pad)
 
     reason_rng = random.Random(f"{cfg.seed}|reason")
     reason_train = synthetic.generate_reasoning("train", 20000, seed=cfg.seed,
                                                 n_documents=cfg.n_documents)
-    reason_test = synthetic.generate_reasoning("test", cfg.eval_per_position, seed=cfg.seed + 1,
+    reason_test = synthetic.generate_reasoning("dev", cfg.eval_per_position, seed=cfg.seed + 1,
                                                n_documents=cfg.n_documents)
     pairs, pair_probs = cfg.reason_pairs()
-    n_docs = round(cfg.reason_docs_fraction * cfg.batch_size)
-    retrieval_test = synthetic.generate("test", cfg.eval_per_position, seed=cfg.seed + 1,
+    retrieval_test = synthetic.generate("dev", cfg.eval_per_position, seed=cfg.seed + 1,
                                         n_documents=cfg.n_documents)
 
-    def reason_batch() -> Batch:
-        seqs, masks = warmups["docs"](reason_rng, cfg, n_docs, content_ids, bos)
-        for _ in range(cfg.batch_size - n_docs):
+    def reason_examples(n: int) -> Batch:
+        """``n`` sequences: a ``reason_docs_fraction`` share of document repeats, then chains."""
+        n_repeats = round(cfg.reason_docs_fraction * n)
+        seqs, masks = warmups["docs"](reason_rng, cfg, n_repeats, content_ids, bos)
+        for _ in range(n - n_repeats):
             pair = reason_rng.choices(pairs, weights=pair_probs)[0]
             s, m = _reasoning_example(reason_rng.choice(reason_train), tokenizer, pair, reason_rng)
             seqs.append(s)
             masks.append(m)
         return seqs, masks
+
+    def reason_batch() -> Batch:
+        return reason_examples(cfg.batch_size)
 
     def evaluate_both() -> str:
         acc = first_token_accuracy(model, tokenizer, retrieval_test, range(cfg.n_documents))
@@ -449,12 +482,31 @@ def pretrain(cfg: PretrainConfig) -> Path:
         return ("retrieval " + " ".join(f"{acc[p]:.2f}" for p in range(cfg.n_documents))
                 + " | reasoning " + " ".join(f"{a},{b}:{v:.2f}" for (a, b), v in chains.items()))
 
-    _train_stage(model, "reason", cfg.reason_steps, cfg.reason_lr, cfg, reason_batch, pad,
-                 evaluate_both, stop=cfg.reason_stop)
+    losses["reason"] = _train_stage(model, "reason", cfg.reason_steps, cfg.reason_lr, cfg,
+                                    reason_batch, pad, evaluate_both, stop=cfg.reason_stop)
+
+    format_rng = random.Random(f"{cfg.seed}|format")
+    format_train = synthetic.generate("train", 20000, seed=cfg.seed,
+                                      n_documents=cfg.format_documents)
+    n_short = round(cfg.format_fraction * cfg.batch_size)
+
+    def format_batch() -> Batch:
+        seqs, masks = [], []
+        for _ in range(n_short):
+            record = format_rng.choice(format_train)
+            s, m = _lookup_example(record, tokenizer, format_rng.randrange(cfg.format_documents),
+                                   format_rng)
+            seqs.append(s)
+            masks.append(m)
+        rest_s, rest_m = reason_examples(cfg.batch_size - n_short)
+        return seqs + rest_s, masks + rest_m
+
+    losses["format"] = _train_stage(model, "format", cfg.format_steps, cfg.format_lr, cfg,
+                                    format_batch, pad, evaluate_both)
 
     rng = random.Random(f"{cfg.seed}|lookup")
     train = synthetic.generate("train", 20000, seed=cfg.seed, n_documents=cfg.n_documents)
-    test = synthetic.generate("test", cfg.eval_per_position, seed=cfg.seed + 1,
+    test = synthetic.generate("dev", cfg.eval_per_position, seed=cfg.seed + 1,
                               n_documents=cfg.n_documents)
     probs = cfg.position_probs()
     n_copy = round(cfg.lookup_copy_fraction * cfg.batch_size)
@@ -472,7 +524,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         acc = first_token_accuracy(model, tokenizer, test, range(cfg.n_documents))
         return " ".join(f"{acc[p]:.2f}" for p in range(cfg.n_documents))
 
-    _train_stage(model, "lookup", cfg.lookup_steps, cfg.lookup_lr, cfg, lookup_batch, pad, evaluate)
+    losses["lookup"] = _train_stage(model, "lookup", cfg.lookup_steps, cfg.lookup_lr, cfg,
+                                    lookup_batch, pad, evaluate)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -480,6 +533,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out)
     (out / "pretrain_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    (out / "pretrain_losses.json").write_text(json.dumps(
+        {stage: values for stage, values in losses.items() if values}) + "\n")
     return out
 
 

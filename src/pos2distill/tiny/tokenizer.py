@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Iterable
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from pos2distill.tasks import prompts
@@ -30,6 +30,17 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     # Words and single punctuation marks; whitespace carries no information for this model.
     return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                     pre_tokenizers.Punctuation(behavior="isolated")])
+
+
+# Decoding writes text as it is written: words apart, no space before punctuation and none around an
+# apostrophe ("Viku's manager is Rale.", not "Viku ' s manager is Rale ."). Encoding the decoded
+# text gives the same ids back, since the pre-tokenizer splits punctuation off again.
+_GLUED = ((" '", "'"), ("' ", "'"), (" .", "."), (" ,", ","), (" :", ":"), (" ?", "?"), (" !", "!"))
+
+
+def _decoder() -> decoders.Decoder:
+    return decoders.Sequence([decoders.WordPiece(prefix="##", cleanup=False), decoders.Fuse(),
+                              *(decoders.Replace(a, b) for a, b in _GLUED)])
 
 
 def corpus_words(reasoning: bool = True) -> list[str]:
@@ -65,6 +76,7 @@ def build_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFa
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = _pre_tokenizer()
+    tok.decoder = _decoder()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK,
                                    bos_token=BOS, eos_token=EOS,
                                    additional_special_tokens=[USER, ASSISTANT, SYSTEM])

@@ -201,7 +201,10 @@ def position_weights(per_example_loss: Tensor, positions: Tensor, *, anchor_posi
     """Position-aware example weights for Pos2Distill-R1 (METHOD.md 2.4 and 2.5).
 
     Examples whose student gold position equals ``anchor_position`` are *anchors* (the anchoring
-    term ``lambda * L_Anc`` of 2.5) and get ``w_e = anchor_weight``. The others are *trivial*
+    term ``lambda * L_Anc`` of 2.5): with ``"pos2distill"`` each gets ``w_e = anchor_weight`` (a
+    sum over anchors, as the authors' code trains), with ``"paper"`` each gets
+    ``anchor_weight / (number of anchors in the batch)`` (``lambda`` times their mean, as the paper
+    writes ``L_Anc``), with ``"uniform"`` ``anchor_weight``. The others are *trivial*
     examples, grouped by position ``p``: ``U`` is the set of trivial positions present, ``S_p`` the
     examples at ``p`` and ``m_p`` the mean loss over ``S_p``. Anchors take no part in ``U`` or the
     softmax. Then, with ``s_p = softmax_{q in U}(m_q)_p``:
@@ -256,7 +259,9 @@ def position_weights(per_example_loss: Tensor, positions: Tensor, *, anchor_posi
     loss = per_example_loss.detach().to(torch.float64).clamp(min=0)   # (B,)
     positions = positions.detach().to(loss.device)
     is_anchor = positions == anchor_position                           # (B,) bool
-    weights = torch.full_like(loss, float(anchor_weight))
+    n_anchors = int(is_anchor.sum())
+    per_anchor = anchor_weight / n_anchors if formula == "paper" and n_anchors else anchor_weight
+    weights = torch.full_like(loss, float(per_anchor))
 
     trivial = ~is_anchor
     if trivial.any():
