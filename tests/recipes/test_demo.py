@@ -23,7 +23,8 @@ from pos2distill.tasks import get_task
 from pos2distill.tasks.positions import slot_key
 from pos2distill.errors import ConfigError
 
-S_KEYS = {"accuracy_by_position", "mean", "gap", "n_per_position"}
+S_KEYS = {"accuracy_by_position", "mean", "gap", "n_per_position", "exact_match", "stop_rate",
+          "no_answer"}
 
 
 def test_demo_end_to_end(tiny_model_dir: Path, tmp_path: Path, oracle_hf: Any) -> None:

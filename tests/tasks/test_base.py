@@ -228,13 +228,15 @@ def test_retrieval_summary_reads_exact_match_and_stopping_from_predictions() -> 
     rows = [{"id": "a", "slot": [0], "prediction": "Lima", "answers": ["Lima"], "correct": 1.0},
             {"id": "b", "slot": [0], "prediction": "- Title : Kavo Lima Oslo Rome",
              "answers": ["Lima"], "correct": 1.0},
-            {"id": "c", "slot": [1], "prediction": "Oslo", "answers": ["Lima"], "correct": 0.0},
+            {"id": "c", "slot": [1], "prediction": "", "answers": ["Lima"], "correct": 0.0},
             {"id": "d", "slot": [1], "prediction": "Lima.", "answers": ["Lima"], "correct": 1.0}]
     s = RETRIEVAL.summarize(rows, [(0,), (1,)])
     assert [e["accuracy"] for e in s["by_slot"]] == [1.0, 0.5]
     assert [e["exact_match"] for e in s["by_slot"]] == [0.5, 0.5]     # the run-on line fails
     assert [e["stop_rate"] for e in s["by_slot"]] == [0.5, 1.0]
+    assert [e["no_answer"] for e in s["by_slot"]] == [0.0, 0.5]       # EOS first: no answer
     assert s["exact_match"] == {"mean": 0.5, "gap": 0.0} and s["stop_rate"] == 0.75
+    assert s["no_answer"] == 0.25
     # Rows without predictions (hand-made) have neither.
     bare = RETRIEVAL.summarize([{"id": "a", "slot": [0], "correct": 1.0}], [(0,)])
     assert "exact_match" not in bare and "exact_match" not in bare["by_slot"][0]
@@ -248,7 +250,7 @@ def test_old_retrieval_rows_and_summaries_are_upgraded() -> None:
     s = RETRIEVAL.summarize([old_row, {**old_row, "correct": 0.0}], [(3,)])
     assert s["by_slot"] == [{"slot": [3], "accuracy": 0.5,
                              "stderr": pytest.approx((0.5 * 0.5 / 2) ** 0.5), "count": 2,
-                             "exact_match": 0.0, "stop_rate": 1.0}]
+                             "exact_match": 0.0, "stop_rate": 1.0, "no_answer": 0.0}]
 
     old = {"model": "m", "data": "d", "n_documents": 5,
            "by_position": [{"position": p, "accuracy": a, "stderr": 0.01 * (p + 1), "count": 10}

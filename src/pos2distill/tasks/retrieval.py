@@ -81,14 +81,16 @@ class Retrieval(Task):
     # --- summaries: the strict view beside best-subspan EM ----------------------------------
 
     def slot_extras(self, slot: Slot, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """Exact match of the whole first line, and the share of answers that stop (at most the
-        answer's words + 2): read from each row's prediction, so old files have them too (rows
-        without predictions have neither)."""
+        """Exact match of the whole first line, the share of answers that stop (at most the
+        answer's words + 2) and the share with no answer at all (an empty prediction, e.g. EOS
+        first): read from each row's prediction, so old files have them too (rows without
+        predictions have none of them)."""
         if not all("prediction" in r and "answers" in r for r in rows):
             return {}
         return {"exact_match": sum(exact_match(r["prediction"], r["answers"]) for r in rows)
                 / len(rows),
-                "stop_rate": sum(stops(r["prediction"], r["answers"]) for r in rows) / len(rows)}
+                "stop_rate": sum(stops(r["prediction"], r["answers"]) for r in rows) / len(rows),
+                "no_answer": sum(not r["prediction"].strip() for r in rows) / len(rows)}
 
     def summary_extras(self, by_slot: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not all("exact_match" in e for e in by_slot):
@@ -96,11 +98,40 @@ class Retrieval(Task):
         exact = [e["exact_match"] for e in by_slot]
         return {"exact_match": {"mean": sum(exact) / len(exact), "gap": max(exact) - min(exact)},
                 "stop_rate": sum(e["stop_rate"] * e["count"] for e in by_slot)
+                / sum(e["count"] for e in by_slot),
+                "no_answer": sum(e["no_answer"] * e["count"] for e in by_slot)
                 / sum(e["count"] for e in by_slot)}
 
+    def summary_words(self, summary: dict[str, Any]) -> str:
+        if "exact_match" not in summary:
+            return ""
+        em = summary["exact_match"]
+        return (f"exact match mean {em['mean']:.3f} GAP {em['gap']:.3f}  "
+                f"stops {summary['stop_rate']:.1%}")
+
+    def compare_extras(self, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        if "exact_match" not in before or "exact_match" not in after:
+            return {}
+        return {"strict": {k: {"before": before[k], "after": after[k]}
+                           for k in ("exact_match", "stop_rate", "no_answer")}}
+
+    def comparison_rows(self, cmp: dict[str, Any]) -> list[str]:
+        if "strict" not in cmp:
+            return []
+        em, st = cmp["strict"]["exact_match"], cmp["strict"]["stop_rate"]
+        na = cmp["strict"]["no_answer"]
+        return [f"| exact match, mean | {em['before']['mean']:.3f} | {em['after']['mean']:.3f} | "
+                f"{em['after']['mean'] - em['before']['mean']:+.3f} |",
+                f"| exact match, GAP | {em['before']['gap']:.3f} | {em['after']['gap']:.3f} | "
+                f"{em['after']['gap'] - em['before']['gap']:+.3f} |",
+                f"| answers that stop | {st['before']:.3f} | {st['after']:.3f} | "
+                f"{st['after'] - st['before']:+.3f} |",
+                f"| no answer (empty) | {na['before']:.3f} | {na['after']:.3f} | "
+                f"{na['after'] - na['before']:+.3f} |"]
+
     def headline(self, summary: dict[str, Any]) -> dict[str, Any]:
-        strict = {"exact_match": summary["exact_match"], "stop_rate": summary["stop_rate"]} \
-            if "exact_match" in summary else {}
+        strict = {k: summary[k] for k in ("exact_match", "stop_rate", "no_answer")
+                  if k in summary}
         return {"accuracy_by_position": self.accuracy_by_slot(summary), "mean": summary["mean"],
                 "gap": summary["gap"], "n_per_position": summary["n_per_slot"], **strict}
 
