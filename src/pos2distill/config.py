@@ -75,11 +75,14 @@ class ModelOptions:
 
 @dataclass
 class DataOptions:
-    data: str = option("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
-                   "key-value or our own format), or synthetic:SPLIT or synthetic-reasoning:SPLIT "
-                   "(two-hop) with SPLIT train, dev (for choosing settings) or test (for "
-                   "reporting); the three ask about disjoint people.")
+    data: str = option("synthetic:test", "Data: a local file (.jsonl, .jsonl.gz, .json, .parquet) or "
+                   "datasets folder (save_to_disk) in any format of --data-format, or "
+                   "synthetic:SPLIT or synthetic-reasoning:SPLIT (two-hop) with SPLIT train, dev "
+                   "(for choosing settings) or test (for reporting); the three ask about disjoint "
+                   "people. Nothing is downloaded.")
     data_format: str = option("auto", f"Data format: auto, {', '.join(FORMATS)}.")
+    split: str = option("", "Split of a DatasetDict folder (--data saved with "
+                        "DatasetDict.save_to_disk); empty: its only split.", count_when_set=True)
     n_documents: int = option(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")
     limit: int = option(0, "Use only the first N questions (0 = all).")
