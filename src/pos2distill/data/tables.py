@@ -68,6 +68,24 @@ def _datasets() -> Any:
     return datasets
 
 
+def _has_nulls(array: Any) -> bool:
+    """Whether an Arrow array holds a null anywhere, struct fields and list items included."""
+    import pyarrow as pa   # installed with datasets
+
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    for chunk in chunks:
+        if chunk.null_count:
+            return True
+        kind = chunk.type
+        if pa.types.is_struct(kind):
+            if any(_has_nulls(chunk.field(i)) for i in range(kind.num_fields)):
+                return True
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            if _has_nulls(chunk.flatten()):
+                return True
+    return False
+
+
 def _without_nulls(value: Any) -> Any:
     """``value`` with every null-valued key of every dict removed, at any depth.
 
@@ -75,11 +93,10 @@ def _without_nulls(value: Any) -> Any:
     say) is stored as null in that row. Dropping the nulls gives the loaders the row a JSON line
     would have been, so "missing" keeps the meaning it has there (``title`` missing is "", a
     missing ``isgold`` is not gold). Nulls inside lists are kept, and refused by the loaders."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
+    if type(value) is dict:
+        return {k: _without_nulls(v) if type(v) in (dict, list) else v
+                for k, v in value.items() if v is not None}
+    return [_without_nulls(v) if type(v) in (dict, list) else v for v in value]
 
 
 def resolve_split(path: PathLike, split: str = "") -> str:
@@ -154,9 +171,13 @@ def iter_table(path: PathLike, split: str = "") -> Iterator[tuple[int, dict[str,
     ds = _open(path, split)
     row = 0
     try:
-        for batch in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):  # (rows, columns)
-            for obj in batch.to_pylist():
+        for batch in ds.with_format("arrow").iter(batch_size=BATCH_ROWS):  # a pyarrow Table
+            objs = batch.to_pylist()
+            # Only a batch with nulls needs the walk through every row (most files have none).
+            if any(_has_nulls(column) for column in batch.columns):
+                objs = [_without_nulls(obj) for obj in objs]
+            for obj in objs:
                 row += 1
-                yield row, _without_nulls(obj)
+                yield row, obj
     except (OSError, ValueError) as e:   # a file damaged past its first batch
         raise DataError(f"cannot read ({e})", path=source_name(path, split), line=row + 1) from None
