@@ -227,6 +227,10 @@ class TrainConfig:
                                       "pass (less memory, about a third more compute).")
     head_chunk: int = option(1024, "Response tokens per output-head chunk (peak logits memory is "
                          "head-chunk x vocabulary).")
+    base_model_id: str = option("", "Hub id of --model (e.g. Qwen/Qwen2.5-7B-Instruct), written as "
+                            "base_model in the model card; empty: read from a Hugging Face cache "
+                            "path (models--ORG--NAME/snapshots/...), else left out.",
+                            count_when_set=True)
 
     def __post_init__(self) -> None:
         check_positive("lora-rank", self.lora_rank, allow_zero=True)
