@@ -61,10 +61,10 @@ def test_result_blocks_are_replaced_by_key() -> None:
     blocks = [b for b in section.split("<!-- pos2distill:result ")[1:]]
     assert [b.split(" -->")[0] for b in blocks] == ["a", "b"]       # order kept, a replaced
     assert "table A2" in blocks[0] and "table A\n" not in section and "table B" in blocks[1]
-    assert modelcard.result_key("retrieval", "synthetic:test", 20) == \
+    assert modelcard.result_key("retrieval", "synthetic:test", "d20") == \
         "retrieval-synthetic-test-d20"
-    assert modelcard.result_key("reasoning", "/data/musique dev.jsonl", 20) == \
-        "reasoning-musique-dev.jsonl-d20"
+    assert modelcard.result_key("reasoning", "/data/musique dev.jsonl", "depth") == \
+        "reasoning-musique-dev.jsonl-depth"
 
 
 def test_add_result_leaves_other_cards_alone(tmp_path: Path) -> None:

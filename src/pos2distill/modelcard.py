@@ -254,10 +254,11 @@ def with_result(section: str, key: str, block: str) -> str:
                    for k, b in blocks)
 
 
-def result_key(task: str, data: str, n_documents: int | str) -> str:
-    """The key of a result block, also the name of its plot: ``retrieval-synthetic-test-d20``."""
+def result_key(task: str, data: str, what: str) -> str:
+    """The key of a result block, also the name of its plot: ``retrieval-synthetic-test-d20``
+    for ``what`` ``d20`` (20 documents), ``...-depth`` for the depth heatmap."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(data).name if "/" in data else data).strip("-")
-    return f"{task}-{slug}-d{n_documents}"
+    return f"{task}-{slug}-{what}"
 
 
 def add_result(folder: str | Path, key: str, markdown: str,
