@@ -182,3 +182,11 @@ def test_our_own_writer_round_trips_through_parquet(tmp_path: Path) -> None:
     dataset(rows).to_parquet(str(tmp_path / "ours.parquet"))
     assert load_records(tmp_path / "ours.parquet") == records
     assert tables.columns(tmp_path / "ours.parquet") == list(rows[0])
+
+
+def test_a_damaged_parquet_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match=r"bad.parquet: cannot read \("):
+        load_records(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: cannot read \("):
+        load_records(tmp_path / "bad.parquet", "kv")

@@ -162,7 +162,18 @@ def _open(path: PathLike, split: str) -> Any:
 
 
 def columns(path: PathLike, split: str = "") -> list[str]:
-    """The column names of a table source (what format detection reads, as a JSONL line's keys)."""
+    """The column names of a table source (what format detection reads, as a JSONL line's keys).
+    A Parquet file's come from its footer, without starting a stream (which would import torch,
+    through datasets, only to refuse a file of unknown columns)."""
+    p = Path(path)
+    if p.is_file():
+        _datasets()
+        import pyarrow.parquet as pq   # installed with datasets
+
+        try:
+            return list(pq.read_schema(p).names)
+        except (OSError, ValueError) as e:   # not a Parquet file, or a damaged one
+            raise DataError(f"cannot read ({e})", path=str(path)) from None
     return list(_open(path, split).column_names or [])
 
 
