@@ -94,7 +94,8 @@ def test_train_writes_the_card(trained: tuple[Path, Path, dict], pairs_file: Pat
     assert meta == {"base_model": "org/sharp-base", "library_name": "transformers",
                     "tags": ["pos2distill", "positional-bias", "r1"], "license": "other",
                     "license_name": "tiny-license", "license_link": "LICENSE"}
-    assert body.startswith("\n# r1-run\n")
+    assert body.startswith("\n# r1-run: sharp0 + Pos2Distill-R1\n")
+    assert "The mean per-example KL of the last step was " in body
     assert "Pos2Distill-R1" in body and "position-aware weights and anchors" in body
     for line in ("| `--method` | r1 |", "| `--anchor-weight` | 0.5 |", "| `--lr` | 0.01 |",
                  "| `--teacher` | online |", f"| pairs file | `{pairs_file}` |",

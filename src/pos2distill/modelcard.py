@@ -128,7 +128,8 @@ class Training:
     adv_slot: str                    # the advantageous slot, 1-based ("1", "19,20")
     steps: int
     batch_size: int
-    last_loss: float | None = None
+    last_loss: float | None = None   # the mean per-example loss of the last step
+    loss_name: str = "loss"          # what that loss is ("KL", "cross-entropy")
     tags: Sequence[str] = field(default_factory=tuple)
 
 
@@ -153,7 +154,8 @@ def body(t: Training, *, name: str, library: str, folder: str) -> str:
         else f"the local model `{t.base_model}`"
     what = "a LoRA adapter for" if library == "peft" else "a fine-tuned version of"
     options = "\n".join(f"| `--{k}` | {v} |" for k, v in t.options.items())
-    loss = f" The loss of the last step was {t.last_loss:.4g}." if t.last_loss is not None else ""
+    loss = (f" The mean per-example {t.loss_name} of the last step was {t.last_loss:.4g}."
+            if t.last_loss is not None else "")
     if library == "peft":
         usage = ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
                  f"base = AutoModelForCausalLM.from_pretrained({t.base_model_id or 'BASE'!r})\n"
@@ -165,9 +167,10 @@ def body(t: Training, *, name: str, library: str, folder: str) -> str:
     return f"""
 # {name}
 
-This model is {what} {base}, trained with {_title(t)} ([arXiv 2508.15709]({PAPER})) to reduce
-positional bias: what the model does with the gold document(s) at its advantageous position is
-distilled into every other position. Method `{t.method}`: {t.method_summary}.
+This model is {what} {base}, trained with {_title(t)}
+([arXiv 2508.15709]({PAPER})) to reduce positional bias: what the model does with the gold
+document(s) at its advantageous position is distilled into every other position. Method
+`{t.method}`: {t.method_summary}.
 
 ## Training
 
@@ -209,6 +212,13 @@ Trained again by:
 """
 
 
+def _name(t: Training, folder: str, kind: str) -> str:
+    """The card's title: the run's folder, and what it is (``r1-run: tiny + Pos2Distill-R1``)."""
+    what = f"Pos2Distill-{t.method.upper()}" if t.method in ("r1", "r2") else t.method
+    adapter = " (LoRA adapter)" if kind == "adapter" else ""
+    return f"{Path(folder).parent.name}: {Path(t.base_model).name} + {what}{adapter}"
+
+
 def write_training_cards(folders: Mapping[str, str], t: Training) -> list[Path]:
     """A card in every folder ``train`` wrote: ``folders["model"]`` (transformers) and
     ``folders["adapter"]`` (peft, replacing the card peft writes), whichever are given."""
@@ -219,7 +229,7 @@ def write_training_cards(folders: Mapping[str, str], t: Training) -> list[Path]:
         library = "peft" if kind == "adapter" else "transformers"
         path = Path(folder) / CARD
         write_text_atomic(path, render_card(metadata(t, library=library),
-                                            body(t, name=Path(folder).parent.name or kind,
+                                            body(t, name=_name(t, folder, kind),
                                                  library=library, folder=folder)))
         written.append(path)
     return written

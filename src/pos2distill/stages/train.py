@@ -164,7 +164,7 @@ def run(cfg: TrainConfig, method: Method, dist: Dist, out: Path, *,
                "adv_slot": list(adv), "processes": dist.world,
                "teacher": _teacher_kind(cfg, method.needs_teacher), "log": str(log_path)}
     card = card_facts(cfg, method, rows=rows, all_rows=all_rows, adv=adv, steps=total,
-                      last_loss=done.loss.item() if total > start else None) \
+                      last_loss=done.losses.mean().item() if total > start else None) \
         if dist.is_main else None
     summary = save_final(cfg, dist, student=student, loss_module=loss_module, tokenizer=tokenizer,
                          out=out, quantized=bool(quantized), summary=summary, card=card)
@@ -519,6 +519,7 @@ def card_facts(cfg: TrainConfig, method: Method, *, rows: Sequence[dict[str, Any
         base_model_id=cfg.base_model_id or modelcard.hub_id(base_path),
         method=cfg.method, method_summary=method.summary, task=", ".join(tasks), options=options,
         command=" ".join(["pos2distill", "train", *map(shlex.quote, flags)]),
+        loss_name="KL" if method.loss == "kl" else "cross-entropy",
         pairs_path=cfg.pairs, pairs_sha256=file_sha256(cfg.pairs),
         questions=len({r.get("question_id", r.get("id")) for r in rows}), pairs=len(all_rows),
         trained_pairs=len(rows), adv_slot=slot_label(adv) if adv else "", steps=steps,
