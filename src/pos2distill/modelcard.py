@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import yaml
 
@@ -130,7 +130,6 @@ class Training:
     batch_size: int
     last_loss: float | None = None   # the mean per-example loss of the last step
     loss_name: str = "loss"          # what that loss is ("KL", "cross-entropy")
-    tags: Sequence[str] = field(default_factory=tuple)
 
 
 def _title(t: Training) -> str:
@@ -144,7 +143,7 @@ def metadata(t: Training, *, library: str) -> dict[str, Any]:
     if t.base_model_id:
         meta["base_model"] = t.base_model_id
     meta["library_name"] = library
-    meta["tags"] = [TAG, "positional-bias", t.method, *t.tags]
+    meta["tags"] = [TAG, "positional-bias", t.method]
     meta.update(license_of(t.base_path))
     return meta
 
