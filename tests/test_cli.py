@@ -172,3 +172,38 @@ def test_model_that_is_not_a_causal_lm(command: str, kind: str, reason: str, tmp
     assert err.startswith(f"pos2distill {command}: error: --model: {model} is not a causal "
                           f"language model ({reason}")
     assert not out.exists()
+
+
+def _bad_sources(tmp_path: Path) -> dict[str, tuple[str, list[str], str]]:
+    """name -> (--data, more flags, the one error line): a Parquet file of unknown columns, a
+    DatasetDict folder without the split asked for, a hub name."""
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([{"query": "q", "passages": ["p"]}]).to_parquet(
+        str(tmp_path / "odd.parquet"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"query": "q"}])}).save_to_disk(
+        str(tmp_path / "dd"))
+    return {
+        "parquet": (str(tmp_path / "odd.parquet"), [],
+                    f"{tmp_path / 'odd.parquet'}: cannot detect the format from columns "
+                    "['passages', 'query']; expected one of: records"),
+        "split": (str(tmp_path / "dd"), ["--split", "test"],
+                  f"--split: {tmp_path / 'dd'} has no split 'test'; its splits are train"),
+        "hub": ("org/name", [], "--data: 'org/name' is not a local file or folder, and datasets "
+                "are never downloaded: pass a local path"),
+    }
+
+
+@pytest.mark.parametrize("case", ["parquet", "split", "hub"])
+@pytest.mark.parametrize("command", ["probe", "teach"])
+def test_bad_data_sources_are_one_line(case: str, command: str, tmp_path: Path,
+                                       tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    data, flags, message = _bad_sources(tmp_path)[case]
+    capsys.readouterr()   # the fixtures' progress bars
+    code = cli.main(["-q", command, "--model", str(tiny_model_dir), "--data", data, *flags,
+                     "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"pos2distill {command}: error: {message}")
+    assert not (tmp_path / "o").exists()

@@ -75,11 +75,14 @@ class ModelOptions:
 
 @dataclass
 class DataOptions:
-    data: str = option("synthetic:test", "Data file (.jsonl or .jsonl.gz; lost-in-the-middle, authors', "
-                   "key-value or our own format), or synthetic:SPLIT or synthetic-reasoning:SPLIT "
-                   "(two-hop) with SPLIT train, dev (for choosing settings) or test (for "
-                   "reporting); the three ask about disjoint people.")
+    data: str = option("synthetic:test", "Data: a local file (.jsonl, .jsonl.gz, .json, .parquet) or "
+                   "datasets folder (save_to_disk) in any format of --data-format, or "
+                   "synthetic:SPLIT or synthetic-reasoning:SPLIT (two-hop) with SPLIT train, dev "
+                   "(for choosing settings) or test (for reporting); the three ask about disjoint "
+                   "people. Nothing is downloaded.")
     data_format: str = option("auto", f"Data format: auto, {', '.join(FORMATS)}.")
+    split: str = option("", "Split of a DatasetDict folder (--data saved with "
+                        "DatasetDict.save_to_disk); empty: its only split.", count_when_set=True)
     n_documents: int = option(20, "Documents per question for single-document (oracle) files and "
                           "the synthetic set; other questions' gold passages are the distractors.")
     limit: int = option(0, "Use only the first N questions (0 = all).")
@@ -87,8 +90,14 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         check_choice("data-format", self.data_format, ("auto",) + FORMATS)
-        check_positive("n-documents", self.n_documents)
+        for n in document_counts(self.n_documents):
+            check_positive("n-documents", n)
         check_positive("limit", self.limit, allow_zero=True)
+
+
+def document_counts(n_documents: int | list[int]) -> list[int]:
+    """The numbers of documents of an ``--n-documents`` (one, or a list)."""
+    return list(n_documents) if isinstance(n_documents, list) else [n_documents]
 
 
 @dataclass
@@ -110,17 +119,35 @@ class GenerationOptions:
 class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
     """Accuracy by gold position: batched greedy generation at every requested position."""
 
-    out: str = option("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot).")
-    positions: str = option("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19.")
+    out: str = option("runs/probe", "Output folder (rows.jsonl, summary.json, table.md, plot); with "
+                      "several --n-documents, one such folder per count (OUT/n10, OUT/n20, ...) "
+                      "and the heatmap (heatmap.json, heatmap.md, heatmap.png).")
+    n_documents: int | list[int] = option(
+        20, "Documents per question for single-document (oracle) files and the synthetic set. "
+        "Several (e.g. 10,20,30): one probe per count with one model load, and a heatmap of "
+        "accuracy by gold depth (percent of the context) x number of documents (retrieval).")
+    positions: str = option("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19 "
+                            "(valid for every --n-documents).")
     configurations: str = option("all", "--task reasoning: hop position pairs, 0-based (first hop, "
                              "second hop): all (the paper's 12, scaled to the document count), "
                              "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
 
     def __post_init__(self) -> None:
+        counts = document_counts(self.n_documents)
+        # One count is stored as a number, as before lists were allowed: run.json fingerprints
+        # of earlier probes stay the same.
+        self.n_documents = counts[0] if len(counts) == 1 else counts
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
         check_slot_options(self, self.task)
+        if len(counts) > 1:
+            if len(set(counts)) < len(counts):
+                raise ConfigError(f"--n-documents: {','.join(map(str, counts))} repeats a count")
+            if get_task(self.task).slot_width != 1:
+                raise ConfigError(f"--n-documents: several counts draw a heatmap by the depth of "
+                                  f"one gold document; --task {self.task} places several: probe "
+                                  "one count at a time")
 
 
 @dataclass
@@ -224,6 +251,10 @@ class TrainConfig:
                                       "pass (less memory, about a third more compute).")
     head_chunk: int = option(1024, "Response tokens per output-head chunk (peak logits memory is "
                          "head-chunk x vocabulary).")
+    base_model_id: str = option("", "Hub id of --model (e.g. Qwen/Qwen2.5-7B-Instruct), written as "
+                            "base_model in the model card; empty: read from a Hugging Face cache "
+                            "path (models--ORG--NAME/snapshots/...), else left out.",
+                            count_when_set=True)
 
     def __post_init__(self) -> None:
         check_positive("lora-rank", self.lora_rank, allow_zero=True)

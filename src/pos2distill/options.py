@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if typ is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"{help_} (default: {default})")
+        elif int_or_ints(typ):
+            parser.add_argument(_flag(f.name), dest=f.name, type=_one_or_more_ints,
+                                default=argparse.SUPPRESS, metavar="N[,N,...]",
+                                help=f"{help_} (default: {default})")
         elif typing.get_origin(typ) is list and typing.get_args(typ)[0] in (int, str):
             parser.add_argument(_flag(f.name), dest=f.name, type=_comma_list(typing.get_args(typ)[0]),
                                 default=argparse.SUPPRESS, metavar="A,B,...",
@@ -80,6 +84,19 @@ def _comma_list(typ: type) -> Any:
             raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of "
                                              f"{typ.__name__}") from None
     return parse
+
+
+def int_or_ints(typ: Any) -> bool:
+    """Whether a field's type is ``int | list[int]`` (one number, or several)."""
+    return set(typing.get_args(typ)) == {int, list[int]}
+
+
+def _one_or_more_ints(text: str) -> int | list[int]:
+    """``20`` → 20, ``10,20,30`` → [10, 20, 30]: a single number stays a number."""
+    values = _comma_list(int)(text)
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number or a comma-separated list")
+    return values[0] if len(values) == 1 else values
 
 
 def _json_value(text: str) -> Any:
@@ -108,6 +125,11 @@ def from_mapping(cls: type[C], values: dict[str, Any], *, source: str = "config"
                 v = float(v)
             except ValueError:
                 pass
+        if int_or_ints(typ):
+            if not (isinstance(v, int) and not isinstance(v, bool)) and not (
+                    isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool)
+                                                      for x in v)):
+                raise ConfigError(f"{source}: key '{k}' must be an int or a list of int, got {v!r}")
         if typ in (int, float, str, bool) and (not isinstance(v, typ)
                                                or (typ is not bool and isinstance(v, bool))):
             raise ConfigError(f"{source}: key '{k}' must be {typ.__name__}, got {v!r}")

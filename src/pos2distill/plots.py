@@ -116,3 +116,41 @@ def plot_curves(panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[float, f
     if title:
         fig.suptitle(title)
     return _write(fig, path)
+
+
+def plot_heatmaps(panels: Sequence[tuple[str, Mapping]], path: str | Path, *,
+                  title: str = "") -> Path:
+    """Side-by-side heatmaps of accuracy by gold depth (rows, the start of the context on top) ×
+    number of documents (columns), one per ``(panel title, heatmap)`` (the dict of
+    :func:`pos2distill.stages.probe.depth_heatmap`); every cell is written out, empty cells are
+    grey, and all panels share one colour scale from 0 to 1."""
+    import numpy as np
+
+    width = max(2.4, 0.75 * max(len(h["n_documents"]) for _, h in panels))   # inches per panel
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, sharey=True, dpi=110,
+                             figsize=(2.2 + width * len(panels), 4.2))
+    cmap = matplotlib.colormaps["RdYlGn"].with_extremes(bad="lightgrey")
+    image = None
+    for ax, (name, heatmap) in zip(axes[0], panels):
+        grid = np.array([[np.nan if a is None else a for a in row] for row in heatmap["accuracy"]],
+                        dtype=float)                                   # (bins, counts)
+        image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for (i, j), a in np.ndenumerate(grid):
+            if not np.isnan(a):
+                ax.text(j, i, f"{a:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(grid.shape[1]), [str(n) for n in heatmap["n_documents"]])
+        ax.set_yticks(range(grid.shape[0]), [f"{lo:g}–{hi:g}" for lo, hi in heatmap["depth_bins"]])
+        ax.set_xlabel("documents")
+        if name:
+            ax.set_title(name)
+    axes[0][0].set_ylabel("gold depth (% of the documents)")
+    fig.colorbar(image, ax=list(axes[0]), label="accuracy", fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    # tight_layout cannot place a colourbar shared by several axes; the bounding box fits all.
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)

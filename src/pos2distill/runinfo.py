@@ -45,7 +45,10 @@ def input_checksums(paths: Iterable[str]) -> dict[str, str]:
         if path.is_file():
             out[str(p)] = file_sha256(path)
         elif path.is_dir():
-            for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")):
+            # A model folder's weights and configs; a datasets folder's Arrow files (a
+            # DatasetDict keeps them in one subfolder per split).
+            for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.json")) + \
+                    sorted(path.rglob("*.arrow")):
                 out[str(f)] = file_sha256(f)
     return out
 

@@ -68,6 +68,10 @@ def test_demo_end_to_end(tiny_model_dir: Path, tmp_path: Path, oracle_hf: Any) -
     report = (out / "report" / "report.md").read_text()
     assert "| mean | 0.050 | 0.050 | +0.000 |" in report
     assert "| GAP (max − min) | 1.000 | 1.000 | +0.000 |" in report
+    # The trained model's card holds the report (table and plot).
+    card = (out / "train" / "model" / "README.md").read_text()
+    assert "| GAP (max − min) | 1.000 | 1.000 | +0.000 |" in card
+    assert (out / "train" / "model" / "results" / "retrieval-synthetic-test-d20.png").is_file()
     # Probes and teacher loaded a model; the after-probe loaded the trained one.
     before_model, teacher_model, after_model = [g.model for g in OracleHFGenerator.instances]
     for a, b in zip(before_model.parameters(), teacher_model.parameters()):

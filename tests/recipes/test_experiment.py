@@ -248,6 +248,15 @@ def test_grid_stops_resumes_and_tabulates(tmp_path: Path, tiny_model_dir: Path, 
     assert r1["model"] == str(out / "runs" / "r1-K1-n4-seed0" / "train" / "model")
     probe_run = json.loads((out / "runs" / "r1-K1-n4-seed0" / "probe-d5" / "run.json").read_text())
     assert probe_run["config"]["model"] == r1["model"] and probe_run["config"]["n_documents"] == 5
+    # Its card says how it was trained and holds its report against the base at each count.
+    from pos2distill import modelcard
+
+    card = (Path(r1["model"]) / "README.md").read_text()
+    assert modelcard.split_card(card)[0]["tags"] == ["pos2distill", "positional-bias", "r1"]
+    assert [k for k in ("retrieval-synthetic-test-d4", "retrieval-synthetic-test-d5")
+            if f"<!-- pos2distill:result {k} -->" in card] == ["retrieval-synthetic-test-d4",
+                                                               "retrieval-synthetic-test-d5"]
+    assert (out / "runs" / "r1-K1-n4-seed0" / "report-d5" / "report.md").exists()
     assert r1["train"]["method"] == "r1" and r1["pairs"] == 8 and r1["teacher_kept"] == 4
     # One teach output and one pairs file served both methods.
     assert sorted(p.name for p in (out / "shared" / "pairs").glob("*.jsonl")) == [

@@ -406,3 +406,87 @@ def test_probe_too_long_fail_skip_truncate(short_context_model_dir: Path, tmp_pa
     assert cut["too_long"] == {"policy": "truncate", "max_prompt_tokens": 60, "skipped": 1,
                                "truncated": 3}
     assert [r["count"] for r in cut["by_slot"]] == [2, 2, 2, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Several --n-documents: one folder per count and the depth × documents heatmap
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, positions_to_bins", [
+    (10, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),            # one position per bin
+    (20, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]),
+    (4, [1, 3, 6, 8]),                                # middles at 12.5, 37.5, 62.5, 87.5 %
+    (5, [1, 3, 5, 7, 9]),                             # 10 % is the lower edge of bin 1
+])
+def test_depth_bin_by_hand(n: int, positions_to_bins: list[int]) -> None:
+    assert [probe.depth_bin(p, n, 10) for p in range(n)] == positions_to_bins
+    # Two bins: the middle document of an odd count sits on the edge and goes to the upper one.
+    assert [probe.depth_bin(p, n, 2) for p in range(n)] == [int(p + 0.5 >= n / 2) for p in range(n)]
+
+
+def test_depth_heatmap_by_hand() -> None:
+    def row(p: int, correct: float) -> dict:
+        return {"slot": [p], "correct": correct}
+
+    rows = {4: [row(0, 1.0), row(1, 0.0), row(2, 1.0), row(3, 1.0), row(0, 0.0)],
+            2: [row(0, 1.0), row(1, 0.0), row(1, 1.0)]}
+    heat = probe.depth_heatmap(rows)
+    # min(10, 2) = 2 bins: 0-50 % and 50-100 %; with 4 documents positions 0, 1 | 2, 3.
+    assert heat == {"n_documents": [2, 4], "depth_bins": [[0.0, 50.0], [50.0, 100.0]],
+                    "accuracy": [[1.0, 1 / 3], [0.5, 1.0]], "count": [[1, 3], [2, 2]]}
+    assert probe.depth_heatmap({3: [row(0, 1.0)]})["accuracy"] == [[1.0], [None], [None]]
+    assert probe.heatmap_table(heat) == (
+        "| gold depth (% of the documents) | 2 documents | 4 documents |\n"
+        "|---|---:|---:|\n| 0–50 | 1.000 | 0.333 |\n| 50–100 | 0.500 | 1.000 |\n")
+
+
+def test_several_counts_config() -> None:
+    from pos2distill.options import from_mapping
+
+    assert ProbeConfig(n_documents=[20]).n_documents == 20       # one count stays a number
+    assert ProbeConfig(n_documents=[10, 20]).n_documents == [10, 20]
+    assert from_mapping(ProbeConfig, {"n_documents": [4, 6]}).n_documents == [4, 6]
+    with pytest.raises(ConfigError, match="must be an int or a list of int"):
+        from_mapping(ProbeConfig, {"n_documents": "10,20"})
+    with pytest.raises(ConfigError, match="repeats a count"):
+        ProbeConfig(n_documents=[10, 10])
+    with pytest.raises(ConfigError, match="--n-documents: must be > 0"):
+        ProbeConfig(n_documents=[10, 0])
+    with pytest.raises(ConfigError, match="--task reasoning places several"):
+        ProbeConfig(task="reasoning", n_documents=[10, 20])
+
+
+def test_several_counts_end_to_end(tiny_model_dir: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from pos2distill import modeling
+
+    loads = []
+    load = modeling.load_causal_lm
+    monkeypatch.setattr("pos2distill.modeling.load_causal_lm",
+                        lambda *a, **k: loads.append(a) or load(*a, **k))
+    common = dict(model=str(tiny_model_dir), data="synthetic:test", limit=2, batch_size=8,
+                  max_new_tokens=2)
+    out = tmp_path / "multi"
+    result = probe.main(ProbeConfig(**common, n_documents=[4, 6], out=str(out)))
+    assert len(loads) == 1                                   # one model load for both counts
+    assert sorted(p.name for p in out.iterdir()) == ["heatmap.json", "heatmap.md", "heatmap.png",
+                                                     "n4", "n6", "run.json"]
+    # Each count's folder is what a one-count probe into it writes (and its run.json agrees).
+    for n in (4, 6):
+        single = probe.main(ProbeConfig(**common, n_documents=n, out=str(out / f"n{n}")))
+        assert single == result["by_documents"][str(n)]
+        assert single["n_documents"] == n and single["n_per_slot"] == 2
+    assert len(loads) == 1                                   # nothing left to generate
+    heat = probe.load_heatmap(out)
+    rows = {n: _rows(out / f"n{n}") for n in (4, 6)}
+    assert heat == {"task": "retrieval", "model": str(tiny_model_dir), "data": "synthetic:test",
+                    **probe.depth_heatmap(rows), "folders": {"4": "n4", "6": "n6"}}
+    assert len(heat["depth_bins"]) == 4
+    assert (out / "heatmap.md").read_text() == probe.heatmap_table(heat)
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert probe.describe(result).endswith(f"heatmap: {out / 'heatmap.png'}")
+    # Other counts in the same folder are refused; a single count keeps today's layout.
+    with pytest.raises(ConfigError, match="different config"):
+        probe.main(ProbeConfig(**common, n_documents=[4, 8], out=str(out)))
+    probe.main(ProbeConfig(**common, n_documents=4, out=str(tmp_path / "one")))
+    assert not list((tmp_path / "one").glob("heatmap*")) and not (tmp_path / "one" / "n4").exists()

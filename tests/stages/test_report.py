@@ -114,3 +114,100 @@ def test_report_on_probe_folders_written_before_slots(tmp_path: Path) -> None:
                                      out=str(tmp_path / "mixed")))
     assert json.loads((tmp_path / "mixed" / "report.json").read_text()) == on_disk
     assert mixed["report"] == str(tmp_path / "mixed" / "report.md")
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes of several --n-documents, and the trained model's card
+# ---------------------------------------------------------------------------------------------
+
+def write_multi(folder: Path, summaries: dict[int, dict[str, Any]], model: str) -> Path:
+    """A probe folder of several counts: nD/summary.json and heatmap.json (2 depth bins)."""
+    folder.mkdir()
+    for n, s in summaries.items():
+        write_probe(folder / f"n{n}", {**s, "model": model, "data": "synthetic:test",
+                                       "n_documents": n})
+    counts = sorted(summaries)
+    (folder / "heatmap.json").write_text(json.dumps({
+        "task": "retrieval", "model": model, "data": "synthetic:test", "n_documents": counts,
+        "depth_bins": [[0, 50], [50, 100]], "accuracy": [[0.5] * len(counts), [None] * len(counts)],
+        "count": [[2] * len(counts), [0] * len(counts)],
+        "folders": {str(n): f"n{n}" for n in counts}}))
+    return folder
+
+
+def test_report_of_several_counts(tmp_path: Path) -> None:
+    task = get_task("retrieval")
+    write_multi(tmp_path / "b", {5: BEFORE, 7: BEFORE}, "base")
+    write_multi(tmp_path / "a", {5: AFTER, 7: BEFORE}, "trained")
+    out = tmp_path / "r"
+    result = report.main(ReportConfig(before=str(tmp_path / "b"), after=str(tmp_path / "a"),
+                                      out=str(out)))
+    assert result["report"] == str(out / "report.md") and result["plot"] == str(out / "heatmap.png")
+    assert "card" not in result                              # "trained" is no model folder
+    # Each count is the report of its two folders.
+    for n, before, after in ((5, BEFORE, AFTER), (7, BEFORE, BEFORE)):
+        one = report.main(ReportConfig(before=str(tmp_path / "b" / f"n{n}"),
+                                       after=str(tmp_path / "a" / f"n{n}"),
+                                       out=str(tmp_path / f"one{n}")))
+        assert {k: v for k, v in one.items() if k not in ("report", "plot")} == \
+            {k: v for k, v in result["by_documents"][str(n)].items() if k not in ("report", "plot")}
+        assert (out / f"n{n}" / "report.md").read_text() == (tmp_path / f"one{n}" /
+                                                             "report.md").read_text()
+    text = (out / "report.md").read_text()
+    assert text.startswith("# Accuracy by gold depth × documents\n\n![before and after](heatmap.png)")
+    assert "## 5 documents" in text and "![7 documents](n7/accuracy_by_position.png)" in text
+    assert task.comparison_table(result["by_documents"]["5"]) in text
+    assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(json.loads((out / "report.json").read_text())) == {"task", "heatmap",
+                                                                  "by_documents"}
+
+
+def test_report_of_several_counts_refuses_a_mismatch(tmp_path: Path) -> None:
+    write_multi(tmp_path / "b", {5: BEFORE, 7: BEFORE}, "base")
+    write_multi(tmp_path / "a", {5: AFTER}, "trained")
+    write_probe(tmp_path / "one", AFTER)
+    with pytest.raises(ConfigError, match=r"different --n-documents \(5,7 vs 5\)"):
+        report.main(ReportConfig(before=str(tmp_path / "b"), after=str(tmp_path / "a"),
+                                 out=str(tmp_path / "r")))
+    with pytest.raises(ConfigError, match=r"--before holds probes of several --n-documents .* "
+                                          r"\(e.g. --before .*/b/n20\)"):
+        report.main(ReportConfig(before=str(tmp_path / "b"), after=str(tmp_path / "one"),
+                                 out=str(tmp_path / "r")))
+
+
+def test_report_fills_the_card_of_the_trained_model(tmp_path: Path) -> None:
+    from pos2distill import modelcard
+
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    card = modelcard.render_card({"library_name": "transformers", "tags": ["pos2distill"]},
+                                 f"# run\n\n## Results\n\n{modelcard.RESULTS_START}\nnot yet\n"
+                                 f"{modelcard.RESULTS_END}\n")
+    (model / "README.md").write_text(card)
+    probed = {"data": "synthetic:test", "n_documents": 5}
+    write_probe(tmp_path / "b", {**BEFORE, **probed, "model": "some/model"})
+    write_probe(tmp_path / "a", {**AFTER, **probed, "model": str(model)})
+    result = report.main(ReportConfig(before=str(tmp_path / "b"), after=str(tmp_path / "a"),
+                                      out=str(tmp_path / "r")))
+    assert result["card"] == str(model / "README.md")
+    section = modelcard.results_section((model / "README.md").read_text())
+    key = "retrieval-synthetic-test-d5"
+    assert section.startswith(f"<!-- pos2distill:result {key} -->\n"
+                              f"![before and after](results/{key}.png)\n\n"
+                              "**retrieval on `synthetic:test`, 5 documents** (9 questions per "
+                              "gold position): before = `some/model`, after = this model.")
+    assert get_task("retrieval").comparison_table(get_task("retrieval").compare(BEFORE, AFTER)) \
+        in section
+    assert (model / "results" / f"{key}.png").read_bytes() == \
+        (tmp_path / "r" / "accuracy_by_position.png").read_bytes()
+    # Several counts: a block per count and one for the heatmaps.
+    write_multi(tmp_path / "mb", {5: BEFORE, 7: BEFORE}, "base")
+    write_multi(tmp_path / "ma", {5: AFTER, 7: AFTER}, str(model))
+    report.main(ReportConfig(before=str(tmp_path / "mb"), after=str(tmp_path / "ma"),
+                             out=str(tmp_path / "mr")))
+    section = modelcard.results_section((model / "README.md").read_text())
+    keys = [line.split()[2] for line in section.splitlines()
+            if line.startswith("<!-- pos2distill:result ")]
+    assert keys == [key, "retrieval-synthetic-test-d7", "retrieval-synthetic-test-depth"]
+    assert (model / "results" / "retrieval-synthetic-test-depth.png").read_bytes() == \
+        (tmp_path / "mr" / "heatmap.png").read_bytes()

@@ -97,6 +97,12 @@ def test_lora_training_changes_only_the_adapter(model_dir: Path, pairs_file: Pat
     # Both epochs see the same 12 pairs: the second one's mean KL is lower.
     half = len(log) // 2
     assert sum(r["kl_mean"] for r in log[half:]) < sum(r["kl_mean"] for r in log[:half])
+    # Both folders have a card of ours (peft's own card is replaced): peft for the adapter.
+    from pos2distill import modelcard
+
+    assert modelcard.read_metadata(out / "adapter")["library_name"] == "peft"
+    assert modelcard.read_metadata(out / "model")["library_name"] == "transformers"
+    assert "| `--lora-rank` | 4 |" in (out / "adapter" / "README.md").read_text()
 
 
 def test_lora_without_merge_and_teacher_device_refused(model_dir: Path, pairs_file: Path,

@@ -1,8 +1,10 @@
 """Read the data formats met in the wild (METHOD.md section 7) into :class:`Record` lists.
 
-Every loader reads ``.jsonl`` or ``.jsonl.gz`` and returns ``list[Record]`` with documents in file
-order. A malformed line raises :class:`DataError` naming the file, the 1-based line and the field,
-so a user can open the file at the right place. :func:`build_from_oracle` turns single-passage
+Every loader reads ``.jsonl`` or ``.jsonl.gz`` (or a JSON array), a Parquet file or a ``datasets``
+folder (:mod:`pos2distill.data.tables`; ``split`` picks a split of a DatasetDict folder) and returns
+``list[Record]`` with documents in file order. A malformed line raises :class:`DataError` naming the
+file, the 1-based line (a Parquet file's or dataset's row) and the field, so a user can open the
+file at the right place. :func:`build_from_oracle` turns single-passage
 (oracle) records into n-document records using other questions' passages as distractors.
 """
 
@@ -16,10 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pos2distill.data import tables
+from pos2distill.data.records import (Document, Record, _has_unpaired_surrogate, iter_jsonl,
+                                      open_text)
 from pos2distill.errors import ConfigError, DataError
 from pos2distill.metrics import normalize_answer
-from pos2distill.data.records import (Document, Record, _has_unpaired_surrogate, iter_jsonl, open_text,
-                                 read_records)
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +37,23 @@ FORMATS = ("records", "litm", "authors", "kv", "musique", "hotpotqa", "2wiki")
 # --------------------------------------------------------------------------------------------
 
 def _stem(path: PathLike) -> str:
-    """File name without ``.jsonl`` / ``.jsonl.gz`` (and ``.json`` variants), used in record ids."""
+    """File name without ``.jsonl`` / ``.jsonl.gz`` (and ``.json`` variants, ``.parquet``), used
+    in record ids."""
     name = Path(path).name
-    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".gz"):
+    for suffix in (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".gz", ".parquet"):
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _names(path: PathLike, split: str) -> tuple[str, str]:
+    """(the name errors give the source, the stem of its record ids): the path and its file name
+    without suffix; ``DIR/SPLIT`` and ``DIR-SPLIT`` for a split of a DatasetDict folder, so two
+    splits of one folder never share ids."""
+    name = tables.source_name(path, split)
+    if name == str(path):
+        return name, _stem(path)
+    return name, f"{_stem(path)}-{Path(name).name}"
 
 
 def _object(obj: Any, path: str, line: int) -> dict[str, Any]:
@@ -93,16 +107,16 @@ def _record(path: str, line: int, **fields: Any) -> Record:
 # Loaders, one per format.
 # --------------------------------------------------------------------------------------------
 
-def load_litm_qa(path: PathLike) -> list[Record]:
+def load_litm_qa(path: PathLike, *, split: str = "") -> list[Record]:
     """Load lost-in-the-middle ``qa_data`` lines (oracle or n-document files).
 
     Fields used: ``question``, ``answers`` (non-empty list of strings) and ``ctxs`` (non-empty list
     of ``{title, text, isgold, ...}``); other fields are ignored. Exactly one ctx must have
     ``isgold: true``. Record ids are ``f"{stem}-{k}"`` with ``k`` the 0-based record index.
     """
-    p, stem = str(path), _stem(path)
+    p, stem = _names(path, split)
     records: list[Record] = []
-    for k, (line, raw) in enumerate(iter_jsonl(path)):
+    for k, (line, raw) in enumerate(iter_rows(path, split=split)):
         obj = _object(raw, p, line)
         question = _nonempty_string(obj, "question", p, line)
         answers = _answers(obj, p, line)
@@ -128,16 +142,16 @@ def load_litm_qa(path: PathLike) -> list[Record]:
     return records
 
 
-def load_authors(path: PathLike) -> list[Record]:
+def load_authors(path: PathLike, *, split: str = "") -> list[Record]:
     """Load the Pos2Distill authors' format.
 
     Fields used: ``question``, ``answers``, ``gold_document`` (``{title, text}``) and
     ``distractors`` (list of ``{title, text}``, may be empty). Documents are the gold document
     followed by the distractors, so ``gold == (0,)``.
     """
-    p, stem = str(path), _stem(path)
+    p, stem = _names(path, split)
     records: list[Record] = []
-    for k, (line, raw) in enumerate(iter_jsonl(path)):
+    for k, (line, raw) in enumerate(iter_rows(path, split=split)):
         obj = _object(raw, p, line)
         question = _nonempty_string(obj, "question", p, line)
         answers = _answers(obj, p, line)
@@ -155,7 +169,7 @@ def load_authors(path: PathLike) -> list[Record]:
     return records
 
 
-def load_kv(path: PathLike) -> list[Record]:
+def load_kv(path: PathLike, *, split: str = "") -> list[Record]:
     """Load lost-in-the-middle key-value retrieval lines.
 
     Fields used: ``ordered_kv_records`` (list of ``[key, value]`` string pairs), ``key`` and
@@ -163,9 +177,9 @@ def load_kv(path: PathLike) -> list[Record]:
     question is the key, the answer its value, and the gold document the pair holding the key
     (which must occur exactly once and carry ``value``).
     """
-    p, stem = str(path), _stem(path)
+    p, stem = _names(path, split)
     records: list[Record] = []
-    for k, (line, raw) in enumerate(iter_jsonl(path)):
+    for k, (line, raw) in enumerate(iter_rows(path, split=split)):
         obj = _object(raw, p, line)
         pairs = _nonempty_list(obj, "ordered_kv_records", p, line)
         for i, pair in enumerate(pairs):
@@ -195,11 +209,16 @@ def load_kv(path: PathLike) -> list[Record]:
 # Multi-hop QA (MuSiQue, HotpotQA, 2WikiMultihopQA): several gold documents, in hop order.
 # --------------------------------------------------------------------------------------------
 
-def iter_rows(path: PathLike) -> Iterator[tuple[int, Any]]:
+def iter_rows(path: PathLike, *, split: str = "") -> Iterator[tuple[int, Any]]:
     """``(line, object)`` for a JSONL file, or for each item of a file holding one JSON array
     (HotpotQA and 2WikiMultihopQA ship ``.json`` arrays); ``line`` is the 1-based line where the
-    item starts, so errors point into the file either way."""
+    item starts, so errors point into the file either way. For a Parquet file or a ``datasets``
+    folder (``split``: of a DatasetDict), ``(row, object)`` with the 1-based row."""
     p = str(path)
+    if tables.is_table(path):
+        yield from tables.iter_table(path, split)
+        return
+    tables.resolve_split(path, split)   # refuses a --split for a file without splits
     if not Path(p).exists():
         raise DataError("file not found", path=p)
     try:
@@ -263,7 +282,7 @@ def _answer_and_aliases(obj: dict[str, Any], path: str, line: int, *,
     return tuple(out)
 
 
-def load_musique(path: PathLike) -> list[Record]:
+def load_musique(path: PathLike, *, split: str = "") -> list[Record]:
     """Load MuSiQue lines (``musique_ans`` or ``musique_full``).
 
     Fields used: ``id``, ``question``, ``paragraphs`` (``idx``, ``title``, ``paragraph_text``,
@@ -272,10 +291,10 @@ def load_musique(path: PathLike) -> list[Record]:
     ``answerable``. Unanswerable questions (``answerable: false``) are skipped and counted. The gold
     documents are the hops' paragraphs in hop order (a paragraph supporting two hops counts once);
     they must be exactly the paragraphs marked ``is_supporting``."""
-    p = str(path)
+    p, _ = _names(path, split)
     records: list[Record] = []
     skipped = 0
-    for line, raw in iter_rows(path):
+    for line, raw in iter_rows(path, split=split):
         obj = _object(raw, p, line)
         answerable = obj.get("answerable", True)
         if not isinstance(answerable, bool):
@@ -337,9 +356,33 @@ def load_musique(path: PathLike) -> list[Record]:
     return records
 
 
+def _by_rows(obj: dict[str, Any], field: str, keys: Sequence[Sequence[str]], path: str,
+             line: int) -> dict[str, Any]:
+    """``obj`` with ``obj[field]`` as a list of rows when it is stored by columns, as on the
+    Hugging Face hub (Arrow cannot hold the lists of mixed types of the original JSON):
+    ``{"title": [t, ...], "sentences": [s, ...]}`` becomes ``[[t, s], ...]``. ``keys`` lists, per
+    element of a row, the names its column may have. Any other ``obj`` is returned as it is."""
+    value = obj.get(field)
+    if not isinstance(value, dict):
+        return obj
+    cols = []
+    for names in keys:
+        name = next((n for n in names if n in value), None)
+        if name is None or not isinstance(value[name], list):
+            raise DataError(f"stored by columns but without a list '{names[0]}'", path=path,
+                            line=line, field=field)
+        cols.append(value[name])
+    if len({len(c) for c in cols}) > 1:
+        raise DataError(f"columns {', '.join(n[0] for n in keys)} of different lengths",
+                        path=path, line=line, field=field)
+    return {**obj, field: [list(row) for row in zip(*cols)]}
+
+
 def _context(obj: dict[str, Any], path: str, line: int) -> list[Document]:
-    """HotpotQA / 2Wiki ``context``: ``[[title, [sentence, ...]], ...]``; the text is the
+    """HotpotQA / 2Wiki ``context``: ``[[title, [sentence, ...]], ...]`` (or by columns,
+    ``{title: [...], sentences: [[...], ...]}``, ``content`` for 2Wiki's); the text is the
     sentences joined by single spaces."""
+    obj = _by_rows(obj, "context", [("title",), ("sentences", "content")], path, line)
     context = _nonempty_list(obj, "context", path, line)
     documents = []
     for i, item in enumerate(context):
@@ -354,8 +397,9 @@ def _context(obj: dict[str, Any], path: str, line: int) -> list[Document]:
 
 def _supporting_titles(obj: dict[str, Any], documents: Sequence[Document], path: str,
                        line: int) -> list[int]:
-    """Indices of the documents named by ``supporting_facts`` (``[[title, sent_id], ...]``), in
-    order of first mention."""
+    """Indices of the documents named by ``supporting_facts`` (``[[title, sent_id], ...]``, or by
+    columns ``{title: [...], sent_id: [...]}``), in order of first mention."""
+    obj = _by_rows(obj, "supporting_facts", [("title",), ("sent_id",)], path, line)
     facts = _nonempty_list(obj, "supporting_facts", path, line)
     index_of: dict[str, int] = {}
     for i, d in enumerate(documents):
@@ -398,16 +442,16 @@ def _wiki_multihop_fields(raw: Any, path: str, line: int) -> tuple[dict[str, Any
             _answer_and_aliases(obj, path, line, aliases=None))
 
 
-def load_hotpotqa(path: PathLike) -> list[Record]:
+def load_hotpotqa(path: PathLike, *, split: str = "") -> list[Record]:
     """Load HotpotQA (distractor setting; a ``.json`` array or JSONL).
 
     Fields used: ``_id``, ``question``, ``answer``, ``context``, ``supporting_facts`` and ``type``.
     HotpotQA does not give hop order: the gold documents are those named by ``supporting_facts``,
     in order of first mention, except that for ``bridge`` questions the document that mentions the
     other's title (the bridge entity) comes first. Comparison questions keep the given order."""
-    p = str(path)
+    p, _ = _names(path, split)
     records: list[Record] = []
-    for line, raw in iter_rows(path):
+    for line, raw in iter_rows(path, split=split):
         obj, rid, question, answers = _wiki_multihop_fields(raw, p, line)
         kind = obj.get("type", "bridge")
         if kind not in ("bridge", "comparison"):
@@ -423,19 +467,21 @@ def load_hotpotqa(path: PathLike) -> list[Record]:
     return records
 
 
-def load_2wiki(path: PathLike) -> list[Record]:
+def load_2wiki(path: PathLike, *, split: str = "") -> list[Record]:
     """Load 2WikiMultihopQA (a ``.json`` array or JSONL).
 
     Fields used: ``_id``, ``question``, ``answer``, ``context``, ``supporting_facts``, ``type`` and
     ``evidences`` (``[[subject, relation, object], ...]`` in reasoning order). The gold documents
     are those named by ``supporting_facts``, ordered by the first evidence whose subject is their
     title (documents no evidence starts from keep their supporting-facts order, after the others)."""
-    p = str(path)
+    p, _ = _names(path, split)
     records: list[Record] = []
-    for line, raw in iter_rows(path):
+    for line, raw in iter_rows(path, split=split):
         obj, rid, question, answers = _wiki_multihop_fields(raw, p, line)
         documents = _context(obj, p, line)
         gold = _supporting_titles(obj, documents, p, line)
+        # By columns on the hub: {fact: [subject, ...], relation: [...], entity: [object, ...]}.
+        obj = _by_rows(obj, "evidences", [("fact",), ("relation",), ("entity",)], p, line)
         evidences = _get(obj, "evidences", list, p, line)
         subjects: list[str] = []
         for k, ev in enumerate(evidences):
@@ -456,28 +502,38 @@ def load_2wiki(path: PathLike) -> list[Record]:
     return records
 
 
-_LOADERS: dict[str, Callable[[PathLike], list[Record]]] = {
-    "records": read_records, "litm": load_litm_qa, "authors": load_authors, "kv": load_kv,
+def load_own(path: PathLike, *, split: str = "") -> list[Record]:
+    """Load our own format (what :func:`pos2distill.data.records.write_records` writes)."""
+    p, _ = _names(path, split)
+    return [Record.from_dict(obj, path=p, line=n) for n, obj in iter_rows(path, split=split)]
+
+
+_LOADERS: dict[str, Callable[..., list[Record]]] = {
+    "records": load_own, "litm": load_litm_qa, "authors": load_authors, "kv": load_kv,
     "musique": load_musique, "hotpotqa": load_hotpotqa, "2wiki": load_2wiki}
 
 
-def detect_format(path: PathLike) -> str:
-    """Guess the format of a file from the keys of its first non-blank line.
+def detect_format(path: PathLike, *, split: str = "") -> str:
+    """Guess the format of a file from the keys of its first non-blank line (the columns of a
+    Parquet file or ``datasets`` folder).
 
     ``documents`` + ``gold`` → ``"records"``; ``ctxs`` → ``"litm"``; ``gold_document`` →
-    ``"authors"``; ``ordered_kv_records`` → ``"kv"``. Raises :class:`DataError` otherwise.
+    ``"authors"``; ``ordered_kv_records`` → ``"kv"``; MuSiQue, 2WikiMultihopQA and HotpotQA by
+    their own fields. Raises :class:`DataError` otherwise.
     """
-    p = str(path)
-    rows = iter_rows(path)
-    try:
-        first = next(rows, None)
-    finally:
-        rows.close()  # closes the file now instead of whenever the generator is collected
-    if first is None:
-        raise DataError("empty file: no JSON line to detect the format from", path=p)
-    line, obj = first
-    obj = _object(obj, p, line)
-    keys = set(obj)
+    p, _ = _names(path, split)
+    if tables.is_table(path):
+        keys, line = set(tables.columns(path, split)), None
+    else:
+        rows = iter_rows(path)
+        try:
+            first = next(rows, None)
+        finally:
+            rows.close()  # closes the file now instead of whenever the generator is collected
+        if first is None:
+            raise DataError("empty file: no JSON line to detect the format from", path=p)
+        line, obj = first
+        keys = set(_object(obj, p, line))
     if {"documents", "gold"} <= keys:
         return "records"
     if "ctxs" in keys:
@@ -493,7 +549,8 @@ def detect_format(path: PathLike) -> str:
     if "context" in keys and "supporting_facts" in keys:
         return "hotpotqa"
     raise DataError(
-        f"cannot detect the format from keys {sorted(keys)}; expected one of: "
+        f"cannot detect the format from {'keys' if line else 'columns'} {sorted(keys)}; "
+        "expected one of: "
         "records (documents + gold), litm (ctxs), authors (gold_document), "
         "kv (ordered_kv_records), musique (paragraphs + question_decomposition), "
         "2wiki (context + evidences), hotpotqa (context + supporting_facts). "
@@ -501,14 +558,15 @@ def detect_format(path: PathLike) -> str:
         path=p, line=line)
 
 
-def load_records(path: PathLike, format: str = "auto") -> list[Record]:
-    """Load any supported format; ``format`` is ``"auto"`` or one of :data:`FORMATS`."""
+def load_records(path: PathLike, format: str = "auto", *, split: str = "") -> list[Record]:
+    """Load any supported format; ``format`` is ``"auto"`` or one of :data:`FORMATS`; ``split``
+    names the split of a DatasetDict folder."""
     if format == "auto":
-        format = detect_format(path)
+        format = detect_format(path, split=split)
     elif format not in _LOADERS:
         raise ConfigError(f"format: unknown format {format!r}; expected 'auto' or one of "
                           f"{', '.join(FORMATS)}")
-    return _LOADERS[format](path)
+    return _LOADERS[format](path, split=split)
 
 
 # --------------------------------------------------------------------------------------------

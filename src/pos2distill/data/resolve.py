@@ -1,4 +1,5 @@
-"""Resolve a ``--data`` option to records: a file in any supported format, or the synthetic set."""
+"""Resolve a ``--data`` option to records: a file in any supported format (JSONL, JSON, Parquet, a
+``datasets`` folder), or the synthetic set. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Protocol
 from pos2distill.data import synthetic
 from pos2distill.data.loaders import build_from_oracle, load_records
 from pos2distill.data.records import Record
+from pos2distill.data.tables import refuse_remote
 from pos2distill.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,7 @@ class DataOptions(Protocol):
 
     data: str
     data_format: str
+    split: str
     n_documents: int
     limit: int
     seed: int
@@ -29,6 +32,10 @@ def load_data(opts: DataOptions) -> list[Record]:
     """Records for ``opts.data``; single-document (oracle) QA files are turned into
     ``opts.n_documents``-document sets with other questions' gold passages as distractors. Which
     of them a task can ask is the task's to say (:meth:`pos2distill.tasks.base.Task.keep`)."""
+    split = opts.split
+    if opts.data.startswith("synthetic") and split:
+        raise ConfigError(f"--split {split}: the synthetic sets name their split in --data "
+                          "(synthetic:SPLIT); --split chooses a split of a datasets folder")
     if opts.data.startswith("synthetic-reasoning"):
         _, _, split = opts.data.partition(":")
         split = split or "test"
@@ -51,7 +58,8 @@ def load_data(opts: DataOptions) -> list[Record]:
                               f"documents per question, got {opts.n_documents}")
         return synthetic.generate(split, opts.limit or SYNTHETIC_DEFAULT_SIZE, seed=opts.seed,
                                   n_documents=opts.n_documents)
-    records = load_records(opts.data, opts.data_format)
+    refuse_remote(opts.data)
+    records = load_records(opts.data, opts.data_format, split=split)
     if not records:
         raise ConfigError(f"--data: {opts.data} holds no records")
     if all(len(r.documents) == 1 and r.kind == "qa" for r in records) and opts.n_documents > 1:

@@ -20,8 +20,10 @@ Layout of ``--out``::
                                          number of training questions), those of the first M
     shared/pairs/nN-KK-seedS.jsonl
     shared/probe-base-dD/                base model probes
-    runs/METHOD-KK-nN-seedS/             train/ (model/, log.jsonl), probe-dD/, metrics.jsonl,
-                                         result.json (written last: the run is done)
+    runs/METHOD-KK-nN-seedS/             train/ (model/ with its card, log.jsonl), probe-dD/,
+                                         report-dD/ (against the base model; also in the card),
+                                         metrics.jsonl, result.json (written last: the run is
+                                         done)
     results.md, results.csv, results.json
     plots/*.png
 
@@ -61,7 +63,7 @@ from pos2distill import progress
 from pos2distill.modeling import load_config
 from pos2distill.plots import plot_curves, plot_slots
 from pos2distill.runinfo import fingerprint, one_writer, write_json_atomic, write_text_atomic
-from pos2distill.stages import pairs, probe, teach, train
+from pos2distill.stages import pairs, probe, report, teach, train
 from pos2distill.stages.teach import read_teacher_rows
 from pos2distill.stages.train import RESUME_IGNORES
 from pos2distill.tasks import get_task
@@ -544,6 +546,9 @@ def train_and_probe(cfg: ExperimentConfig, run: Run, runs: Sequence[Run], lock: 
         stage(f"{run.key}: probe, {d} documents")
         s = probe.main(probe_config(cfg, summary["model"], run_dir(cfg, run) / f"probe-d{d}", d))
         evals[str(d)] = eval_summary(s, adv_slot(cfg, d))
+        # Against the base model at the same count: report-dD/, and a block of the model's card.
+        report.compare(base_probe_dir(cfg, d), run_dir(cfg, run) / f"probe-d{d}",
+                       run_dir(cfg, run) / f"report-d{d}", title=f"{run.key}, {d} documents")
         done()
     return run_result(cfg, run, {}, model=summary["model"], train=summary,
                       teacher_kept=made["questions"], pairs=made["pairs"], eval=evals)

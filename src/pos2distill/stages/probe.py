@@ -6,23 +6,34 @@ order that is the same for every model compared), answered greedily, and scored 
 (best-subspan EM for retrieval, reasoning EM for chains of thought). Outputs in ``--out``:
 ``rows.jsonl`` (one row per question × slot, appended as batches finish, so an interrupted probe
 resumes where it stopped), ``summary.json``, ``table.md`` and the task's plot.
+
+Several ``--n-documents`` (retrieval): the same probe at each count, into ``OUT/n10``,
+``OUT/n20``, ... (each folder exactly what ``--n-documents 10 --out OUT/n10`` writes, and resumes
+like it), with one model load for all of them; then the accuracy by gold *depth* × number of
+documents in ``OUT/heatmap.json``, ``heatmap.md`` and ``heatmap.png``. The depth of the gold
+document at 0-based position ``p`` of ``n`` is where its middle sits, ``(p + 0.5) / n`` of the
+documents (as a percentage; documents are counted, not tokens); depths are grouped into
+``min(10, smallest count)`` equal bins, so every bin holds at least one position of every count,
+and each cell pools the rows of its positions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from pos2distill.config import ProbeConfig
+from pos2distill.config import ProbeConfig, document_counts
 from pos2distill.data.records import Record, open_text, read_append_log
 from pos2distill.data.resolve import load_data
 from pos2distill.errors import ConfigError
 from pos2distill.generation import Generator, make_generator
 from pos2distill import progress
 from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
-from pos2distill.plots import plot_slots
+from pos2distill.plots import plot_heatmaps, plot_slots
 from pos2distill.runinfo import one_writer, start_run, write_json_atomic, write_text_atomic
 from pos2distill.tasks import Task, get_task
 from pos2distill.tasks.fitting import fit_prompt, prompt_budget
@@ -32,6 +43,9 @@ from pos2distill.tasks.prompts import use_chat
 log = logging.getLogger(__name__)
 
 ROWS, SUMMARY, TABLE = "rows.jsonl", "summary.json", "table.md"
+HEATMAP, HEATMAP_TABLE, HEATMAP_PLOT = "heatmap.json", "heatmap.md", "heatmap.png"
+#: Most depth bins of a heatmap (fewer when a count has fewer documents).
+MAX_DEPTH_BINS = 10
 
 Item = tuple[Record, Slot, str]   # a question, the slot of its gold documents, the prompt
 
@@ -154,50 +168,158 @@ def pending_prompts(cfg: ProbeConfig, out: Path, task: Task, records: Sequence[R
     return items, too_long
 
 
-def generate_rows(cfg: ProbeConfig, out: Path, task: Task, items: Sequence[Item], tokenizer: Any,
-                  *, chat: bool) -> None:
-    """Answer ``items`` with the generator of ``cfg.backend`` and append their scored rows to
-    ``out/rows.jsonl`` chunk by chunk (a killed probe keeps what it wrote), with a progress bar."""
+@dataclass
+class Part:
+    """The probe of one number of documents: its config (``n_documents`` one number, ``out`` its
+    folder), records, slots, and the prompts still to answer."""
+
+    cfg: ProbeConfig
+    records: list[Record]
+    slots: list[Slot]
+    items: list[Item] = dataclasses.field(default_factory=list)
+    too_long: dict[str, Any] | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+def part_configs(cfg: ProbeConfig) -> list[ProbeConfig]:
+    """One config per number of documents: ``cfg`` itself for one, else ``cfg`` with that
+    number and ``out`` ``OUT/nD``, the config a single-count probe of that folder would have."""
+    counts = document_counts(cfg.n_documents)
+    if len(counts) == 1:
+        return [cfg]
+    return [dataclasses.replace(cfg, n_documents=n, out=str(Path(cfg.out) / f"n{n}"))
+            for n in counts]
+
+
+def generate_rows(cfg: ProbeConfig, parts: Sequence[Part], task: Task, tokenizer: Any, *,
+                  chat: bool) -> None:
+    """Answer the pending prompts of every part with one generator of ``cfg.backend`` (one model
+    load) and append their scored rows to each part's ``rows.jsonl`` chunk by chunk (a killed
+    probe keeps what it wrote), with one progress bar."""
     # The generator first: a backend that cannot load refuses before any progress bar is drawn.
     generator = make_generator(cfg, tokenizer, chat=chat, progress=lambda n: bar.update(n))
-    bar = progress.bar(total=len(items), desc=f"probe {task.name} {Path(cfg.model).name}",
-                       unit="prompt")
-    with open_text(out / ROWS, "at") as f:
-        def append(rows: list[dict]) -> None:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
+    bar = progress.bar(total=sum(len(p.items) for p in parts),
+                       desc=f"probe {task.name} {Path(cfg.model).name}", unit="prompt")
+    for part in parts:
+        with open_text(part.out / ROWS, "at") as f:
+            def append(rows: list[dict]) -> None:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
 
-        run_probe(items, generator, task, max_new_tokens=cfg.max_new_tokens,
-                  chunk=cfg.batch_size * 4, on_rows=append)
+            run_probe(part.items, generator, task, max_new_tokens=cfg.max_new_tokens,
+                      chunk=cfg.batch_size * 4, on_rows=append)
     bar.close()
 
 
 def main(cfg: ProbeConfig) -> dict[str, Any]:
-    """Run the probe described by ``cfg``; returns the summary."""
+    """Run the probe described by ``cfg``; returns the summary (with several ``--n-documents``:
+    the heatmap, and each count's summary under ``by_documents``)."""
     task = get_task(cfg.task)
     out = Path(cfg.out)
-    records = task.keep(load_data(cfg), cfg.data)
-    n_docs = len(records[0].documents)
-    slots = task.slots(getattr(cfg, task.slot_option), n_docs)
     # Everything that can refuse the run does so before anything is written.
+    parts = []
+    for c in part_configs(cfg):
+        records = task.keep(load_data(c), c.data)
+        slots = task.slots(getattr(c, task.slot_option), len(records[0].documents))
+        parts.append(Part(c, records, slots))
     config = load_config(cfg.model, trust_remote_code=cfg.trust_remote_code)
     tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     chat = use_chat(tokenizer, cfg.chat)  # type: ignore[arg-type]
+    several = len(parts) > 1
     with one_writer(out):
-        items, too_long = pending_prompts(cfg, out, task, records, slots, tokenizer, config)
-        if items:
-            generate_rows(cfg, out, task, items, tokenizer, chat=chat)
-        summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs,
-                   **task.summarize(read_rows(out / ROWS, task), slots)}
-        if too_long:
-            summary["too_long"] = too_long
-        write_json_atomic(out / SUMMARY, summary)
-        write_text_atomic(out / TABLE, task.table(summary))
-        plot_slots({Path(cfg.model).name: points(summary)}, out / task.plot_file,
-                   kind=task.plot_kind,
-                   title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
+        if several:   # the folder's own guard: a probe of other counts or options is refused
+            start_run(out, cfg, inputs=[p for p in (cfg.data, resolve_model_path(cfg.model))
+                                        if Path(p).exists()], stage="probe",
+                      ignore=("out", "batch_size", "device"))
+        for part in parts:
+            part.items, part.too_long = pending_prompts(part.cfg, part.out, task, part.records,
+                                                        part.slots, tokenizer, config)
+        if any(part.items for part in parts):
+            generate_rows(cfg, [p for p in parts if p.items], task, tokenizer, chat=chat)
+        summaries = [finish(part, task) for part in parts]
+        if not several:
+            return summaries[0]
+        heatmap = depth_heatmap({p.cfg.n_documents: read_rows(p.out / ROWS, task) for p in parts})
+        heatmap = {"task": task.name, "model": cfg.model, "data": cfg.data, **heatmap,
+                   "folders": {str(p.cfg.n_documents): p.out.name for p in parts}}
+        write_heatmap(out, heatmap, title=f"{task.metric} by gold depth: {Path(cfg.model).name}")
+    return {**heatmap, "heatmap": str(out / HEATMAP_PLOT),
+            "by_documents": {str(p.cfg.n_documents): s for p, s in zip(parts, summaries)}}
+
+
+def finish(part: Part, task: Task) -> dict[str, Any]:
+    """The summary, table and plot of one part, from every row in its folder."""
+    cfg, out, n_docs = part.cfg, part.out, len(part.records[0].documents)
+    summary = {"model": cfg.model, "data": cfg.data, "n_documents": n_docs,
+               **task.summarize(read_rows(out / ROWS, task), part.slots)}
+    if part.too_long:
+        summary["too_long"] = part.too_long
+    write_json_atomic(out / SUMMARY, summary)
+    write_text_atomic(out / TABLE, task.table(summary))
+    plot_slots({Path(cfg.model).name: points(summary)}, out / task.plot_file,
+               kind=task.plot_kind, title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
     return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth × documents heatmap
+# ---------------------------------------------------------------------------------------------
+
+def depth_bin(position: int, n_documents: int, n_bins: int) -> int:
+    """The depth bin of the gold document at 0-based ``position`` of ``n_documents``: its middle,
+    ``(position + 0.5) / n_documents`` of the context, in ``n_bins`` equal bins (exact integer
+    arithmetic, so a middle on a bin edge always goes to the upper bin)."""
+    return (2 * position + 1) * n_bins // (2 * n_documents)
+
+
+def depth_heatmap(rows_by_count: Mapping[int, Iterable[dict[str, Any]]]) -> dict[str, Any]:
+    """Accuracy by depth bin × number of documents from probe rows (one-position slots).
+
+    Returns ``n_documents`` (sorted), ``depth_bins`` (``[low, high]`` percentages),
+    ``accuracy`` and ``count`` (lists by bin, then by count; accuracy None for an empty cell,
+    which only happens when a count's probe skipped positions)."""
+    counts = sorted(rows_by_count)
+    n_bins = min(MAX_DEPTH_BINS, min(counts))
+    total = [[0.0] * len(counts) for _ in range(n_bins)]
+    seen = [[0] * len(counts) for _ in range(n_bins)]
+    for j, n in enumerate(counts):
+        for row in rows_by_count[n]:
+            b = depth_bin(row["slot"][0], n, n_bins)
+            total[b][j] += row["correct"]
+            seen[b][j] += 1
+    return {"n_documents": counts,
+            "depth_bins": [[round(100 * b / n_bins, 2), round(100 * (b + 1) / n_bins, 2)]
+                           for b in range(n_bins)],
+            "accuracy": [[t / c if c else None for t, c in zip(ts, cs)]
+                         for ts, cs in zip(total, seen)],
+            "count": seen}
+
+
+def heatmap_table(heatmap: Mapping[str, Any]) -> str:
+    """Markdown: one row per depth bin, one column per number of documents."""
+    counts = heatmap["n_documents"]
+    lines = ["| gold depth (% of the documents) | " + " | ".join(f"{n} documents" for n in counts)
+             + " |", "|---|" + "---:|" * len(counts)]
+    for (low, high), accs in zip(heatmap["depth_bins"], heatmap["accuracy"]):
+        cells = ["" if a is None else f"{a:.3f}" for a in accs]
+        lines.append(f"| {low:g}–{high:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_heatmap(out: Path, heatmap: dict[str, Any], *, title: str) -> None:
+    write_json_atomic(out / HEATMAP, heatmap)
+    write_text_atomic(out / HEATMAP_TABLE, heatmap_table(heatmap))
+    plot_heatmaps([("", heatmap)], out / HEATMAP_PLOT, title=title)
+
+
+def load_heatmap(folder: str | Path) -> dict[str, Any] | None:
+    """The heatmap of a probe folder made with several ``--n-documents`` (None for others)."""
+    path = Path(folder) / HEATMAP
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def points(summary: dict[str, Any], value: str = "accuracy",
@@ -207,4 +329,9 @@ def points(summary: dict[str, Any], value: str = "accuracy",
 
 
 def describe(summary: dict[str, Any]) -> str:
+    if "by_documents" in summary:
+        task = get_task(summary["task"])
+        return "\n".join([*(f"{n} documents: {task.describe(s)}"
+                             for n, s in summary["by_documents"].items()),
+                           f"heatmap: {summary['heatmap']}"])
     return get_task(summary["task"]).describe(summary)

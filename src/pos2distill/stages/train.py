@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import logging
 import os
 import random
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,12 +52,12 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 from torch import Tensor
 
-from pos2distill import modeling, progress
+from pos2distill import modelcard, modeling, progress
 from pos2distill.config import TrainConfig
 from pos2distill.errors import ConfigError, DataError, TrainingError
-from pos2distill.runinfo import (fingerprint, one_writer, recover_dir, replace_dir, start_run,
-                                 write_json_atomic)
-from pos2distill.tasks.positions import Slot, slot_key
+from pos2distill.runinfo import (file_sha256, fingerprint, one_writer, recover_dir, replace_dir,
+                                 start_run, write_json_atomic)
+from pos2distill.tasks.positions import Slot, slot_key, slot_label
 from pos2distill.training import lora
 from pos2distill.training.batches import (Example, batch_tensors, encode_pair, read_pairs,
                                           select_rows, slot_ids)
@@ -73,7 +75,8 @@ from pos2distill.training.teacher import (CachedTeacher, CrossEntropyTargets, On
 log = logging.getLogger(__name__)
 
 #: Config fields that do not change the trained weights (a run may resume with other values).
-RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk")
+RESUME_IGNORES = ("out", "device", "log_every", "save_every", "teacher_device", "head_chunk",
+                  "base_model_id")
 
 SUMMARY = "train_summary.json"
 
@@ -160,8 +163,11 @@ def run(cfg: TrainConfig, method: Method, dist: Dist, out: Path, *,
     summary = {"steps": total, "examples": len(examples), "method": cfg.method,
                "adv_slot": list(adv), "processes": dist.world,
                "teacher": _teacher_kind(cfg, method.needs_teacher), "log": str(log_path)}
+    card = card_facts(cfg, method, rows=rows, all_rows=all_rows, adv=adv, steps=total,
+                      last_loss=done.losses.mean().item() if total > start else None) \
+        if dist.is_main else None
     summary = save_final(cfg, dist, student=student, loss_module=loss_module, tokenizer=tokenizer,
-                         out=out, quantized=bool(quantized), summary=summary)
+                         out=out, quantized=bool(quantized), summary=summary, card=card)
     dist.barrier()
     dist.end()
     return summary
@@ -470,17 +476,62 @@ def checkpoint(out: Path, dist: Dist, *, step: int, student: Any, opt: torch.opt
 
 
 def save_final(cfg: TrainConfig, dist: Dist, *, student: Any, loss_module: torch.nn.Module,
-               tokenizer: Any, out: Path, quantized: bool,
-               summary: dict[str, Any]) -> dict[str, Any]:
-    """Write the trained model, then ``train_summary.json`` (``summary`` plus the model's
-    paths), which marks the run complete; returns the summary. Every rank takes part in
-    gathering the weights (sharded under FSDP); the main process writes."""
+               tokenizer: Any, out: Path, quantized: bool, summary: dict[str, Any],
+               card: modelcard.Training | None) -> dict[str, Any]:
+    """Write the trained model and its card (``README.md``), then ``train_summary.json``
+    (``summary`` plus the model's paths), which marks the run complete; returns the summary.
+    Every rank takes part in gathering the weights (sharded under FSDP); the main process
+    writes."""
     paths = save_model(cfg, dist, student=student, loss_module=loss_module, tokenizer=tokenizer,
                        out=out, quantized=quantized)
     summary = {**summary, **paths}
     if dist.is_main:
+        modelcard.write_training_cards(paths, card)
         write_json_atomic(out / SUMMARY, summary)
     return summary
+
+
+#: TrainConfig fields a model card leaves out of its options: where things are and run, not what
+#: shapes the weights.
+_CARD_SKIPS = ("pairs", "model", "out", "device", "teacher_device", "teacher_cache", "log_every",
+               "save_every", "head_chunk", "trust_remote_code", "base_model_id")
+
+
+def card_facts(cfg: TrainConfig, method: Method, *, rows: Sequence[dict[str, Any]],
+               all_rows: Sequence[dict[str, Any]], adv: Slot, steps: int,
+               last_loss: float | None) -> modelcard.Training:
+    """What the model card says about this run (:mod:`pos2distill.modelcard`)."""
+    values = dataclasses.asdict(cfg)
+    defaults = dataclasses.asdict(TrainConfig())
+    shown = [k for k in values if k not in _CARD_SKIPS
+             and not (k.startswith(("lora_", "load_in_")) and not cfg.lora_rank)
+             and not (k in ("formula", "temperature") and not method.needs_teacher)
+             and not (k == "anchor_weight" and not (method.needs_teacher and method.anchors))]
+    options = {k.replace("_", "-"): values[k] for k in shown}
+    options["teacher"] = _teacher_kind(cfg, method.needs_teacher)
+    flags = ["--model", cfg.model, "--pairs", cfg.pairs, "--method", cfg.method] + [
+        arg for k in shown if k != "method" and values[k] != defaults[k]
+        for arg in _flag(k, values[k])] + ["--out", cfg.out]
+    base_path = modeling.resolve_model_path(cfg.model)
+    tasks = sorted({str(r.get("task", "retrieval")) for r in rows})
+    return modelcard.Training(
+        base_model=cfg.model, base_path=base_path,
+        base_model_id=cfg.base_model_id or modelcard.hub_id(base_path),
+        method=cfg.method, method_summary=method.summary, task=", ".join(tasks), options=options,
+        command=" ".join(["pos2distill", "train", *map(shlex.quote, flags)]),
+        loss_name="KL" if method.loss == "kl" else "cross-entropy",
+        pairs_path=cfg.pairs, pairs_sha256=file_sha256(cfg.pairs),
+        questions=len({r.get("question_id", r.get("id")) for r in rows}), pairs=len(all_rows),
+        trained_pairs=len(rows), adv_slot=slot_label(adv) if adv else "", steps=steps,
+        batch_size=cfg.batch_size, last_loss=last_loss)
+
+
+def _flag(name: str, value: Any) -> list[str]:
+    """The command-line form of one option (``--no-x`` for a false boolean)."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag] if value else ["--no-" + name.replace("_", "-")]
+    return [flag, str(value)]
 
 
 def save_model(cfg: TrainConfig, dist: Dist, *, student: Any, loss_module: torch.nn.Module,

@@ -36,6 +36,7 @@ class Task(ABC):
         slot_option: the probe option that names the evaluated slots (``positions`` or
             ``configurations``); the other tasks' options must stay at their default.
         slot_noun: what a slot is called in tables (``gold position``, ``hop positions``).
+        slot_width: the number of positions in a slot (1 for retrieval, 2 for reasoning).
         metric: the column name of a slot's score (``accuracy``, ``EM``).
         methods: the ``train --method`` values that train this task's pairs.
         has_anchors: whether pairs include anchor copies at the advantageous slot.
@@ -48,6 +49,7 @@ class Task(ABC):
     default_advantageous: str
     slot_option: str
     slot_noun: str
+    slot_width: int
     metric: str
     methods: tuple[str, ...]
     has_anchors: bool

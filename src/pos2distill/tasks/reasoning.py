@@ -66,6 +66,7 @@ class Reasoning(Task):
     default_advantageous = "last"
     slot_option = "configurations"
     slot_noun = "hop positions"
+    slot_width = 2
     metric = "EM"
     methods = ("r2",)
     has_anchors = False

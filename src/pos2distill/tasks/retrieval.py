@@ -25,6 +25,7 @@ class Retrieval(Task):
     default_advantageous = "first"
     slot_option = "positions"
     slot_noun = "gold position"
+    slot_width = 1
     metric = "accuracy"
     methods = ("sft", "seqkd", "kl", "kl+align", "r1")
     has_anchors = True
