@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from pos2distill.analysis.thoughts import (classify_chain, hop_checks, hop_facts, perplexity,
-                                           summarize)
+from pos2distill.analysis.thoughts import (classify_chain, hop_checks, hop_facts, missing_hops,
+                                           perplexity, summarize)
 from pos2distill.data import synthetic
 from pos2distill.data.records import Document, Record
 
@@ -60,6 +60,8 @@ def test_classes_of_synthetic_chains(record: Record) -> None:
                           record.answers, checks) == "retrieval_failed"
     assert classify_chain(f"{y} works in Oslo. The answer is: Oslo", record.answers,
                           checks) == "retrieval_failed"
+    assert missing_hops(f"{x}'s manager is Bob. Bob works in Atlantis.", checks) == [1, 2]
+    assert missing_hops(f"{x}'s manager is {y}. {y} works in Oslo.", checks) == [2]
     # A fact after the answer line does not count (the chain is read up to its answer).
     assert classify_chain(f"{x}'s manager is {y}. The answer is: Oslo\n{y} works in {z}.",
                           record.answers, checks) == "retrieval_failed"
@@ -78,11 +80,14 @@ def test_nothing_to_check_is_unclassified() -> None:
 
 def test_perplexity_and_summary() -> None:
     assert perplexity([math.log(2.0), math.log(8.0)]) == pytest.approx(4.0)
-    rows = [{"slot": [0, 1], "class": "correct", "ppl_adv": 1.0, "ppl_gold": 2.0},
-            {"slot": [0, 1], "class": "retrieval_failed", "ppl_adv": 3.0, "ppl_gold": 2.0},
+    rows = [{"slot": [0, 1], "class": "correct", "ppl_adv": 1.0, "ppl_gold": 2.0,
+             "missing_hops": [], "n_hops": 2},
+            {"slot": [0, 1], "class": "retrieval_failed", "ppl_adv": 4.0, "ppl_gold": 2.0,
+             "missing_hops": [2], "n_hops": 2},
             {"slot": [4, 1], "ppl_adv": 1.5, "ppl_gold": None}]
     s = summarize(rows, [(4, 1), (0, 1), (2, 3)])
     assert [e["slot"] for e in s] == [[4, 1], [0, 1]]
     assert s[0] == {"slot": [4, 1], "count": 1, "ppl_adv": 1.5, "ppl_gold": None}
     assert s[1]["correct"] == 0.5 and s[1]["retrieval_failed"] == 0.5
-    assert s[1]["reasoning_failed"] == 0.0 and s[1]["ppl_adv"] == 2.0
+    assert s[1]["reasoning_failed"] == 0.0 and s[1]["hop_missing"] == [0.0, 0.5]
+    assert s[1]["ppl_adv"] == pytest.approx(2.0)                     # geometric mean of 1 and 4

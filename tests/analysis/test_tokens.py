@@ -107,6 +107,7 @@ def test_summary_of_a_position() -> None:
     assert s["mean_max_kl"] == pytest.approx((0.5 + 0.6 + 0.1 + 0.9) / 4)
     assert s["diverged"] == 0.75
     assert (s["top1_share"], s["top5_share"], s["top10_share"]) == (0.25, 0.75, 0.75)
+    assert (s["top5_share_failures"], s["top10_share_failures"]) == (0.5, 0.5)
     assert s["recovery"] == 0.5                  # of the two wrong answers, one recovered
     assert s["recovery_diverged"] == pytest.approx(2 / 3)
     assert s["accuracy"] == 0.5

@@ -172,6 +172,7 @@ def test_recovery_on_a_model_that_one_token_flips(tmp_path: Path, tok: Any, tiny
         assert e["slot"] != [0]
         assert (e["diverged"], e["top1_share"], e["top5_share"], e["top10_share"]) == (1, 0, 1, 1)
         assert (e["accuracy"], e["recovery"], e["recovery_diverged"]) == (0, 1, 1)
+        assert (e["top1_share_failures"], e["top5_share_failures"]) == (0, 1)
         assert (e["spike_index"], e["kl_by_token"][1]) == (0, 0.0)
         assert e["kl_mean"] == pytest.approx(e["spike_kl"] / 2)
     for name in ("summary.json", "table.md", "kl_by_token.png", "rank_histogram.png", "run.json"):
@@ -231,7 +232,7 @@ def test_thoughts_on_retrieval_measure_perplexity_only(tmp_path: Path, tiny_mode
     assert [e["slot"] for e in summary["by_slot"]] == [[0], [1], [2], [3]]
     assert "hop_checks" not in summary and "correct" not in summary["by_slot"][0]
     assert not (tmp_path / "th" / "chain_classes.png").exists()
-    assert analyze.describe(summary).startswith("thoughts: 3 questions  PPL advantageous")
+    assert analyze.describe(summary).startswith("thoughts: 3 questions  PPL at other slots")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,8 +81,9 @@ def stacked_bars(series: Mapping[str, Sequence[float]], path: str | Path, *,
 
 def grouped_bars(series: Mapping[str, Sequence[float | None]], path: str | Path, *,
                  labels: Sequence[str], xlabel: str, ylabel: str, title: str = "",
-                 baseline: float | None = None) -> Path:
-    """Bars side by side per label, one per series; ``baseline`` draws a horizontal line."""
+                 baseline: float | None = None, log: bool = False) -> Path:
+    """Bars side by side per label, one per series; ``baseline`` draws a horizontal line;
+    ``log``: a logarithmic value axis."""
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 2), 4), dpi=110)
     for s, (name, values) in enumerate(series.items()):
@@ -90,6 +91,8 @@ def grouped_bars(series: Mapping[str, Sequence[float | None]], path: str | Path,
         ax.bar(xs, [v if v is not None else 0.0 for v in values], width, label=name)
     if baseline is not None:
         ax.axhline(baseline, color="grey", lw=0.8, ls="--")
+    if log:
+        ax.set_yscale("log")
     ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 16 else 0, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -66,6 +66,12 @@ def _contains(text: str, phrase: str) -> bool:
     return f" {_words(phrase)} " in f" {_words(text)} "
 
 
+def missing_hops(chain: str, checks: Sequence[str]) -> list[int]:
+    """The hops (1-based) whose check the chain, up to its answer line, does not contain."""
+    reasoning = cot_through_answer(chain)
+    return [k for k, c in enumerate(checks, start=1) if not _contains(reasoning, c)]
+
+
 def classify_chain(chain: str, answers: Sequence[str], checks: Sequence[str]) -> str:
     """``correct``, ``retrieval_failed`` or ``reasoning_failed`` (see the module docstring);
     ``unclassified`` for a wrong chain when there is nothing to check (no titles)."""
@@ -73,9 +79,7 @@ def classify_chain(chain: str, answers: Sequence[str], checks: Sequence[str]) ->
         return "correct"
     if not checks:
         return "unclassified"
-    reasoning = cot_through_answer(chain)
-    return "reasoning_failed" if all(_contains(reasoning, c) for c in checks) \
-        else "retrieval_failed"
+    return "retrieval_failed" if missing_hops(chain, checks) else "reasoning_failed"
 
 
 def perplexity(nll: Sequence[float]) -> float:
@@ -84,9 +88,13 @@ def perplexity(nll: Sequence[float]) -> float:
 
 
 def summarize(rows: Sequence[dict[str, Any]], slots: Sequence[Slot]) -> list[dict[str, Any]]:
-    """Per slot (in ``slots`` order): the share of each chain class (rows with ``class``) and the
-    mean perplexity of the advantageous response (``ppl_adv``) and of the gold label
-    (``ppl_gold``), each the mean over rows of the row's perplexity."""
+    """Per slot (in ``slots`` order): the share of each chain class (rows with ``class``), the
+    share of chains missing each hop's fact (``hop_missing``, rows with ``missing_hops`` and
+    ``n_hops``; a correct chain may miss one too), and the
+    perplexity of the advantageous response (``ppl_adv``) and of the gold label (``ppl_gold``):
+    the geometric mean over rows of each row's perplexity, i.e. ``exp`` of the mean per-answer
+    NLL (an arithmetic mean would be ruled by the few answers a model finds near impossible: a
+    one-token label's perplexity is 1/p)."""
     out = []
     for slot in slots:
         members = [r for r in rows if tuple(r["slot"]) == tuple(slot)]
@@ -96,8 +104,12 @@ def summarize(rows: Sequence[dict[str, Any]], slots: Sequence[Slot]) -> list[dic
         chains = [r for r in members if r.get("class") is not None]
         if chains:
             entry.update({c: sum(r["class"] == c for r in chains) / len(chains) for c in CLASSES})
+        if chains and all("missing_hops" in r for r in chains):
+            n_hops = max(r["n_hops"] for r in chains)
+            entry["hop_missing"] = [sum(k in r["missing_hops"] for r in chains) / len(chains)
+                                    for k in range(1, n_hops + 1)]
         for key in ("ppl_adv", "ppl_gold"):
             values = [r[key] for r in members if r.get(key) is not None]
-            entry[key] = sum(values) / len(values) if values else None
+            entry[key] = math.exp(sum(map(math.log, values)) / len(values)) if values else None
         out.append(entry)
     return out

@@ -88,7 +88,8 @@ def summarize_slot(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ``kl_mean`` is the mean of the rows' token-mean KL (R1's per-example loss); ``kl_by_token`` the
     mean KL at each token index, whose largest value is ``spike_kl`` at ``spike_index`` (0-based;
     the Table 9 view); ``mean_max_kl`` the mean of each row's largest KL; ``top{1,5,10}_share`` the
-    share of rows whose rank is within k; ``recovery`` the share of the rows the model gets wrong
+    share of rows whose rank is within k (``top{k}_share_failures``: among the rows the model gets
+    wrong, the paper's Fig. 8 view); ``recovery`` the share of the rows the model gets wrong
     on its own that are answered correctly after forcing (None when it gets none wrong);
     ``recovery_diverged`` the same over every diverging row (a row may diverge after its answer
     and be right anyway); ``accuracy`` the model's own answers."""
@@ -104,6 +105,8 @@ def summarize_slot(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "mean_max_kl": sum(max(r["kl"]) for r in rows) / len(rows),
             "diverged": len(diverging) / len(rows),
             **{f"top{k}_share": sum(x <= k for x in ranks) / len(ranks) for k in TOP_K},
+            **{f"top{k}_share_failures": _share([r["rank"] <= k for r in failures])
+               for k in TOP_K},
             "rank_histogram": rank_histogram(ranks),
             "recovery": _share([bool(r["recovered"]) for r in failures]),
             "recovery_diverged": _share([bool(r["recovered"]) for r in diverging]),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -258,6 +259,10 @@ def _labels(slots: Sequence[Slot]) -> list[str]:
     return [slot_label(sl) for sl in slots]
 
 
+def _geo(values: Sequence[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "–" if x is None else format(x, spec)
 
@@ -373,19 +378,21 @@ def tokens_table(summary: dict[str, Any]) -> str:
     """Markdown: one line per slot (KL, spike, ranks, recovery), then the KL by token index
     (the paper's Table 9 shape)."""
     head = ("| gold position (1-based) | KL mean | spike KL | spike token | mean max KL | "
-            "diverged | top-1 | top-5 | top-10 | accuracy | recovery | n |")
+            "diverged | top-1 | top-5 | top-10 | accuracy | top-10 of wrong | recovery | n |")
     lines = [f"Advantageous slot {slot_label(summary['advantageous_slot'])} (1-based); "
              f"{summary['analysed']} of {summary['questions']} questions answered correctly "
              "there. KL is KL(p(·|P^adv, r<t) ‖ p(·|P^i, r<t)) in nats; the spike token is "
              "1-based. Top-k: the advantageous token's rank at the first divergence is within k "
-             "(top-1: no divergence). Accuracy: the model's own answers; recovery: the share of "
-             "its wrong answers made right by forcing that one token.", "", head, "|---|" + "---:|" * 11]
+             "(top-1: no divergence). Accuracy: the model's own answers; top-10 of wrong: top-10 "
+             "among its wrong answers; recovery: the share of its wrong answers made right by "
+             "forcing that one token.", "", head, "|---|" + "---:|" * 12]
     for e in [*summary["by_slot"], {"slot": None, **summary["overall"]}]:
         label = "all" if e["slot"] is None else slot_label(e["slot"])
         lines.append(f"| {label} | {e['kl_mean']:.2e} | {e['spike_kl']:.2e} | "
                      f"{e['spike_index'] + 1} | {e['mean_max_kl']:.2e} | {e['diverged']:.2f} | "
                      f"{e['top1_share']:.2f} | {e['top5_share']:.2f} | {e['top10_share']:.2f} | "
-                     f"{e['accuracy']:.2f} | {_fmt(e['recovery'], '.2f')} | {e['count']} |")
+                     f"{e['accuracy']:.2f} | {_fmt(e['top10_share_failures'], '.2f')} | "
+                     f"{_fmt(e['recovery'], '.2f')} | {e['count']} |")
     width = min(12, max(len(e["kl_by_token"]) for e in summary["by_slot"]))
     lines += ["", "Mean KL by response token (1-based), the paper's Table 9 shape:", "",
               "| gold position | " + " | ".join(str(t + 1) for t in range(width)) + " |",
@@ -517,6 +524,7 @@ def _classify_chains(s: Setup, model: Any, rows: list[dict[str, Any]],
         checks, method = thought_stats.hop_checks(record)
         chain = s.tokenizer.decode(ids, skip_special_tokens=True).strip()
         row.update(group=hop_group(tuple(row["slot"])), chain=chain, checks=method,
+                   n_hops=len(checks), missing_hops=thought_stats.missing_hops(chain, checks),
                    **{"class": thought_stats.classify_chain(chain, record.answers, checks)})
         if record.id not in seen:
             seen.add(record.id)
@@ -537,7 +545,8 @@ def thoughts_table(summary: dict[str, Any]) -> str:
     chains = "hop_checks" in summary
     head = ["gold position (1-based)" if not chains else "hop positions (1-based)"]
     if chains:
-        head += ["group", "correct", "retrieval failed", "reasoning failed"]
+        head += ["group", "correct", "retrieval failed", "reasoning failed", "hop 1 missing",
+                 "hop 2 missing"]
     head += ["PPL advantageous response", "PPL gold label", "n"]
     lines = [f"Advantageous slot {slot_label(summary['advantageous_slot'])} (1-based); "
              f"{summary['analysed']} of {summary['questions']} questions answered correctly "
@@ -550,8 +559,10 @@ def thoughts_table(summary: dict[str, Any]) -> str:
     for e in summary["by_slot"]:
         cells = [slot_label(e["slot"])]
         if chains:
+            missing = (e.get("hop_missing") or []) + [None, None]
             cells += [e["group"], f"{e['correct']:.2f}", f"{e['retrieval_failed']:.2f}",
-                      f"{e['reasoning_failed']:.2f}"]
+                      f"{e['reasoning_failed']:.2f}", _fmt(missing[0], ".2f"),
+                      _fmt(missing[1], ".2f")]
         cells += [_fmt(e["ppl_adv"]), _fmt(e["ppl_gold"]), str(e["count"])]
         lines.append("| " + " | ".join(cells) + " |")
     if chains:
@@ -576,8 +587,8 @@ def _thought_figures(summary: dict[str, Any], out: Path) -> None:
     figures.grouped_bars({"advantageous response": [e["ppl_adv"] for e in by_slot],
                           "gold label": [e["ppl_gold"] for e in by_slot]},
                          out / "perplexity.png", labels=labels, xlabel=xlabel,
-                         ylabel="perplexity", baseline=1.0,
-                         title="Perplexity under each slot's prompt")
+                         ylabel="perplexity (geometric mean over questions)", baseline=1.0,
+                         log=True, title="Perplexity under each slot's prompt")
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,14 +761,16 @@ def describe(summary: dict[str, Any]) -> str:
     if what == "tokens":
         o = summary["overall"]
         return (f"tokens: {summary['analysed']} questions  KL mean {o['kl_mean']:.2e}  spike "
-                f"{o['spike_kl']:.2e} at token {o['spike_index'] + 1}  top-10 "
-                f"{o['top10_share']:.2f}  recovery {_fmt(o['recovery'], '.2f')}")
+                f"{o['spike_kl']:.2e} at token {o['spike_index'] + 1}  accuracy "
+                f"{o['accuracy']:.2f}  wrong answers: top-10 "
+                f"{_fmt(o['top10_share_failures'], '.2f')}, recovered "
+                f"{_fmt(o['recovery'], '.2f')}")
     if what == "thoughts":
         e = summary["by_slot"]
         adv = [x["ppl_adv"] for x in e if x["slot"] != summary["advantageous_slot"]]
         gold = [x["ppl_gold"] for x in e if x["slot"] != summary["advantageous_slot"]]
-        words = (f"  PPL advantageous {sum(adv) / len(adv):.3f} vs gold {sum(gold) / len(gold):.3f}"
-                 if adv else "")
+        words = (f"  PPL at other slots: advantageous response {_geo(adv):.3f}, gold label "
+                 f"{_geo(gold):.3f}" if adv else "")
         if "by_group" in summary:
             words += "  " + "  ".join(f"{g}: correct {v['correct']:.2f} retrieval-failed "
                                       f"{v['retrieval_failed']:.2f}"
