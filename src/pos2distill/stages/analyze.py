@@ -740,9 +740,10 @@ def _attention_figures(summary: dict[str, Any], out: Path) -> None:
                                "(mean over heads and layers)")
     figures.heatmaps([(Path(m["model"]).name,
                        m["by_query"]["last_prompt"]["gold_mass_by_layer"]) for m in models],
-                     out / "attention_gold_by_layer.png", rows=[str(layer) for layer in
+                     out / "attention_gold_by_layer.png", rows=[str(layer + 1) for layer in
                                                                  range(models[0]["layers"])],
-                     columns=rows, xlabel=ylabel, ylabel="layer", colorbar="mass on gold",
+                     columns=rows, xlabel=ylabel, ylabel="layer (1-based)",
+                     colorbar="mass on gold",
                      title="Attention on the gold document(s) by layer (last prompt token)")
 
 
