@@ -17,7 +17,8 @@ from pos2distill.tasks.prompts import document_blocks, encode_prompt, render_pro
 
 #: A ChatML-like template with a system turn that quotes a document of the prompt (a decoy the
 #: search must not take for the document) and content written inside other text.
-CHATML = ("{{ bos_token }}<|system|>\nYou answer from documents like '- Title: {{ decoy }}'.<|end|>\n"
+CHATML = ("{{ bos_token }}<|system|>\nYou answer from documents like '- Title: {{ decoy }}'."
+          "<|end|>\n"
           "{% for m in messages %}<|{{ m['role'] }}|>\nContext follows.\n{{ m['content'] }}"
           "\nThink.<|end|>\n{% endfor %}<|assistant|>\n")
 

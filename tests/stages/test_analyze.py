@@ -122,8 +122,8 @@ class FlipModel(torch.nn.Module):
             out[wrong], out[gold] = 4.0, 3.0
         return out
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int = 0,
-                **_: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                logits_to_keep: int = 0, **_: Any) -> Any:
         rows = []
         for ids, att in zip(input_ids.tolist(), attention_mask.tolist()):
             real = [i for i, a in zip(ids, att) if a]

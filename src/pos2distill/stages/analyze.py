@@ -289,7 +289,8 @@ def run_tokens(cfg: AnalyzeConfig) -> dict[str, Any]:
         _recover(s, model, rows, prompts)
         for row in rows:
             row.pop("nll")
-        summary = {**_header("tokens", cfg, s, answers), "by_slot": token_stats.summarize(rows, slots),
+        summary = {**_header("tokens", cfg, s, answers),
+                   "by_slot": token_stats.summarize(rows, slots),
                    "overall": token_stats.summarize_slot(rows)}
         write_jsonl(out / ROWS, rows)
         write_json_atomic(out / SUMMARY, summary)
@@ -732,7 +733,8 @@ def _attention_figures(summary: dict[str, Any], out: Path) -> None:
     D = len(summary["matrix"][0])
     ylabel = ("hop positions (1-based)" if summary["task"] == "reasoning"
               else "gold position (1-based)")
-    for q, name in (("last_prompt", "attention.png"), ("first_answer", "attention_first_answer.png")):
+    for q, name in (("last_prompt", "attention.png"),
+                    ("first_answer", "attention_first_answer.png")):
         figures.heatmaps([(Path(m["model"]).name, m["by_query"][q]["matrix"]) for m in models],
                          out / name, rows=rows, columns=[str(d + 1) for d in range(D)],
                          xlabel="document (1-based)", ylabel=ylabel, colorbar="attention mass",
