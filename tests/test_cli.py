@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from pos2distill import __version__, cli
-from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, ExperimentConfig,
-                                PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig)
+from pos2distill.config import (AnalyzeConfig, CacheConfig, CrossTaskConfig, DemoConfig,
+                                ExperimentConfig, PairsConfig, ProbeConfig, ReportConfig,
+                                TeachConfig, TrainConfig)
 
 COMMANDS = {"probe": ProbeConfig, "teach": TeachConfig, "pairs": PairsConfig,
             "cache": CacheConfig, "train": TrainConfig, "report": ReportConfig,
-            "crosstask": CrossTaskConfig, "demo": DemoConfig, "experiment": ExperimentConfig}
+            "crosstask": CrossTaskConfig, "demo": DemoConfig, "experiment": ExperimentConfig,
+            "analyze": AnalyzeConfig}
 
 
 def test_commands_are_the_documented_ones() -> None:

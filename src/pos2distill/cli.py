@@ -14,8 +14,9 @@ import sys
 from typing import Any
 
 from pos2distill import __version__, progress
-from pos2distill.config import (CacheConfig, CrossTaskConfig, DemoConfig, ExperimentConfig,
-                                PairsConfig, ProbeConfig, ReportConfig, TeachConfig, TrainConfig)
+from pos2distill.config import (ANALYSES, AnalyzeConfig, CacheConfig, CrossTaskConfig, DemoConfig,
+                                ExperimentConfig, PairsConfig, ProbeConfig, ReportConfig,
+                                TeachConfig, TrainConfig)
 from pos2distill.errors import Pos2DistillError
 from pos2distill.options import add_arguments, from_args
 from pos2distill.runinfo import one_writer
@@ -45,6 +46,8 @@ COMMANDS: dict[str, tuple[type, str, str]] = {
     "experiment": (ExperimentConfig, "pos2distill.recipes.experiment",
                    "A grid of methods x seeds x K x training questions x documents: results "
                    "table and plots."),
+    "analyze": (AnalyzeConfig, "pos2distill.stages.analyze",
+                "Where the bias lives: token shifting, thought shifting, attention by document."),
 }
 
 
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "experiment":
             p.add_argument("_config", nargs="?", default=argparse.SUPPRESS, metavar="CONFIG.yaml",
                            help="The experiment's YAML config (same as --config).")
+        if name == "analyze":
+            p.add_argument("what", nargs="?", default=argparse.SUPPRESS, metavar="WHAT", help=f"The analysis: {', '.join(ANALYSES)} (same as "
+                           "--what).")
         add_arguments(p, cls)
     return parser
 
@@ -112,3 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 def counts_line(result: dict[str, Any]) -> str:
     """``key=value`` of a result's plain values: the line of a stage without its own ``describe``."""
     return "  ".join(f"{k}={v}" for k, v in result.items() if not isinstance(v, (dict, list)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -521,3 +521,55 @@ class ExperimentConfig(ModelOptions):
                                                source="generation"))
 
 
+
+
+#: ``pos2distill analyze`` analyses.
+ANALYSES = ("tokens", "thoughts", "attention")
+
+
+@dataclass
+class AnalyzeConfig(ModelOptions, DataOptions):
+    """Where the positional bias lives (METHOD.md section 6): `tokens` (per-token KL of the
+    advantageous response at every other position, divergence token, its rank, token recovery),
+    `thoughts` (chain-of-thought failures by hop configuration; perplexity of the advantageous
+    response against the gold label), `attention` (attention mass on each document, by gold
+    position)."""
+
+    what: str = option("tokens", f"The analysis: {', '.join(ANALYSES)} (also the first argument, "
+                   "`pos2distill analyze tokens`).")
+    out: str = option("", "Output folder (empty: runs/analyze/WHAT): rows.jsonl, summary.json, "
+                  "table.md and figures.")
+    limit: int = option(100, "Use only the first N questions (0 = all).")
+    positions: str = option("all", "Gold positions, 0-based: all, or a list like 0,4,9,14,19 "
+                        "(tokens leaves the advantageous one out).")
+    configurations: str = option("all", "--task reasoning: hop position pairs, as probe's "
+                             "--configurations (all: the paper's 12).")
+    advantageous: str = option("default", "The advantageous position: first (default), last or an "
+                           "integer; --task reasoning: the hop pair, last (default), first or "
+                           "A,B. All positions share its distractor order: only the gold moves.")
+    teach: str = option("", "Advantageous responses from `pos2distill teach` by the same model "
+                    "(its questions, prompts and answers); empty: answered greedily here, kept "
+                    "when correct (attention keeps every question).")
+    compare: str = option("", "attention: a second model folder (e.g. after training), analysed "
+                      "the same way and drawn beside --model.")
+    batch_size: int = option(32, "Sequences per forward pass or generation batch.")
+    max_new_tokens: int = option(32, "Tokens generated per answer (advantageous responses, "
+                             "recovery, chains).")
+
+    def __post_init__(self) -> None:
+        ModelOptions.__post_init__(self)
+        DataOptions.__post_init__(self)
+        check_choice("what", self.what, ANALYSES)
+        if not self.out:
+            self.out = f"runs/analyze/{self.what}"
+        check_slot_options(self, self.task)
+        if self.advantageous == "default":
+            self.advantageous = get_task(self.task).default_advantageous
+        if self.advantageous == "auto":
+            raise ConfigError("--advantageous auto: analyze takes the advantageous slot itself "
+                              "(first, last, an integer; reasoning: last, first or A,B)")
+        if self.compare and self.what != "attention":
+            raise ConfigError(f"--compare draws two models' attention; analyze {self.what} "
+                              "takes one model (run it once per model)")
+        check_positive("batch-size", self.batch_size)
+        check_positive("max-new-tokens", self.max_new_tokens)

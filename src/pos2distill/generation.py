@@ -33,14 +33,25 @@ class HFGenerator:
         self.progress = progress  # called with the number of prompts finished in each batch
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        tok = self.tokenizer
+        encoded = [encode_prompt(tok, p, chat=self.chat) for p in prompts]
+        new = self.generate_ids(encoded, max_new_tokens=max_new_tokens)
+        out = [""] * len(prompts)
+        for i in sorted(range(len(prompts)), key=lambda i: len(encoded[i])):   # batch order
+            out[i] = tok.decode(new[i], skip_special_tokens=True).strip()
+        return out
+
+    def generate_ids(self, encoded: Sequence[Sequence[int]], *, max_new_tokens: int
+                     ) -> list[list[int]]:
+        """Greedy continuations of token-id sequences (prompts, or prompts with a forced start of
+        the answer), in the same order: the new ids, through the first EOS when there is one."""
         # torch is imported here, not at the top: configs import this module for BACKENDS, and
         # `pos2distill --help` should not pay for torch.
         import torch
 
         tok = self.tokenizer
-        encoded = [encode_prompt(tok, p, chat=self.chat) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-        out: list[str] = [""] * len(prompts)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out: list[list[int]] = [[] for _ in encoded]
         device = next(self.model.parameters()).device
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
@@ -57,7 +68,11 @@ class HFGenerator:
                                           num_beams=1, pad_token_id=tok.pad_token_id,
                                           eos_token_id=tok.eos_token_id, use_cache=True)
             for b, i in enumerate(idx):
-                out[i] = tok.decode(gen[b, T:], skip_special_tokens=True).strip()
+                new = gen[b, T:].tolist()
+                # Rows that stopped early are padded after their EOS: cut there.
+                if tok.eos_token_id in new:
+                    new = new[:new.index(tok.eos_token_id) + 1]
+                out[i] = new
             if self.progress is not None:
                 self.progress(len(idx))
         return out

@@ -43,25 +43,38 @@ INSTRUCTIONS = {"authors": QA_INSTRUCTION, "litm": QA_INSTRUCTION, "kv": KV_INST
                 "reasoning": REASONING_INSTRUCTION}
 
 
+def document_blocks(record: Record, template: str) -> list[str]:
+    """The text each document contributes to a ``template`` prompt, in prompt order (the renderers
+    join these; :mod:`pos2distill.analysis.spans` finds them again in a rendered prompt)."""
+    if template in ("authors", "reasoning"):
+        return [f"- Title: {d.title}\n{d.text}" for d in record.documents]
+    if template == "litm":
+        return [f"Document [{k}](Title: {d.title}) {d.text}"
+                for k, d in enumerate(record.documents, start=1)]
+    if template == "kv":
+        # Documents of a kv record hold one '"key": "value"' pair each (see loaders.load_kv).
+        return [d.text for d in record.documents]
+    raise ConfigError(f"--template: unknown template {template!r}; "
+                      f"choose one of {', '.join(TEMPLATES)}")
+
+
 def _authors(record: Record, instruction: str) -> str:
-    docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
+    docs = "\n".join(document_blocks(record, "authors"))
     return f"{instruction}\n{docs}\n\nQuestion: {record.question}"
 
 
 def _reasoning(record: Record, instruction: str) -> str:
-    docs = "\n".join(f"- Title: {d.title}\n{d.text}" for d in record.documents)
+    docs = "\n".join(document_blocks(record, "reasoning"))
     return f"{instruction}\n{docs}\n\nQuestion: {record.question}"
 
 
 def _litm(record: Record, instruction: str) -> str:
-    docs = "\n".join(f"Document [{k}](Title: {d.title}) {d.text}"
-                     for k, d in enumerate(record.documents, start=1))
+    docs = "\n".join(document_blocks(record, "litm"))
     return f"{instruction}\n\n{docs}\n\nQuestion: {record.question}\nAnswer:"
 
 
 def _kv(record: Record, instruction: str) -> str:
-    # Documents of a kv record hold one '"key": "value"' pair each (see loaders.load_kv).
-    body = ",\n ".join(d.text for d in record.documents)
+    body = ",\n ".join(document_blocks(record, "kv"))
     return (f"{instruction}\n\nJSON data:\n{{{body}}}\n\n"
             f"Key: {json.dumps(record.question)}\nCorresponding value:")
 
