@@ -358,7 +358,7 @@ class DemoConfig:
     n_train: int = option(400, "R1: training questions given to the teacher.")
     K: int = option(4, "Trivial positions (R2: configurations) per question.")
     anchors: int = option(1, "R1: anchor copies per question.")
-    lr: float = option(2e-3, "R1: peak learning rate.")
+    lr: float = option(5e-4, "R1: peak learning rate (chosen on synthetic:dev).")
     epochs: float = option(2.0, "R1: passes over the pairs.")
     batch_size: int = option(32, "Examples per optimizer step.")
     formula: str = option("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
@@ -373,6 +373,10 @@ class DemoConfig:
                          "--n-train).")
     r2_max_new_tokens: int = option(24, "R2: tokens generated per chain-of-thought (the synthetic "
                                 "one is 17 tokens and EOS).")
+    analyze: bool = option(False, "Also run `pos2distill analyze` on the base and trained models "
+                           "(tokens, thoughts and attention for R1; thoughts and attention for "
+                           "R2) into OUT/analysis and OUT/reasoning/analysis.")
+    analyze_limit: int = option(100, "--analyze: questions per analysis.")
 
     def __post_init__(self) -> None:
         check_positive("n-test", self.n_test)
@@ -384,6 +388,7 @@ class DemoConfig:
         check_positive("r2-epochs", self.r2_epochs)
         check_positive("r2-n-train", self.r2_n_train, allow_zero=True)
         check_positive("r2-max-new-tokens", self.r2_max_new_tokens)
+        check_positive("analyze-limit", self.analyze_limit)
 
 
 @dataclass

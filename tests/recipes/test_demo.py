@@ -218,3 +218,18 @@ def test_demo_reasoning_with_the_real_generator_on_a_random_model(tiny_model_dir
                          .read_text())
     assert [slot_key(c["slot"]) for c in summary["by_slot"]] == PAPER_KEYS
     assert all(c["no_answer"] == 1.0 for c in summary["by_slot"])
+
+
+def test_demo_analyze_adds_each_analysis_of_base_and_trained_models(tmp_path: Path) -> None:
+    # The embedded model itself: the analyses need a model that answers at the advantageous slot.
+    cfg = DemoConfig(out=str(tmp_path / "demo"), task="both", n_test=1, n_train=8, r2_n_train=8,
+                     epochs=1, r2_epochs=1, batch_size=4, analyze=True, analyze_limit=3)
+    demo.main(cfg)
+    out = tmp_path / "demo"
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["analysis"]) == set(demo.analysis_configs(cfg))
+    for name, path in summary["analysis"].items():
+        analysis = json.loads(Path(path).read_text())
+        assert analysis["analysis"] == demo.analysis_configs(cfg)[name].what
+    assert (out / "analysis" / "tokens-r1" / "summary.json").is_file()
+    assert (out / "reasoning" / "analysis" / "attention" / "summary.json").is_file()

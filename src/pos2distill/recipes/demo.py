@@ -23,10 +23,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pos2distill.config import (DemoConfig, PairsConfig, ProbeConfig, ReportConfig, TeachConfig,
-                                TrainConfig)
+from pos2distill.config import (AnalyzeConfig, DemoConfig, PairsConfig, ProbeConfig, ReportConfig,
+                                TeachConfig, TrainConfig)
 from pos2distill.runinfo import one_writer, write_json_atomic, write_text_atomic
-from pos2distill.stages import crosstask, pairs, probe, report, teach, train
+from pos2distill.stages import analyze, crosstask, pairs, probe, report, teach, train
 from pos2distill.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,37 @@ def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
+def analysis_configs(cfg: DemoConfig) -> dict[str, AnalyzeConfig]:
+    """``--analyze``: where the bias lives, in the base and the trained models. R1: token
+    shifting (``tokens``), perplexity of the advantageous answers (``thoughts``) and attention by
+    document (base beside R1). R2: chains classified (``thoughts``) and attention (base beside
+    R2)."""
+    out = Path(cfg.out)
+    a, r = out / "analysis", out / "reasoning" / "analysis"
+    r1, r2 = str(out / "train" / "model"), str(out / "reasoning" / "train" / "model")
+    common = dict(limit=cfg.analyze_limit, seed=cfg.seed)
+    retrieval = dict(data=f"synthetic:{cfg.split}", **common)
+    reasoning = dict(task="reasoning", data=f"synthetic-reasoning:{cfg.split}",
+                     max_new_tokens=cfg.r2_max_new_tokens, **common)
+    return {
+        "tokens_base": AnalyzeConfig(what="tokens", model=cfg.model, out=str(a / "tokens-base"),
+                                     **retrieval),
+        "tokens_r1": AnalyzeConfig(what="tokens", model=r1, out=str(a / "tokens-r1"), **retrieval),
+        "thoughts_base": AnalyzeConfig(what="thoughts", model=cfg.model,
+                                       out=str(a / "thoughts-base"), **retrieval),
+        "thoughts_r1": AnalyzeConfig(what="thoughts", model=r1, out=str(a / "thoughts-r1"),
+                                     **retrieval),
+        "attention_r1": AnalyzeConfig(what="attention", model=cfg.model, compare=r1,
+                                      out=str(a / "attention"), **retrieval),
+        "reasoning_thoughts_base": AnalyzeConfig(what="thoughts", model=cfg.model,
+                                                 out=str(r / "thoughts-base"), **reasoning),
+        "reasoning_thoughts_r2": AnalyzeConfig(what="thoughts", model=r2,
+                                               out=str(r / "thoughts-r2"), **reasoning),
+        "reasoning_attention_r2": AnalyzeConfig(what="attention", model=cfg.model, compare=r2,
+                                                out=str(r / "attention"), **reasoning),
+    }
+
+
 def main(cfg: DemoConfig) -> dict[str, Any]:
     with one_writer(cfg.out):   # each stage also holds its own output
         return run(cfg)
@@ -113,6 +144,16 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     steps = {"retrieval": r1_steps,
              "reasoning": [r1_steps[0]] + r2_steps + [cross_r2],
              "both": r1_steps + r2_steps + [cross_r1, cross_r2]}[cfg.task]
+    if cfg.analyze:
+        stages.update(analysis_configs(cfg))
+        r1_analyses = [(f"analyze {c.what}: {c.out}", analyze.main, name)
+                       for name, c in analysis_configs(cfg).items()
+                       if not name.startswith("reasoning_")]
+        r2_analyses = [(f"analyze {c.what}: {c.out}", analyze.main, name)
+                       for name, c in analysis_configs(cfg).items()
+                       if name.startswith("reasoning_")]
+        steps = steps + {"retrieval": r1_analyses, "reasoning": r2_analyses,
+                         "both": r1_analyses + r2_analyses}[cfg.task]
     results = {}
     for k, (what, fn, name) in enumerate(steps, start=1):
         log.info("[%d/%d] %s", k, len(steps), what)
@@ -133,8 +174,12 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 "pairs": results[f"{prefix}pairs"]["pairs"],
                 "train_steps": results[f"{prefix}train"]["steps"]}
 
+    # --analyze: each analysis' folder (its summary.json holds the numbers).
+    analyses = {name: str(Path(stages[name].out) / "summary.json") for name in used
+                if isinstance(stages[name], AnalyzeConfig)}
+    extra = {"analysis": analyses} if analyses else {}
     if cfg.task == "retrieval":
-        summary = {**block(""), "config": config}
+        summary = {**block(""), **extra, "config": config}
         write_json_atomic(out / "summary.json", summary)
         return {"summary": str(out / "summary.json"), **results["report"]}
     probes = {"base": {"retrieval": results["probe_before"],
@@ -149,10 +194,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     write_text_atomic(out / "cross_task.md", crosstask.markdown(table))
     table["table"] = str(out / "cross_task.md")
     if cfg.task == "reasoning":
-        summary = {**block("reasoning_"), "cross_task": table, "config": config}
+        summary = {**block("reasoning_"), "cross_task": table, **extra, "config": config}
     else:
         summary = {"retrieval": block(""), "reasoning": block("reasoning_"), "cross_task": table,
-                   "config": config}
+                   **extra, "config": config}
     write_json_atomic(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "cross_task": str(out / "cross_task.md"),
             **results["reasoning_report"]}
