@@ -171,7 +171,8 @@ def test_conflict_examples_put_the_true_city_at_an_edge_and_a_decoy_in_the_middl
 
 
 @pytest.mark.parametrize("bad", [dict(late_fraction=1.5), dict(early_gap=(90, 60)),
-                                 dict(conflict_fraction=0.5, conflict_edge=7), dict(rope_theta=-1.0)])
+                                 dict(conflict_fraction=0.5, conflict_edge=7), dict(rope_theta=-1.0),
+                                 dict(format_documents=1), dict(format_fraction=1.5)])
 def test_config_rejects_impossible_data_settings(bad: dict) -> None:
     with pytest.raises(ValueError, match="--"):
         PretrainConfig(**bad)
@@ -291,3 +292,18 @@ def test_lead_opens_a_share_of_the_repeats_with_no_loss_on_it() -> None:
         # The loss still covers exactly the repeat: the lead never enters it.
         n = sum(mask)
         assert seq[-n:] == seq[-2 * n:-n] and mask[-n:] == [1] * n
+
+
+def test_format_stage_mixes_short_questions_with_chains(tmp_path) -> None:
+    """Stage 4's batches: a --format-fraction share of short retrieval questions answered with the
+    city and EOS, the rest chains and repeats; its losses are recorded."""
+    import json
+
+    from pos2distill.tiny.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(out=str(tmp_path / "m"), copy_steps=0, lookup_steps=0, format_steps=2,
+                         batch_size=4, format_fraction=0.5, layers=1, hidden=16, heads=2,
+                         intermediate=32, eval_every=1000, eval_per_position=1)
+    out = pretrain(cfg)
+    losses = json.loads((out / "pretrain_losses.json").read_text())
+    assert list(losses) == ["format"] and len(losses["format"]) == 2

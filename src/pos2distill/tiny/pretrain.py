@@ -170,8 +170,8 @@ class PretrainConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"--{name.replace('_', '-')} needs 0 <= low <= high, got {lo} {hi}")
-        if not 1 <= self.format_documents <= synthetic.N_NAMES:
-            raise ValueError(f"--format-documents must be in 1..{synthetic.N_NAMES}, "
+        if not 2 <= self.format_documents <= synthetic.N_NAMES:
+            raise ValueError(f"--format-documents must be in 2..{synthetic.N_NAMES}, "
                              f"got {self.format_documents}")
         if self.rope_theta < 0:
             raise ValueError(f"--rope-theta must be positive (or 0: unchanged), got {self.rope_theta}")
