@@ -20,16 +20,19 @@ def _save(fig, ax, path: str | Path, *, title: str, legend: bool) -> Path:
         ax.set_title(title)
     if legend:
         ax.legend()
-    return _write(fig, path)
+    return write_figure(fig, path)
 
 
-def _write(fig, path: str | Path) -> Path:
+def write_figure(fig, path: str | Path, *, tight: bool = True, bbox_inches: str | None = None
+                 ) -> Path:
     """``fig`` to ``path`` through a temporary file (:func:`~pos2distill.runinfo.atomic_path`), so
-    a full disk never leaves a zero-byte image under the final name; the figure is closed."""
-    fig.tight_layout()
+    a full disk never leaves a zero-byte image under the final name; the figure is closed.
+    ``tight`` runs ``tight_layout`` first; ``bbox_inches`` goes to ``savefig``."""
+    if tight:
+        fig.tight_layout()
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp)
+            fig.savefig(tmp, bbox_inches=bbox_inches)
     finally:
         plt.close(fig)
     return Path(path)
@@ -115,7 +118,7 @@ def plot_curves(panels: Sequence[tuple[str, Mapping[str, Sequence[tuple[float, f
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _write(fig, path)
+    return write_figure(fig, path)
 
 
 def plot_heatmaps(panels: Sequence[tuple[str, Mapping]], path: str | Path, *,
@@ -148,9 +151,4 @@ def plot_heatmaps(panels: Sequence[tuple[str, Mapping]], path: str | Path, *,
     if title:
         fig.suptitle(title)
     # tight_layout cannot place a colourbar shared by several axes; the bounding box fits all.
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return write_figure(fig, path, tight=False, bbox_inches="tight")

@@ -11,18 +11,7 @@ import matplotlib.colors
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pos2distill.runinfo import atomic_path  # noqa: E402
-
-
-def _write(fig, path: str | Path) -> Path:
-    """``fig`` to ``path`` through a temporary file (never a half image under the final name);
-    the figure is closed."""
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp)
-    finally:
-        plt.close(fig)
-    return Path(path)
+from pos2distill.plots import write_figure  # noqa: E402
 
 
 def heatmaps(panels: Sequence[tuple[str, Sequence[Sequence[float]]]], path: str | Path, *,
@@ -57,7 +46,7 @@ def heatmaps(panels: Sequence[tuple[str, Sequence[Sequence[float]]]], path: str 
         fig.colorbar(image, ax=list(axes[0]), label=colorbar, shrink=0.9)
     if title:
         fig.suptitle(title)
-    return _write(fig, path)
+    return write_figure(fig, path, tight=False)
 
 
 def stacked_bars(series: Mapping[str, Sequence[float]], path: str | Path, *,
@@ -76,7 +65,7 @@ def stacked_bars(series: Mapping[str, Sequence[float]], path: str | Path, *,
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _write(fig, path)
+    return write_figure(fig, path, tight=False)
 
 
 def grouped_bars(series: Mapping[str, Sequence[float | None]], path: str | Path, *,
@@ -101,4 +90,4 @@ def grouped_bars(series: Mapping[str, Sequence[float | None]], path: str | Path,
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    return _write(fig, path)
+    return write_figure(fig, path, tight=False)
