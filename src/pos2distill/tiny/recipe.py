@@ -22,7 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pos2distill.tiny import TINY_MODEL_DIR
+from pos2distill.tiny.pretrain import PretrainConfig, pretrain
 
 # Repeats as the late runs draw them: 4-40 or 100-140 tokens long, never in between; half behind
 # 110-130 tokens of other pairs (where a prompt's last documents sit), half of the others opening
@@ -68,12 +71,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_config(name: str, overrides: dict[str, Any], init: str, work: Path):
-    from pos2distill.tiny.pretrain import PretrainConfig
+def run_config(name: str, overrides: dict[str, Any], init: str, work: Path) -> PretrainConfig:
+    """Run ``name`` of the recipe, starting from ``init``, written under a temporary name in
+    ``work``."""
     return PretrainConfig(**{**overrides, "init": init, "out": str(work / f".{name}.partial")})
 
 
-def _finished(folder: Path, cfg) -> bool:
+def _finished(folder: Path, cfg: PretrainConfig) -> bool:
     """A run folder that holds weights made with this run's settings (paths aside)."""
     saved = folder / "pretrain_config.json"
     if not (folder / "model.safetensors").is_file() or not saved.is_file():
@@ -83,16 +87,14 @@ def _finished(folder: Path, cfg) -> bool:
     return all(have[k] == want[k] for k in want if k not in ("out", "init"))
 
 
-def pretrain_run(cfg) -> Path:
-    from pos2distill.tiny.pretrain import pretrain
+def pretrain_run(cfg: PretrainConfig) -> Path:
+    """One run (a seam for tests)."""
     return pretrain(cfg)
 
 
 def rebuild(work: Path, out: Path, *, threads: int = 1, last: str = "") -> Path:
     """Run :data:`RUNS` (up to and including ``last``, default all) in ``work``; copy the final
     model folder to ``out``."""
-    import torch
-
     torch.set_num_threads(threads)
     names = [name for name, _ in RUNS]
     if last and last not in names:
