@@ -36,8 +36,8 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     common = {"seed": cfg.seed}
     return {
-        "probe_before": ProbeConfig(model=cfg.model, data=f"synthetic:{cfg.split}", limit=cfg.n_test,
-                                    out=str(out / "probe_before"), **common),
+        "probe_before": ProbeConfig(model=cfg.model, data=f"synthetic:{cfg.split}",
+                                    limit=cfg.n_test, out=str(out / "probe_before"), **common),
         "teach": TeachConfig(model=cfg.model, data="synthetic:train", limit=cfg.n_train,
                              out=str(out / "teach.jsonl"), **common),
         "pairs": PairsConfig(teach=str(out / "teach.jsonl"), out=str(out / "pairs.jsonl"),
@@ -45,8 +45,9 @@ def stage_configs(cfg: DemoConfig) -> dict[str, Any]:
         "train": TrainConfig(pairs=str(out / "pairs.jsonl"), model=cfg.model,
                              out=str(out / "train"), lr=cfg.lr, epochs=cfg.epochs,
                              batch_size=cfg.batch_size, formula=cfg.formula, **common),
-        "probe_after": ProbeConfig(model=str(out / "train" / "model"), data=f"synthetic:{cfg.split}",
-                                   limit=cfg.n_test, out=str(out / "probe_after"), **common),
+        "probe_after": ProbeConfig(model=str(out / "train" / "model"),
+                                   data=f"synthetic:{cfg.split}", limit=cfg.n_test,
+                                   out=str(out / "probe_after"), **common),
         "report": ReportConfig(before=str(out / "probe_before"), after=str(out / "probe_after"),
                                out=str(out / "report"), title="embedded tiny model: R1"),
     }
@@ -57,8 +58,8 @@ def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     r = out / "reasoning"
     common = {"seed": cfg.seed}
-    probe_common = dict(task="reasoning", data=f"synthetic-reasoning:{cfg.split}", limit=cfg.n_test,
-                        max_new_tokens=cfg.r2_max_new_tokens, **common)
+    probe_common = dict(task="reasoning", data=f"synthetic-reasoning:{cfg.split}",
+                        limit=cfg.n_test, max_new_tokens=cfg.r2_max_new_tokens, **common)
     return {
         "reasoning_probe_before": ProbeConfig(model=cfg.model, out=str(r / "probe_before"),
                                               **probe_common),
@@ -78,9 +79,9 @@ def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
                                          after=str(r / "probe_after"), out=str(r / "report"),
                                          title="embedded tiny model: R2"),
         # Cross-task: the R2 model on retrieval, the R1 model on reasoning.
-        "r2_on_retrieval": ProbeConfig(model=str(r / "train" / "model"), data=f"synthetic:{cfg.split}",
-                                       limit=cfg.n_test, out=str(out / "cross" / "r2_on_retrieval"),
-                                       **common),
+        "r2_on_retrieval": ProbeConfig(model=str(r / "train" / "model"),
+                                       data=f"synthetic:{cfg.split}", limit=cfg.n_test,
+                                       out=str(out / "cross" / "r2_on_retrieval"), **common),
         "r1_on_reasoning": ProbeConfig(model=str(out / "train" / "model"),
                                        out=str(out / "cross" / "r1_on_reasoning"), **probe_common),
     }
