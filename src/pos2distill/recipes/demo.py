@@ -146,15 +146,14 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
              "reasoning": [r1_steps[0]] + r2_steps + [cross_r2],
              "both": r1_steps + r2_steps + [cross_r1, cross_r2]}[cfg.task]
     if cfg.analyze:
-        stages.update(analysis_configs(cfg))
-        r1_analyses = [(f"analyze {c.what}: {c.out}", analyze.main, name)
-                       for name, c in analysis_configs(cfg).items()
-                       if not name.startswith("reasoning_")]
-        r2_analyses = [(f"analyze {c.what}: {c.out}", analyze.main, name)
-                       for name, c in analysis_configs(cfg).items()
-                       if name.startswith("reasoning_")]
-        steps = steps + {"retrieval": r1_analyses, "reasoning": r2_analyses,
-                         "both": r1_analyses + r2_analyses}[cfg.task]
+        analyses = analysis_configs(cfg)
+        stages.update(analyses)
+        wanted = {"retrieval": ("retrieval",), "reasoning": ("reasoning",),
+                  "both": ("retrieval", "reasoning")}[cfg.task]
+        steps = steps + [(f"analyze {c.what}: {c.out}", analyze.main, name)
+                         for name, c in analyses.items()
+                         if ("reasoning" if name.startswith("reasoning_") else "retrieval")
+                         in wanted]
     results = {}
     for k, (what, fn, name) in enumerate(steps, start=1):
         log.info("[%d/%d] %s", k, len(steps), what)
@@ -176,9 +175,9 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                 "train_steps": results[f"{prefix}train"]["steps"]}
 
     # --analyze: each analysis' folder (its summary.json holds the numbers).
-    analyses = {name: str(Path(stages[name].out) / "summary.json") for name in used
-                if isinstance(stages[name], AnalyzeConfig)}
-    extra = {"analysis": analyses} if analyses else {}
+    summaries = {name: str(Path(stages[name].out) / "summary.json") for name in used
+                 if isinstance(stages[name], AnalyzeConfig)}
+    extra = {"analysis": summaries} if summaries else {}
     if cfg.task == "retrieval":
         summary = {**block(""), **extra, "config": config}
         write_json_atomic(out / "summary.json", summary)

@@ -255,6 +255,16 @@ def _load(cfg: AnalyzeConfig, spec: str) -> Any:
                           trust_remote_code=cfg.trust_remote_code)
 
 
+def _write_outputs(out: Path, rows: Sequence[dict[str, Any]], summary: dict[str, Any],
+                   table: Any, draw: Any) -> None:
+    """An analysis folder's files: rows, summary, Markdown table (``table(summary)``) and figures
+    (``draw(summary, out)``)."""
+    write_jsonl(out / ROWS, rows)
+    write_json_atomic(out / SUMMARY, summary)
+    write_text_atomic(out / TABLE, table(summary))
+    draw(summary, out)
+
+
 def _labels(slots: Sequence[Slot]) -> list[str]:
     return [slot_label(sl) for sl in slots]
 
@@ -292,10 +302,7 @@ def run_tokens(cfg: AnalyzeConfig) -> dict[str, Any]:
         summary = {**_header("tokens", cfg, s, answers),
                    "by_slot": token_stats.summarize(rows, slots),
                    "overall": token_stats.summarize_slot(rows)}
-        write_jsonl(out / ROWS, rows)
-        write_json_atomic(out / SUMMARY, summary)
-        write_text_atomic(out / TABLE, tokens_table(summary))
-        _token_figures(summary, out)
+        _write_outputs(out, rows, summary, tokens_table, _token_figures)
     return summary
 
 
@@ -465,10 +472,7 @@ def run_thoughts(cfg: AnalyzeConfig) -> dict[str, Any]:
                 k: thought_stats.FACT_CHECK if k == "facts" else thought_stats.TITLE_HEURISTIC
                 for k in checks}
             summary["by_group"] = _by_group(by_slot)
-        write_jsonl(out / ROWS, rows)
-        write_json_atomic(out / SUMMARY, summary)
-        write_text_atomic(out / TABLE, thoughts_table(summary))
-        _thought_figures(summary, out)
+        _write_outputs(out, rows, summary, thoughts_table, _thought_figures)
     return summary
 
 
@@ -621,10 +625,7 @@ def run_attention(cfg: AnalyzeConfig) -> dict[str, Any]:
                    "slots": [list(sl) for sl in s.slots], **results[0]}
         if len(results) > 1:
             summary["compare"] = results[1]
-        write_jsonl(out / ROWS, rows)
-        write_json_atomic(out / SUMMARY, summary)
-        write_text_atomic(out / TABLE, attention_table(summary))
-        _attention_figures(summary, out)
+        _write_outputs(out, rows, summary, attention_table, _attention_figures)
     return summary
 
 
