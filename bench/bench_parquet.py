@@ -1,4 +1,4 @@
-"""Reading records from Parquet (through the datasets library) against the same records in JSONL.
+"""Reading records from Parquet (the Arrow reader datasets installs) against the same records in JSONL.
 
     python bench/bench_parquet.py [--n 10000] [--documents 20] [--words 100] [--repeats 5]
     python bench/bench_parquet.py --write DIR     # only write DIR/data.jsonl and DIR/data.parquet

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -190,3 +191,35 @@ def test_a_damaged_parquet_file(tmp_path: Path) -> None:
         load_records(tmp_path / "bad.parquet")
     with pytest.raises(DataError, match=r"bad.parquet: cannot read \("):
         load_records(tmp_path / "bad.parquet", "kv")
+
+
+def test_parquet_read_in_many_batches_keeps_the_order(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = [{"key": f"k{i}", "value": f"v{i}", "ordered_kv_records": [[f"k{i}", f"v{i}"],
+                                                                      ["x", "y"]]}
+            for i in range(23)]
+    expected = load_records(write_jsonl(tmp_path / "kv.jsonl", rows))
+    dataset(rows).to_parquet(str(tmp_path / "kv.parquet"))
+    monkeypatch.setattr(tables, "BATCH_ROWS", 5)   # 5 batches, read two ahead
+    got = load_records(tmp_path / "kv.parquet")
+    assert [r.question for r in got] == [f"k{i}" for i in range(23)]
+    assert [dataclasses.replace(r, id=e.id) for r, e in zip(got, expected)] == expected
+
+
+def test_read_ahead_raises_in_place_and_stops_when_closed() -> None:
+    def items() -> Any:
+        yield from range(3)
+        raise OSError("page 4 is damaged")
+
+    got = []
+    with pytest.raises(OSError, match="page 4"):
+        for item in tables._read_ahead(items(), depth=1):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+    reader = tables._read_ahead(iter(range(1000)), depth=2)
+    assert next(reader) == 0
+    before = {t.name for t in threading.enumerate()}
+    assert "parquet-read-ahead" in before
+    reader.close()   # the thread is told to stop and joined
+    assert "parquet-read-ahead" not in {t.name for t in threading.enumerate()}
