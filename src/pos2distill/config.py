@@ -77,7 +77,8 @@ class ModelOptions:
 class DataOptions:
     data: str = option("synthetic:test", "Data: a local file (.jsonl, .jsonl.gz, .json, .parquet) or "
                    "datasets folder (save_to_disk) in any format of --data-format, or "
-                   "synthetic:SPLIT or synthetic-reasoning:SPLIT (two-hop) with SPLIT train, dev "
+                   "synthetic:SPLIT, synthetic-reasoning:SPLIT (two-hop) or synthetic-judge:SPLIT "
+                   "(pairs of answers to judge) with SPLIT train, dev "
                    "(for choosing settings) or test (for reporting); the three ask about disjoint "
                    "people. Nothing is downloaded.")
     data_format: str = option("auto", f"Data format: auto, {', '.join(FORMATS)}.")
