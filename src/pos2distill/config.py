@@ -19,7 +19,8 @@ from pos2distill.modeling import DTYPES
 from pos2distill.options import check_choice, check_positive, from_mapping, not_a_mapping, option
 from pos2distill.tasks import TASKS, get_task
 from pos2distill.tasks.fitting import TOO_LONG
-from pos2distill.tasks.prompts import TEMPLATES
+from pos2distill.tasks.judge import CALIBRATIONS, default_instruction, parse_verdicts
+from pos2distill.tasks.prompts import DEFAULT_VERDICTS, TEMPLATES
 from pos2distill.tracking import REPORT_TO
 from pos2distill.training.methods import METHOD_NAMES, WEIGHT_FORMULAS, get_method
 
@@ -52,7 +53,9 @@ class ModelOptions:
     task: str = option("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
                    "hop documents at position pairs, reasoning EM: Pos2Distill-R2).")
     template: str = option("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
-                       "--task reasoning, authors otherwise).")
+                       "--task reasoning, judge for --task judge, authors otherwise). --task "
+                       "judge also takes a template file with the slots {answer_a} and "
+                       "{answer_b} (optional: {documents}, {question}, {instruction}).")
     instruction: str = option("", "Text that replaces the template's instruction line, verbatim "
                           "(e.g. your RAG pipeline's instruction, to measure its positional bias); "
                           "empty = the template's own.", count_when_set=True)
@@ -60,12 +63,22 @@ class ModelOptions:
     dtype: str = option("float32", f"Model weights dtype: {', '.join(DTYPES)}.")
     device: str = option("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
     trust_remote_code: bool = option(False, "Allow model code from the model folder (off by default).")
+    verdicts: str = option(",".join(DEFAULT_VERDICTS), "--task judge: the verdict strings for the "
+                           "answer shown first, the one shown second and (optional) a tie, "
+                           "comma-separated; the last one in the judge's text is its verdict.", count_when_set=True)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
         if self.template == "auto":
             self.template = task.default_template
-        check_choice("template", self.template, TEMPLATES)
+        self.template = task.resolve_template(self.template)
+        verdicts = parse_verdicts(self.verdicts)
+        if verdicts != DEFAULT_VERDICTS and self.task != "judge":
+            raise ConfigError(f"--verdicts: verdict strings are read by --task judge, not "
+                              f"--task {self.task}")
+        if self.task == "judge" and not self.instruction:
+            # Verdict strings of one's own: the template's instruction must name them.
+            self.instruction = default_instruction(self.template, verdicts)
         if self.instruction and not self.instruction.strip():
             raise ConfigError("--instruction: only whitespace; give the instruction text, or leave "
                               "it empty for the template's own")
@@ -132,6 +145,14 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
     configurations: str = option("all", "--task reasoning: hop position pairs, 0-based (first hop, "
                              "second hop): all (the paper's 12, scaled to the document count), "
                              "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
+    orders: str = option("all", "--task judge: the answer orders, 0-based candidate indices: all "
+                         "(0,1 and 1,0: every pair judged both ways), 0,1 or 1,0.", count_when_set=True)
+    samples: int = option(0, "--task judge: also sample N answers per prompt (at --temperature) "
+                          "and report repetition stability (0: greedy only).", count_when_set=True)
+    temperature: float = option(1.0, "--task judge: sampling temperature of --samples.", count_when_set=True)
+    calibrate: str = option("none", f"--task judge: {', '.join(CALIBRATIONS)}; bpc also reports "
+                            "balanced position calibration (verdict probabilities of both orders "
+                            "averaged per candidate: one verdict per pair, two passes).", count_when_set=True)
 
     def __post_init__(self) -> None:
         counts = document_counts(self.n_documents)
@@ -142,6 +163,12 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
         check_slot_options(self, self.task)
+        check_positive("samples", self.samples, allow_zero=True)
+        check_positive("temperature", self.temperature)
+        check_choice("calibrate", self.calibrate, CALIBRATIONS)
+        if self.task != "judge" and (self.samples or self.calibrate != "none"):
+            raise ConfigError("--samples and --calibrate measure a judge: use them with --task "
+                              "judge")
         if len(counts) > 1:
             if len(set(counts)) < len(counts):
                 raise ConfigError(f"--n-documents: {','.join(map(str, counts))} repeats a count")

@@ -53,7 +53,7 @@ def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *, task: Tas
     return [{"id": f.record.id, "task": task.name, "record": f.record.to_dict(),
              "adv_slot": list(adv), "template": template, "instruction": instruction,
              "chat": chat, "teacher_prompt": f.prompt, "dropped_distractors": f.dropped,
-             "response": resp, "correct": task.score(resp, f.record.answers) == 1.0}
+             "response": resp, "correct": task.score_item(f.record, adv, resp) == 1.0}
             for f, resp in zip(prompts, responses)]
 
 

@@ -23,6 +23,7 @@ from pos2distill.data.records import Record
 from pos2distill.errors import ConfigError
 from pos2distill.metrics import binomial_stats
 from pos2distill.tasks.positions import Slot, slot_key, slot_label, stored_slot
+from pos2distill.tasks.prompts import TEMPLATES
 
 
 class Task(ABC):
@@ -55,6 +56,22 @@ class Task(ABC):
     has_anchors: bool
     plot_file: str
     plot_kind: str
+
+    # --- options ---------------------------------------------------------------------------
+
+    def configure(self, options: Any) -> "Task":
+        """This task with the run's task-specific options (a stage config; e.g. the judge's
+        verdict strings); the task itself when it has none."""
+        return self
+
+    def resolve_template(self, template: str) -> str:
+        """The ``--template`` value a config keeps (validated): one of the prompt templates
+        that ask this task's records."""
+        if template not in TEMPLATES or template in ("judge",):
+            raise ConfigError(f"--template: {template!r} is not one of "
+                              f"{', '.join(t for t in TEMPLATES if t != 'judge')} "
+                              f"(judge templates ask --task judge)")
+        return template
 
     # --- data and slots ---------------------------------------------------------------------
 
@@ -94,10 +111,28 @@ class Task(ABC):
     def score(self, prediction: str, answers: Sequence[str]) -> float:
         """1.0 when ``prediction`` answers correctly, else 0.0."""
 
+    def score_item(self, record: Record, slot: Slot, prediction: str) -> float | None:
+        """The score of ``prediction`` for ``record`` asked at ``slot`` (:meth:`score` of its
+        answers; None: nothing to score against)."""
+        return self.score(prediction, record.answers)
+
     def row_extras(self, slot: Slot, prediction: str) -> dict[str, Any]:
         """Task-specific fields of a probe row (besides id, task, slot, prediction, answers,
         correct)."""
         return {}
+
+    def row(self, record: Record, slot: Slot, prediction: str) -> dict[str, Any]:
+        """The probe row of one answered prompt."""
+        return {"id": record.id, "task": self.name, "slot": list(slot), "prediction": prediction,
+                "answers": list(record.answers),
+                "correct": self.score_item(record, slot, prediction),
+                **self.row_extras(slot, prediction)}
+
+    def model_reads(self, items: Sequence[tuple[Record, Slot, str]], predictions: Sequence[str],
+                    generator: Any, *, max_new_tokens: int) -> list[dict[str, Any]]:
+        """Fields of each probe row that need the model beyond its greedy answer (e.g. the
+        judge's verdict probabilities), read through ``generator``; none by default."""
+        return [{} for _ in items]
 
     @abstractmethod
     def target(self, response: str, *, first_line_only: bool) -> str:
@@ -138,6 +173,21 @@ class Task(ABC):
                 "best_slot": best["slot"], "worst_slot": worst["slot"],
                 "n_per_slot": min(e["count"] for e in by_slot),
                 **self.summary_extras(by_slot)}
+
+    def plot(self, summary: dict[str, Any], path: Any, *, title: str, name: str = "") -> None:
+        """The probe's plot: the score by slot (``name``: the series label, e.g. the model)."""
+        from pos2distill.plots import plot_slots   # matplotlib: only when a plot is drawn
+
+        plot_slots({name: _points(summary, "accuracy", "stderr")}, path, kind=self.plot_kind,
+                   title=title)
+
+    def plot_comparison(self, cmp: dict[str, Any], path: Any, *, title: str) -> None:
+        """A report's plot: the score by slot before and after."""
+        from pos2distill.plots import plot_slots
+
+        plot_slots({"before": _points(cmp, "before", "before_stderr"),
+                    "after": _points(cmp, "after", "after_stderr")}, path, kind=self.plot_kind,
+                   title=title)
 
     def accuracy_by_slot(self, summary: dict[str, Any]) -> dict[str, float]:
         """``{slot_key: score}`` of a summary (the keys of demo and experiment results)."""
@@ -246,6 +296,10 @@ class Task(ABC):
     def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A probe summary with ``task``, ``by_slot``, ``best_slot``, ``worst_slot`` and
         ``n_per_slot`` (summaries written before slots existed have other keys)."""
+
+
+def _points(summary: dict[str, Any], value: str, err: str) -> list[tuple[Slot, float, float]]:
+    return [(tuple(e["slot"]), e[value], e[err]) for e in summary["by_slot"]]
 
 
 def _extras_of_both(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
