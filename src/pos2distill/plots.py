@@ -167,7 +167,7 @@ def plot_verdicts(series: Mapping[str, Mapping], path: str | Path, *, title: str
     orders is primacy, a tall "second" part recency."""
     bars = [(f"{name + ': ' if name else ''}cand. {e['slot'][0] + 1} first", e)
             for name, summary in series.items() for e in summary["by_slot"]]
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(bars) + 1.5), 4), dpi=110)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(bars) + 2.5), 4), dpi=110)
     bottom = [0.0] * len(bars)
     for key, colour in _VERDICT_COLOURS.items():
         heights = [e[key] for _, e in bars]
@@ -178,4 +178,5 @@ def plot_verdicts(series: Mapping[str, Mapping], path: str | Path, *, title: str
     ax.set_ylabel("share of verdicts")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, ax, path, title=title, legend=True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return _save(fig, ax, path, title=title, legend=False)

@@ -220,7 +220,7 @@ class Judge(Task):
     slot_option = "orders"
     slot_noun = "answer order"
     slot_width = 2
-    metric = "consistency"
+    metric = "verdicts"      # plots and reports: "verdicts by answer order"
     methods = ("r1", "swap-sft")
     has_anchors = False
     plot_file = "verdicts_by_order.png"
