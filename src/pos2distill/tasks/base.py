@@ -138,6 +138,28 @@ class Task(ABC):
     def target(self, response: str, *, first_line_only: bool) -> str:
         """The part of a teacher response the pairs distil."""
 
+    # --- the teacher and the pairs ----------------------------------------------------------
+
+    def teacher_slots(self, adv: Slot) -> list[Slot]:
+        """The slots the teacher answers each question at: the advantageous one."""
+        return [adv]
+
+    def teacher_fields(self, answered: Sequence[tuple[tuple[Record, Slot, str], str,
+                                                      dict[str, Any]]]) -> dict[str, Any]:
+        """A teacher row's own fields from its answered prompts (``((record, slot, prompt),
+        response, model reads)`` per teacher slot): the prompt, the response, and ``correct``
+        (whether the row is kept: the task scores the response right)."""
+        (record, slot, prompt), response, _ = answered[0]
+        return {"teacher_prompt": prompt, "response": response,
+                "correct": self.score_item(record, slot, response) == 1.0}
+
+    def pair_fields(self, row: dict[str, Any], placed: Record, slot: Slot, student_prompt: str,
+                    tokenizer: Any, *, first_line_only: bool) -> dict[str, Any]:
+        """A training pair's teacher side for the student at ``slot`` (``placed``: the record as
+        the student sees it): the stored teacher prompt, and the task's part of the response."""
+        return {"teacher_prompt": row["teacher_prompt"],
+                "response": self.target(row["response"], first_line_only=first_line_only)}
+
     # --- summaries --------------------------------------------------------------------------
 
     def slot_extras(self, slot: Slot, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
