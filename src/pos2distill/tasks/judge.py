@@ -270,8 +270,12 @@ class Judge(Task):
         return parse_orders(spec)
 
     def advantageous(self, spec: str, n_documents: int) -> Slot:
-        raise ConfigError(f"--advantageous {spec!r}: a judge has no advantageous order; its "
-                          "teacher is the order-balanced verdict (both orders)")
+        """``balanced``: no single order; the teacher is both orders' balanced verdict, and
+        teacher rows and pairs carry the empty slot ``()``."""
+        if spec.strip().lower() != "balanced":
+            raise ConfigError(f"--advantageous {spec!r}: a judge has no advantageous order; its "
+                              "teacher is the order-balanced verdict (--advantageous balanced)")
+        return ()
 
     def place(self, record: Record, slot: Slot, rng: random.Random) -> Record:
         return place_order(record, slot)
@@ -334,6 +338,61 @@ class Judge(Task):
 
     def target(self, response: str, *, first_line_only: bool) -> str:
         return response.strip()
+
+    # --- the teacher: the frozen judge's order-balanced verdict -----------------------------
+
+    def teacher_slots(self, adv: Slot) -> list[Slot]:
+        return list(ORDERS)
+
+    def teacher_fields(self, answered: Sequence[tuple[tuple[Record, Slot, str], str,
+                                                      dict[str, Any]]]) -> dict[str, Any]:
+        """The frozen judge's answers in both orders and its *balanced* verdict: each
+        candidate's verdict probability averaged over the orders (``balanced``: candidate 1,
+        candidate 2[, tie]) and their argmax ``winner``. ``response`` is the rationale to
+        distil: the text before the verdict in the first order whose own verdict names the
+        balanced winner (``rationale_order``; order 0,1 when neither does). Kept (``correct``)
+        when both orders have verdict probabilities and, for a labelled item, the balanced
+        winner is the label (retrieval keeps only right teacher answers the same way)."""
+        record = answered[0][0][0]
+        by_order = {tuple(slot): (prompt, response, reads)
+                    for (_, slot, prompt), response, reads in answered}
+        prompts = [by_order[o][0] for o in ORDERS]
+        responses = [by_order[o][1] for o in ORDERS]
+        probs = [by_order[o][2].get("verdict_probs") for o in ORDERS]
+        choices = [read_verdict(r, self.verdicts) for r in responses]
+        fields = {"teacher_prompt": prompts[0], "teacher_prompts": prompts,
+                  "responses": responses, "choices": choices, "verdict_probs": probs,
+                  "verdicts": list(self.verdicts)}
+        if any(p is None for p in probs):
+            return {**fields, "response": "", "correct": False}
+        best, balanced = balanced_choice(probs[0], probs[1])
+        k = next((i for i, o in enumerate(ORDERS) if winner(choices[i], o) == best), 0)
+        return {**fields, "response": rationale_of(responses[k], self.verdicts),
+                "rationale_order": k, "winner": best, "balanced": balanced,
+                "correct": record.label is None or record.label == best}
+
+    def pair_fields(self, row: dict[str, Any], placed: Record, slot: Slot, student_prompt: str,
+                    tokenizer: Any, *, first_line_only: bool) -> dict[str, Any]:
+        """The student in one order: the response is the rationale and the balanced winner's
+        verdict *in this order*; ``fixed_tokens`` sets the teacher's distribution at the verdict
+        token to the balanced one (mapped to this order's verdict tokens); the other tokens'
+        teacher is the frozen judge reading the rationale's own order. ``answers`` holds the
+        gold response in this order (labelled items; ``train --method swap-sft``)."""
+        verdicts = tuple(row["verdicts"])
+        balanced = row["balanced"]
+        shown = [balanced[slot[0]], balanced[slot[1]], *balanced[2:]]   # first, second[, tie]
+        choice = {"1": slot.index(0), "2": slot.index(1), "tie": 2}[row["winner"]]
+        rationale = row["response"]
+        cont = verdict_continuations(tokenizer, rationale, verdicts)
+        if cont is None:
+            raise DataError(f"question {row['id']!r}: the verdict strings {list(verdicts)} do not "
+                            "differ at one token with this tokenizer: no verdict distribution to "
+                            "distil")
+        prefix, tokens = cont
+        return {"teacher_prompt": row["teacher_prompts"][row["rationale_order"]],
+                "response": rationale + verdicts[choice],
+                "fixed_tokens": [{"index": len(prefix), "ids": tokens, "probs": shown}],
+                "answers": [gold_response(placed, verdicts)] if placed.label else []}
 
     # --- summaries --------------------------------------------------------------------------
 
