@@ -50,8 +50,10 @@ def check_slot_options(cfg: Any, task_name: str) -> None:
 @dataclass
 class ModelOptions:
     model: str = option("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
-    task: str = option("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
-                   "hop documents at position pairs, reasoning EM: Pos2Distill-R2).")
+    task: str = option("retrieval", f"Task: {', '.join(TASKS)}. retrieval: one gold document "
+                   "(Pos2Distill-R1); reasoning: multi-hop questions, chain-of-thought, hop "
+                   "documents at position pairs, reasoning EM (Pos2Distill-R2); judge: pairs of "
+                   "answers judged in both orders (LLM-as-a-judge order bias).")
     template: str = option("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
                        "--task reasoning, judge for --task judge, authors otherwise). --task "
                        "judge also takes a template file with the slots {answer_a} and "
@@ -187,7 +189,9 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
     advantageous: str = option("default", "Advantageous gold position: first, last, an integer, or "
                            "auto (the best of --probe); default first. --task reasoning: the hop "
                            "pair, like 18,19, last (the last two documents, the default), first "
-                           "(the first two), or auto (the best configuration of --probe).")
+                           "(the first two), or auto (the best configuration of --probe). --task "
+                           "judge: balanced (the only one: the judge answers in both orders and "
+                           "its order-balanced verdict is the teacher).")
     probe: str = option("", "Probe folder (or its summary.json) for --advantageous auto.")
 
     def __post_init__(self) -> None:
@@ -207,7 +211,8 @@ class PairsConfig:
     teach: str = option("runs/teach.jsonl", "Teacher responses from `pos2distill teach`.")
     out: str = option("runs/pairs.jsonl", "Output JSONL: one row per (question, student position).")
     model: str = option("tiny", "Model folder whose tokenizer renders the prompts (chat template).")
-    K: int = option(4, "Distinct trivial (non-advantageous) positions per question (paper: 4).")
+    K: int = option(4, "Distinct trivial (non-advantageous) positions per question (paper: 4). "
+                    "Judge teacher rows: both answer orders, whatever K.")
     anchors: int = option(1, "Copies per question with the student also at the advantageous position.")
     seed: int = option(0, "Seed for position draws and distractor orders.")
     first_line: bool = option(True, "Distil only the first line of the teacher's response "
@@ -234,7 +239,9 @@ class TrainConfig:
     out: str = option("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
     method: str = option("r1", f"Training method: {', '.join(METHOD_NAMES)} (sft/seqkd/r2: "
                      "cross-entropy, no teacher model; kl: uniform weights, no anchors; kl+align: "
-                     "position-aware weights, no anchors; r1: weights + anchors).")
+                     "position-aware weights, no anchors; r1: weights + anchors; on judge pairs "
+                     "r1 distils the order-balanced verdict into each order; swap-sft: "
+                     "cross-entropy on the gold verdict in both orders, the judge baseline).")
     formula: str = option("pos2distill", "Position-aware weights of r1 and kl+align: "
                       f"{', '.join(WEIGHT_FORMULAS)}.")
     anchor_weight: float = option(1.0, "λ, the weight of anchor examples in r1 (paper: 1).")
@@ -488,6 +495,9 @@ class ExperimentConfig(ModelOptions):
                     "shared stages are locked so the shards share them). Empty: every run.")
 
     def __post_init__(self) -> None:
+        if self.task == "judge":
+            raise ConfigError("experiment: --task judge has no experiment grid yet; run probe, "
+                              "teach, pairs and train --task judge")
         ModelOptions.__post_init__(self)
         check_choice("data-format", self.data_format, ("auto", "records", "litm", "authors", "kv"))
         check_positive("n-documents", self.n_documents)
@@ -590,6 +600,9 @@ class AnalyzeConfig(ModelOptions, DataOptions):
                              "recovery, chains).")
 
     def __post_init__(self) -> None:
+        if self.task == "judge":
+            raise ConfigError("analyze: --task judge is not analysed (retrieval and reasoning "
+                              "are); probe a judge with `pos2distill probe --task judge`")
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         check_choice("what", self.what, ANALYSES)

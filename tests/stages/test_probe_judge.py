@@ -90,3 +90,31 @@ def test_probe_judge_end_to_end_on_a_tiny_llama(judge_model_dir: Path, judge_tok
         p = torch.softmax(model(torch.tensor([ids])).logits[0, -1], -1)
     abc = p[judge_tok.convert_tokens_to_ids(["A", "B", "C"])]
     assert row["verdict_probs"] == pytest.approx((abc / abc.sum()).tolist(), abs=1e-5)
+
+
+def test_report_compares_two_judge_probes(judge_model_dir: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from pos2distill.config import ReportConfig
+    from pos2distill.stages import report
+
+    class Fair(FakeJudge):
+        def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+            return [f"{truth(p)} " + ("[[A]]" if f"Answer A: {truth(p)}" in p else "[[B]]")
+                    for p in prompts]
+
+    def run(fake: type, out: str) -> None:
+        monkeypatch.setattr("pos2distill.generation.HFGenerator", fake)
+        probe.main(ProbeConfig(task="judge", data="synthetic-judge:test", limit=4,
+                               n_documents=4, model=str(judge_model_dir),
+                               out=str(tmp_path / out)))
+
+    run(FakeJudge, "before")
+    run(Fair, "after")
+    result = report.main(ReportConfig(before=str(tmp_path / "before"),
+                                      after=str(tmp_path / "after"), out=str(tmp_path / "r")))
+    assert result["before"]["consistency"] == 0.0 and result["after"]["consistency"] == 1.0
+    assert result["delta"]["accuracy"] == pytest.approx(0.5)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| consistency | 0.000 | 1.000 | +1.000 |" in md
+    assert "| fairness | -1.000 | +0.000 | +1.000 |" in md
+    assert (tmp_path / "r" / "verdicts_by_order.png").stat().st_size > 0
