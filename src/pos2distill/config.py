@@ -67,7 +67,8 @@ class ModelOptions:
     trust_remote_code: bool = option(False, "Allow model code from the model folder (off by default).")
     verdicts: str = option(",".join(DEFAULT_VERDICTS), "--task judge: the verdict strings for the "
                            "answer shown first, the one shown second and (optional) a tie, "
-                           "comma-separated; the last one in the judge's text is its verdict.", count_when_set=True)
+                           "comma-separated; the last one in the judge's text is its verdict.",
+                           count_when_set=True)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
@@ -148,13 +149,16 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
                              "second hop): all (the paper's 12, scaled to the document count), "
                              "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
     orders: str = option("all", "--task judge: the answer orders, 0-based candidate indices: all "
-                         "(0,1 and 1,0: every pair judged both ways), 0,1 or 1,0.", count_when_set=True)
+                         "(0,1 and 1,0: every pair judged both ways), 0,1 or 1,0.",
+                         count_when_set=True)
     samples: int = option(0, "--task judge: also sample N answers per prompt (at --temperature) "
                           "and report repetition stability (0: greedy only).", count_when_set=True)
-    temperature: float = option(1.0, "--task judge: sampling temperature of --samples.", count_when_set=True)
+    temperature: float = option(1.0, "--task judge: sampling temperature of --samples.",
+                                count_when_set=True)
     calibrate: str = option("none", f"--task judge: {', '.join(CALIBRATIONS)}; bpc also reports "
                             "balanced position calibration (verdict probabilities of both orders "
-                            "averaged per candidate: one verdict per pair, two passes).", count_when_set=True)
+                            "averaged per candidate: one verdict per pair, two passes).",
+                            count_when_set=True)
 
     def __post_init__(self) -> None:
         counts = document_counts(self.n_documents)

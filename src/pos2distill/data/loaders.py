@@ -555,8 +555,8 @@ def load_mtbench(path: PathLike, *, split: str = "") -> list[Record]:
 
     The question is the first user turn of ``conversation_a``, the candidates the first assistant
     turn of each conversation (candidate 1 = model_a's). ``winner`` ``model_a`` → label 1,
-    ``model_b`` → 2, ``tie`` and ``tie (bothbad)`` → tie; a missing or null winner leaves the item
-    unlabelled. Ids are ``{stem}-{k}`` (one question has many judgements).
+    ``model_b`` → 2, ``tie`` and ``tie (bothbad)`` → tie; a missing or null winner leaves the
+    item unlabelled. Ids are ``{stem}-{k}`` (one question has many judgements).
     """
     p, stem = _names(path, split)
     records: list[Record] = []

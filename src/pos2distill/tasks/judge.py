@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import random
 import re
@@ -41,8 +40,6 @@ from pos2distill.tasks.base import Task
 from pos2distill.tasks.positions import Slot
 from pos2distill.tasks.prompts import (DEFAULT_VERDICTS, TEMPLATES, ChatMode, check_judge_template,
                                        judge_instruction, render_prompt)
-
-log = logging.getLogger(__name__)
 
 #: The two answer orders: candidate 1 shown first, and candidate 2 shown first.
 ORDERS: tuple[Slot, Slot] = ((0, 1), (1, 0))
@@ -418,6 +415,7 @@ class Judge(Task):
         out: dict[str, Any] = {
             "task": self.name, "by_slot": by_slot, **metrics,
             "unparsed": sum(r["choice"] is None for r in judged), "n_rows": len(judged),
+            # The generic slot fields: the order whose first shown answer wins most, and least.
             "best_slot": max(by_slot, key=_first_share)["slot"],
             "worst_slot": min(by_slot, key=_first_share)["slot"],
             "n_per_slot": min(e["count"] for e in by_slot), "verdicts": list(self.verdicts)}
