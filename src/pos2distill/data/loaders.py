@@ -556,7 +556,8 @@ def load_mtbench(path: PathLike, *, split: str = "") -> list[Record]:
     The question is the first user turn of ``conversation_a``, the candidates the first assistant
     turn of each conversation (candidate 1 = model_a's). ``winner`` ``model_a`` → label 1,
     ``model_b`` → 2, ``tie`` and ``tie (bothbad)`` → tie; a missing or null winner leaves the
-    item unlabelled. Ids are ``{stem}-{k}`` (one question has many judgements).
+    item unlabelled. Ids are ``{stem}-{k}`` (one question has many judgements). Judgements of
+    the second turn (``turn`` 2) are read on the first turns too: keep the lines you want.
     """
     p, stem = _names(path, split)
     records: list[Record] = []
