@@ -206,6 +206,9 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
             self.advantageous = get_task(self.task).default_advantageous
         if self.advantageous == "auto" and not self.probe:
             raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
+        if self.task == "judge" and self.backend != "hf":
+            raise ConfigError("--backend: a judge's teacher needs its verdict probabilities, "
+                              "which --backend hf reads; use --backend hf")
 
 
 @dataclass

@@ -161,3 +161,17 @@ def test_score_item_maps_the_verdict_through_the_order() -> None:
     assert JUDGE.score_item(ITEM, (1, 0), "Lima [[B]]") == 1.0
     assert JUDGE.score_item(ITEM, (1, 0), "Lima") == 0.0
     assert JUDGE.score_item(dataclasses.replace(ITEM, label=None), (0, 1), "[[A]]") is None
+
+
+def test_judge_teacher_options() -> None:
+    from pos2distill.config import TeachConfig
+
+    assert TeachConfig(task="judge", data="synthetic-judge:train").advantageous == "balanced"
+    assert JUDGE.advantageous("balanced", 20) == ()
+    with pytest.raises(ConfigError, match="no advantageous order"):
+        JUDGE.advantageous("first", 20)
+    with pytest.raises(ConfigError, match="--backend hf"):
+        TeachConfig(task="judge", backend="vllm")
+    with pytest.raises(ConfigError, match="--task judge is not analysed"):
+        from pos2distill.config import AnalyzeConfig
+        AnalyzeConfig(task="judge")
