@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pos2distill.config import ProbeConfig
+from pos2distill.config import AnalyzeConfig, ProbeConfig, TeachConfig
 from pos2distill.data import synthetic
 from pos2distill.data.records import Document, Record
 from pos2distill.errors import ConfigError, DataError
@@ -164,8 +164,6 @@ def test_score_item_maps_the_verdict_through_the_order() -> None:
 
 
 def test_judge_teacher_options() -> None:
-    from pos2distill.config import TeachConfig
-
     assert TeachConfig(task="judge", data="synthetic-judge:train").advantageous == "balanced"
     assert JUDGE.advantageous("balanced", 20) == ()
     with pytest.raises(ConfigError, match="no advantageous order"):
@@ -173,5 +171,4 @@ def test_judge_teacher_options() -> None:
     with pytest.raises(ConfigError, match="--backend hf"):
         TeachConfig(task="judge", backend="vllm")
     with pytest.raises(ConfigError, match="--task judge is not analysed"):
-        from pos2distill.config import AnalyzeConfig
         AnalyzeConfig(task="judge")
