@@ -81,7 +81,7 @@ class ModelOptions:
                               f"--task {self.task}")
         if self.task == "judge" and not self.instruction:
             # Verdict strings of one's own: the template's instruction must name them.
-            self.instruction = default_instruction(self.template, verdicts)
+            self.instruction = default_instruction(verdicts)
         if self.instruction and not self.instruction.strip():
             raise ConfigError("--instruction: only whitespace; give the instruction text, or leave "
                               "it empty for the template's own")

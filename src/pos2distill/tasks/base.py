@@ -1,8 +1,8 @@
-"""What a task is: the one place where retrieval and reasoning differ.
+"""What a task is: the one place where retrieval, reasoning and judging differ.
 
 A :class:`Task` says what data it keeps, its *slots* (the tuple of positions its gold documents
-take: ``(p,)`` for retrieval, ``(first_hop, second_hop)`` for reasoning), how it places documents
-at a slot, its default prompt template and advantageous slot, how it scores a prediction, how it
+take: ``(p,)`` for retrieval, ``(first_hop, second_hop)`` for reasoning; for a judge, the order
+its two candidate answers are shown in), how it places documents (or candidates) at a slot, its default prompt template and advantageous slot, how it scores a prediction, how it
 draws the K training slots (and whether it has anchors), and how it summarises, tabulates and
 compares probes. The stages (``probe``, ``teach``, ``pairs``, ``train``, ``report``,
 ``crosstask``) are written once against this class and never ask which task they run.
@@ -67,7 +67,7 @@ class Task(ABC):
     def resolve_template(self, template: str) -> str:
         """The ``--template`` value a config keeps (validated): one of the prompt templates
         that ask this task's records."""
-        if template not in TEMPLATES or template in ("judge",):
+        if template not in TEMPLATES or template == "judge":
             raise ConfigError(f"--template: {template!r} is not one of "
                               f"{', '.join(t for t in TEMPLATES if t != 'judge')} "
                               f"(judge templates ask --task judge)")

@@ -12,12 +12,16 @@ answers ``"CITY [[A]]"``, the city it looked up and its verdict. :func:`read_ver
 tokenizers decode ``[[A]]`` as ``[ [ A ] ]``); a text without one is an *unparsed* verdict,
 counted in every summary, never dropped.
 
-Where the verdict strings differ at one token after a shared prefix (``[[``),
-:func:`verdict_probabilities` teacher-forces the generated rationale and that prefix and reads the
-verdict tokens' probabilities, renormalised over them. The probe summary holds the order-bias
-metrics of :func:`pos2distill.metrics.judge_metrics` (consistency, fairness, first/second wins,
-accuracy), repetition stability when sampling, and balanced position calibration (BPC) with
-``--calibrate bpc``.
+Where the verdict strings differ at one token after a shared prefix (``[[``; found by
+:func:`verdict_continuations`), :meth:`Judge.model_reads` teacher-forces the generated rationale
+and that prefix and reads the verdict tokens' probabilities, renormalised over them. The probe
+summary holds the order-bias metrics of :func:`pos2distill.metrics.judge_metrics` (consistency,
+fairness, first/second wins, accuracy), repetition stability when sampling, and balanced position
+calibration (BPC) with ``--calibrate bpc``.
+
+The teacher of ``train --method r1`` on a judge is the frozen judge's order-balanced verdict:
+``teach`` answers in both orders (:meth:`Judge.teacher_fields`) and ``pairs`` writes each order
+with the balanced distribution fixed at its verdict token (:meth:`Judge.pair_fields`).
 
 The pretraining of the embedded judge renders its examples with :func:`render_judge_example`, the
 same code the stages use.
@@ -134,13 +138,13 @@ def render_judge_example(record: Record, order: Slot, tokenizer: Any, *, chat: C
     stages give the model (``render_prompt`` of the ``judge`` template; the instruction names
     ``verdicts``) and the gold response (:func:`gold_response`), e.g. ``"Lima [[A]]"``."""
     shown = place_order(record, order)
-    instruction = instruction or default_instruction(template, tuple(verdicts))
+    instruction = instruction or default_instruction(tuple(verdicts))
     prompt = render_prompt(shown, tokenizer, template=template, chat=chat,
                            instruction=instruction)
     return prompt, gold_response(shown, verdicts)
 
 
-def default_instruction(template: str, verdicts: tuple[str, ...]) -> str:
+def default_instruction(verdicts: tuple[str, ...]) -> str:
     """The instruction a judge template gets when ``--instruction`` is empty: ``""`` (the
     template's own) for the default verdicts, else one naming ``verdicts``."""
     return "" if verdicts == DEFAULT_VERDICTS else judge_instruction(verdicts)
