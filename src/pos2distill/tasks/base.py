@@ -2,9 +2,10 @@
 
 A :class:`Task` says what data it keeps, its *slots* (the tuple of positions its gold documents
 take: ``(p,)`` for retrieval, ``(first_hop, second_hop)`` for reasoning; for a judge, the order
-its two candidate answers are shown in), how it places documents (or candidates) at a slot, its default prompt template and advantageous slot, how it scores a prediction, how it
-draws the K training slots (and whether it has anchors), and how it summarises, tabulates and
-compares probes. The stages (``probe``, ``teach``, ``pairs``, ``train``, ``report``,
+its two candidate answers are shown in), how it places documents (or candidates) at a slot, its
+default prompt template and advantageous slot, how it scores a prediction, what its teacher
+answers and how a pair's teacher side is made, how it draws the K training slots (and whether it
+has anchors), and how it summarises, tabulates, plots and compares probes. The stages (``probe``, ``teach``, ``pairs``, ``train``, ``report``,
 ``crosstask``) are written once against this class and never ask which task they run.
 
 Files the stages write carry ``task`` and ``slot`` (lists of 0-based positions). Files written
