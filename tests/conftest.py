@@ -3,6 +3,7 @@ word-level tokenizer, and fakes that implement the generation interface."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -238,3 +239,68 @@ def make_pairs_file(tmp_path_factory: pytest.TempPathFactory, tok: Any
 def pairs_file(make_pairs_file: Callable[..., Path]) -> Path:
     """12 pairs: 4 questions x (K=2 trivial positions + 1 anchor), 5 documents."""
     return make_pairs_file(4)
+
+
+# ---------------------------------------------------------------------------------------------
+# A judge: the test tokenizer grown by the judge template's words, and a primacy-biased fake
+
+_SUBJECT = re.compile(r"Question: Which city is home to (\w+)")
+_ANSWER = re.compile(r"^Answer ([AB]): (\w+)$", re.MULTILINE)
+
+
+def truth(prompt: str) -> str:
+    name = _SUBJECT.search(prompt).group(1)                          # type: ignore[union-attr]
+    return re.search(rf"^- Title: {name}\n(\w+)$", prompt, re.MULTILINE).group(1)  # type: ignore
+
+
+def primacy_probs(prompt: str) -> list[float]:
+    """A judge that knows the city but weighs the answer shown first 5 times: greedy always
+    picks [[A]] (right only when the true answer is shown first); its probabilities still lean
+    to the truth, so BPC gets every pair right."""
+    shown = dict(_ANSWER.findall(prompt))
+    t = truth(prompt)
+    w = [5 * (1 if shown["A"] == t else 0.25), 1 if shown["B"] == t else 0.25, 0.05]
+    return [x / sum(w) for x in w]
+
+
+class FakeJudge:
+    """Drop-in for HFGenerator: greedy = the truth and the argmax verdict of ``primacy_probs``;
+    samples alternate [[A]], [[B]], [[A]]; scores the verdict token with ``primacy_probs``."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, chat: bool, batch_size: int = 32,
+                 progress: Callable[[int], None] | None = None):
+        self.tokenizer, self.progress = tokenizer, progress
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+        if self.progress:
+            self.progress(len(prompts))
+        out = []
+        for p in prompts:
+            probs = primacy_probs(p)
+            out.append(f"{truth(p)} {('[[A]]', '[[B]]', '[[C]]')[probs.index(max(probs))]}")
+        return out
+
+    def next_token_logprobs(self, prompts: Sequence[str], continuations: Sequence[Sequence[int]],
+                            tokens: Sequence[Sequence[int]]) -> list[list[float]]:
+        return [[math.log(x) - 1.0 for x in primacy_probs(p)] for p in prompts]
+
+    def sample(self, prompts: Sequence[str], *, n: int, temperature: float,
+               max_new_tokens: int) -> list[list[str]]:
+        return [[("x [[A]]", "x [[B]]")[k % 2] for k in range(n)] for _ in prompts]
+
+
+@pytest.fixture(scope="session")
+def judge_tok() -> Any:
+    """The test tokenizer grown by the judge template's words (as the embedded judge's is)."""
+    from pos2distill.tiny.tokenizer import build_tokenizer, corpus_words
+
+    return build_tokenizer(corpus_words() + ["[", "]", "A", "B", "C", "(", ")", "Give", "short",
+                                             "then", "or", "tie", "right"])
+
+
+@pytest.fixture(scope="session")
+def judge_model_dir(tmp_path_factory: pytest.TempPathFactory, judge_tok: Any) -> Path:
+    path = tmp_path_factory.mktemp("judge-llama")
+    tiny_llama(judge_tok, initializer_range=0.2).save_pretrained(path)
+    judge_tok.save_pretrained(path)
+    return path

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from pos2distill.errors import Pos2DistillError
 from pos2distill.data.loaders import FORMATS, build_from_oracle, load_records
 from pos2distill.tasks.positions import place_gold
-from pos2distill.tasks.prompts import TEMPLATES, user_message
+from pos2distill.tasks.judge import ORDERS, parse_verdicts, place_order, read_verdict
+from pos2distill.tasks.prompts import DEFAULT_VERDICTS, TEMPLATES, user_message
 from pos2distill.data.records import Record, write_records
 
 # POS2DISTILL_FUZZ_EXAMPLES=5000 for a longer hunt than the fast suite's.
@@ -139,13 +140,18 @@ def _exercise(records: list[Record], seed: int) -> None:
     """What later stages do with loaded records: place the gold, render, write them out."""
     rng = random.Random(seed)
     for r in records:
+        if r.kind == "judge":   # judging items: both answer orders, the judge template
+            for order in ORDERS:
+                assert isinstance(user_message(place_order(r, order), "judge"), str)
+            continue
         for position in (0, len(r.documents) - 1, rng.randint(-2, len(r.documents) + 2)):
             try:
                 placed = place_gold(r, position, rng)
             except Pos2DistillError:
                 continue
             for template in TEMPLATES:
-                assert isinstance(user_message(placed, template), str)
+                if template != "judge":
+                    assert isinstance(user_message(placed, template), str)
 
 
 @FUZZ
@@ -214,3 +220,17 @@ def test_position_parsers_raise_only_typed_errors(spec: Any, n: int) -> None:
             assert 0 <= resolve_position(spec, n) < n
         except Pos2DistillError:
             pass
+
+
+@FUZZ
+@given(text=st.text(max_size=300), verdicts=st.lists(st.text(min_size=0, max_size=6),
+                                                      min_size=1, max_size=4))
+def test_verdict_parser_never_crashes(text: str, verdicts: list[str]) -> None:
+    """Any text, any verdict strings: a choice or None (unparsed), or a typed refusal of the
+    verdict strings themselves; a planted verdict at the end is always the one read."""
+    try:
+        parsed = parse_verdicts(verdicts)
+    except Pos2DistillError:
+        parsed = DEFAULT_VERDICTS
+    assert read_verdict(text, parsed) in ("first", "second", "tie", None)
+    assert read_verdict(text + "\n" + parsed[1], parsed) == "second"

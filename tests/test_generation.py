@@ -155,3 +155,31 @@ def test_progress_totals_prompts(tiny_model: Any, tok: Any, prompts: list[str]) 
     assert sum(seen) == len(prompts) + 1
     assert len(out) == len(prompts) + 1 and all(isinstance(o, str) for o in out)
     assert HFGenerator(tiny_model, tok, chat=True).generate([], max_new_tokens=2) == []
+
+
+def test_next_token_logprobs_match_unpadded_forward_passes(sharp_model: Any, tok: Any,
+                                                           prompts: list[str]) -> None:
+    """Teacher forcing of a continuation in left-padded batches: the next-token log-probs of the
+    asked tokens equal those of one unpadded forward pass per prompt."""
+    gen = HFGenerator(sharp_model, tok, chat=True, batch_size=2)
+    continuations = [tok("Lima", add_special_tokens=False)["input_ids"], [],
+                     tok("Oslo Rome", add_special_tokens=False)["input_ids"]]
+    asked = [tok.convert_tokens_to_ids(["Paris", "Lima"]), tok.convert_tokens_to_ids(["Oslo"]),
+             tok.convert_tokens_to_ids(["Rome", "Dublin", "Lima"])]
+    got = gen.next_token_logprobs(prompts, continuations, asked)
+    for p, c, a, g in zip(prompts, continuations, asked, got):
+        with torch.no_grad():
+            logits = sharp_model(torch.tensor([encode_prompt(tok, p, chat=True) + c])).logits
+        ref = torch.log_softmax(logits[0, -1], -1)[a]
+        assert g == pytest.approx(ref.tolist(), abs=1e-5)
+
+
+def test_sample_gives_n_seeded_completions_per_prompt(sharp_model: Any, tok: Any,
+                                                      prompts: list[str]) -> None:
+    gen = HFGenerator(sharp_model, tok, chat=True, batch_size=2)
+    a = gen.sample(prompts, n=3, temperature=1.0, max_new_tokens=4, seed=1)
+    assert [len(x) for x in a] == [3] * len(prompts) and all(isinstance(t, str) for x in a for t in x)
+    assert gen.sample(prompts, n=3, temperature=1.0, max_new_tokens=4, seed=1) == a
+    # At a very low temperature every sample is the greedy answer.
+    cold = gen.sample(prompts, n=2, temperature=1e-4, max_new_tokens=4, seed=2)
+    assert cold == [[g, g] for g in gen.generate(prompts, max_new_tokens=4)]

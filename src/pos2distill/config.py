@@ -19,7 +19,8 @@ from pos2distill.modeling import DTYPES
 from pos2distill.options import check_choice, check_positive, from_mapping, not_a_mapping, option
 from pos2distill.tasks import TASKS, get_task
 from pos2distill.tasks.fitting import TOO_LONG
-from pos2distill.tasks.prompts import TEMPLATES
+from pos2distill.tasks.judge import CALIBRATIONS, default_instruction, parse_verdicts
+from pos2distill.tasks.prompts import DEFAULT_VERDICTS, TEMPLATES
 from pos2distill.tracking import REPORT_TO
 from pos2distill.training.methods import METHOD_NAMES, WEIGHT_FORMULAS, get_method
 
@@ -49,10 +50,14 @@ def check_slot_options(cfg: Any, task_name: str) -> None:
 @dataclass
 class ModelOptions:
     model: str = option("tiny", "Local Hugging Face model folder, or 'tiny' for the embedded default.")
-    task: str = option("retrieval", f"Task: {', '.join(TASKS)} (multi-hop questions, chain-of-thought, "
-                   "hop documents at position pairs, reasoning EM: Pos2Distill-R2).")
+    task: str = option("retrieval", f"Task: {', '.join(TASKS)}. retrieval: one gold document "
+                   "(Pos2Distill-R1); reasoning: multi-hop questions, chain-of-thought, hop "
+                   "documents at position pairs, reasoning EM (Pos2Distill-R2); judge: pairs of "
+                   "answers judged in both orders (LLM-as-a-judge order bias).")
     template: str = option("auto", f"Prompt template: {', '.join(TEMPLATES)}, or auto (reasoning for "
-                       "--task reasoning, authors otherwise).")
+                       "--task reasoning, judge for --task judge, authors otherwise). --task "
+                       "judge also takes a template file with the slots {answer_a} and "
+                       "{answer_b} (optional: {documents}, {question}, {instruction}).")
     instruction: str = option("", "Text that replaces the template's instruction line, verbatim "
                           "(e.g. your RAG pipeline's instruction, to measure its positional bias); "
                           "empty = the template's own.", count_when_set=True)
@@ -60,12 +65,23 @@ class ModelOptions:
     dtype: str = option("float32", f"Model weights dtype: {', '.join(DTYPES)}.")
     device: str = option("cpu", "Torch device, e.g. cpu, cuda, cuda:1.")
     trust_remote_code: bool = option(False, "Allow model code from the model folder (off by default).")
+    verdicts: str = option(",".join(DEFAULT_VERDICTS), "--task judge: the verdict strings for the "
+                           "answer shown first, the one shown second and (optional) a tie, "
+                           "comma-separated; the last one in the judge's text is its verdict.",
+                           count_when_set=True)
 
     def __post_init__(self) -> None:
         task = get_task(self.task)
         if self.template == "auto":
             self.template = task.default_template
-        check_choice("template", self.template, TEMPLATES)
+        self.template = task.resolve_template(self.template)
+        verdicts = parse_verdicts(self.verdicts)
+        if verdicts != DEFAULT_VERDICTS and self.task != "judge":
+            raise ConfigError(f"--verdicts: verdict strings are read by --task judge, not "
+                              f"--task {self.task}")
+        if self.task == "judge" and not self.instruction:
+            # Verdict strings of one's own: the template's instruction must name them.
+            self.instruction = default_instruction(verdicts)
         if self.instruction and not self.instruction.strip():
             raise ConfigError("--instruction: only whitespace; give the instruction text, or leave "
                               "it empty for the template's own")
@@ -77,7 +93,8 @@ class ModelOptions:
 class DataOptions:
     data: str = option("synthetic:test", "Data: a local file (.jsonl, .jsonl.gz, .json, .parquet) or "
                    "datasets folder (save_to_disk) in any format of --data-format, or "
-                   "synthetic:SPLIT or synthetic-reasoning:SPLIT (two-hop) with SPLIT train, dev "
+                   "synthetic:SPLIT, synthetic-reasoning:SPLIT (two-hop) or synthetic-judge:SPLIT "
+                   "(pairs of answers to judge) with SPLIT train, dev "
                    "(for choosing settings) or test (for reporting); the three ask about disjoint "
                    "people. Nothing is downloaded.")
     data_format: str = option("auto", f"Data format: auto, {', '.join(FORMATS)}.")
@@ -131,6 +148,17 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
     configurations: str = option("all", "--task reasoning: hop position pairs, 0-based (first hop, "
                              "second hop): all (the paper's 12, scaled to the document count), "
                              "connected, disconnected, reversed, or a list like '0,1;5,6;8,0'.")
+    orders: str = option("all", "--task judge: the answer orders, 0-based candidate indices: all "
+                         "(0,1 and 1,0: every pair judged both ways), 0,1 or 1,0.",
+                         count_when_set=True)
+    samples: int = option(0, "--task judge: also sample N answers per prompt (at --temperature) "
+                          "and report repetition stability (0: greedy only).", count_when_set=True)
+    temperature: float = option(1.0, "--task judge: sampling temperature of --samples.",
+                                count_when_set=True)
+    calibrate: str = option("none", f"--task judge: {', '.join(CALIBRATIONS)}; bpc also reports "
+                            "balanced position calibration (verdict probabilities of both orders "
+                            "averaged per candidate: one verdict per pair, two passes).",
+                            count_when_set=True)
 
     def __post_init__(self) -> None:
         counts = document_counts(self.n_documents)
@@ -141,6 +169,12 @@ class ProbeConfig(ModelOptions, DataOptions, GenerationOptions):
         DataOptions.__post_init__(self)
         GenerationOptions.__post_init__(self)
         check_slot_options(self, self.task)
+        check_positive("samples", self.samples, allow_zero=True)
+        check_positive("temperature", self.temperature)
+        check_choice("calibrate", self.calibrate, CALIBRATIONS)
+        if self.task != "judge" and (self.samples or self.calibrate != "none"):
+            raise ConfigError("--samples and --calibrate measure a judge: use them with --task "
+                              "judge")
         if len(counts) > 1:
             if len(set(counts)) < len(counts):
                 raise ConfigError(f"--n-documents: {','.join(map(str, counts))} repeats a count")
@@ -159,7 +193,9 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
     advantageous: str = option("default", "Advantageous gold position: first, last, an integer, or "
                            "auto (the best of --probe); default first. --task reasoning: the hop "
                            "pair, like 18,19, last (the last two documents, the default), first "
-                           "(the first two), or auto (the best configuration of --probe).")
+                           "(the first two), or auto (the best configuration of --probe). --task "
+                           "judge: balanced (the only one: the judge answers in both orders and "
+                           "its order-balanced verdict is the teacher).")
     probe: str = option("", "Probe folder (or its summary.json) for --advantageous auto.")
 
     def __post_init__(self) -> None:
@@ -170,6 +206,9 @@ class TeachConfig(ModelOptions, DataOptions, GenerationOptions):
             self.advantageous = get_task(self.task).default_advantageous
         if self.advantageous == "auto" and not self.probe:
             raise ConfigError("--advantageous auto needs --probe (a probe output folder)")
+        if self.task == "judge" and self.backend != "hf":
+            raise ConfigError("--backend: a judge's teacher needs its verdict probabilities, "
+                              "which --backend hf reads; use --backend hf")
 
 
 @dataclass
@@ -179,7 +218,8 @@ class PairsConfig:
     teach: str = option("runs/teach.jsonl", "Teacher responses from `pos2distill teach`.")
     out: str = option("runs/pairs.jsonl", "Output JSONL: one row per (question, student position).")
     model: str = option("tiny", "Model folder whose tokenizer renders the prompts (chat template).")
-    K: int = option(4, "Distinct trivial (non-advantageous) positions per question (paper: 4).")
+    K: int = option(4, "Distinct trivial (non-advantageous) positions per question (paper: 4). "
+                    "Judge teacher rows: both answer orders, whatever K.")
     anchors: int = option(1, "Copies per question with the student also at the advantageous position.")
     seed: int = option(0, "Seed for position draws and distractor orders.")
     first_line: bool = option(True, "Distil only the first line of the teacher's response "
@@ -206,7 +246,9 @@ class TrainConfig:
     out: str = option("runs/train", "Output folder: model/ (a Hugging Face checkpoint), log.jsonl.")
     method: str = option("r1", f"Training method: {', '.join(METHOD_NAMES)} (sft/seqkd/r2: "
                      "cross-entropy, no teacher model; kl: uniform weights, no anchors; kl+align: "
-                     "position-aware weights, no anchors; r1: weights + anchors).")
+                     "position-aware weights, no anchors; r1: weights + anchors; on judge pairs "
+                     "r1 distils the order-balanced verdict into each order; swap-sft: "
+                     "cross-entropy on the gold verdict in both orders, the judge baseline).")
     formula: str = option("pos2distill", "Position-aware weights of r1 and kl+align: "
                       f"{', '.join(WEIGHT_FORMULAS)}.")
     anchor_weight: float = option(1.0, "λ, the weight of anchor examples in r1 (paper: 1).")
@@ -460,6 +502,9 @@ class ExperimentConfig(ModelOptions):
                     "shared stages are locked so the shards share them). Empty: every run.")
 
     def __post_init__(self) -> None:
+        if self.task == "judge":
+            raise ConfigError("experiment: --task judge has no experiment grid yet; run probe, "
+                              "teach, pairs and train --task judge")
         ModelOptions.__post_init__(self)
         check_choice("data-format", self.data_format, ("auto", "records", "litm", "authors", "kv"))
         check_positive("n-documents", self.n_documents)
@@ -562,6 +607,9 @@ class AnalyzeConfig(ModelOptions, DataOptions):
                              "recovery, chains).")
 
     def __post_init__(self) -> None:
+        if self.task == "judge":
+            raise ConfigError("analyze: --task judge is not analysed (retrieval and reasoning "
+                              "are); probe a judge with `pos2distill probe --task judge`")
         ModelOptions.__post_init__(self)
         DataOptions.__post_init__(self)
         check_choice("what", self.what, ANALYSES)

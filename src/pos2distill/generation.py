@@ -78,6 +78,65 @@ class HFGenerator:
         return out
 
 
+    def next_token_logprobs(self, prompts: Sequence[str], continuations: Sequence[Sequence[int]],
+                            tokens: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Teacher forcing: for each prompt followed by the token ids of its continuation, the
+        log-probabilities of ``tokens`` (per prompt) as the next token, in float32."""
+        import torch
+
+        seqs = [encode_prompt(self.tokenizer, p, chat=self.chat) + list(c)
+                for p, c in zip(prompts, continuations)]
+        out: list[list[float]] = [[] for _ in seqs]
+        device = next(self.model.parameters()).device
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            T = max(len(seqs[i]) for i in idx)
+            ids = torch.full((len(idx), T), self.tokenizer.pad_token_id, dtype=torch.long)
+            att = torch.zeros((len(idx), T), dtype=torch.long)
+            for b, i in enumerate(idx):
+                ids[b, T - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
+                att[b, T - len(seqs[i]):] = 1
+            with torch.no_grad():
+                logits = self.model(input_ids=ids.to(device),
+                                    attention_mask=att.to(device)).logits[:, -1]   # (B, V)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for b, i in enumerate(idx):
+                out[i] = logprobs[b, list(tokens[i])].tolist()
+        return out
+
+    def sample(self, prompts: Sequence[str], *, n: int, temperature: float, max_new_tokens: int,
+               seed: int = 0) -> list[list[str]]:
+        """``n`` sampled completions (at ``temperature``) of each prompt, in the same order;
+        seeded with ``seed`` (the same prompts in the same batches give the same samples)."""
+        import torch
+
+        tok = self.tokenizer
+        encoded = [encode_prompt(tok, p, chat=self.chat) for p in prompts]
+        device = next(self.model.parameters()).device
+        torch.manual_seed(seed)
+        out: list[list[str]] = [[] for _ in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            T = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
+            att = torch.zeros((len(idx), T), dtype=torch.long)
+            for b, i in enumerate(idx):
+                ids[b, T - len(encoded[i]):] = torch.tensor(encoded[i], dtype=torch.long)
+                att[b, T - len(encoded[i]):] = 1
+            with torch.no_grad():
+                gen = self.model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
+                                          max_new_tokens=max_new_tokens, do_sample=True,
+                                          temperature=temperature, top_k=0, top_p=1.0,
+                                          num_return_sequences=n, pad_token_id=tok.pad_token_id,
+                                          eos_token_id=tok.eos_token_id, use_cache=True)
+            for b, i in enumerate(idx):
+                out[i] = [tok.decode(g[T:], skip_special_tokens=True).strip()
+                          for g in gen[b * n:(b + 1) * n]]
+        return out
+
+
 class VLLMGenerator:
     """Greedy generation with a vLLM engine (``vllm.LLM``) behind the :class:`Generator` interface.
 

@@ -163,3 +163,92 @@ def binomial_stats(scores: Sequence[float]) -> Stats:
     se = math.sqrt(max(0.0, p * (1.0 - p)) / n) if n > 1 else 0.0
     return Stats(accuracy=p, stderr=se, count=n)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM-as-a-judge order bias (METHOD.md section 6b)
+#
+# A judge's verdict in one answer order is a *choice* of the shown answers: "first", "second" or
+# "tie" (None: no verdict could be read). Mapped back through the order it becomes a *winner*
+# among the item's candidates: "1", "2" or "tie". Every item is judged in order (0, 1) (candidate
+# 1 shown first) and (1, 0).
+
+#: A verdict as the judge gives it: the answer shown first, the one shown second, or a tie.
+CHOICES = ("first", "second", "tie")
+
+
+def winner(choice: str | None, order: Sequence[int]) -> str | None:
+    """The candidate (``"1"``, ``"2"``, ``"tie"``) a ``choice`` names when the candidates are
+    shown in ``order`` (0-based candidate indices, first shown first); None stays None."""
+    if choice is None or choice == "tie":
+        return choice
+    return str(order[0 if choice == "first" else 1] + 1)
+
+
+def pair_outcome(straight: str | None, swapped: str | None) -> str:
+    """One pair's outcome from its choices in order (0, 1) and in order (1, 0):
+
+    ``consistent`` (the same winner, or both a tie), ``primacy`` (each order picks its first
+    answer, or first and tie), ``recency`` (each picks its second, or second and tie), or
+    ``unparsed`` (a verdict could not be read; the pair is not consistent, and neither primacy
+    nor recency)."""
+    if straight is None or swapped is None:
+        return "unparsed"
+    if winner(straight, (0, 1)) == winner(swapped, (1, 0)):
+        return "consistent"
+    return "primacy" if "first" in (straight, swapped) else "recency"
+
+
+def judge_metrics(pairs: Sequence[tuple[str | None, str | None]],
+                  labels: Sequence[str | None]) -> dict[str, float | int | None]:
+    """Order-bias metrics of ``pairs`` of choices (order (0, 1), order (1, 0)) with their labels
+    (None: unlabelled):
+
+    - ``consistency`` = consistent pairs / pairs (position consistency, PC);
+    - ``fairness`` = (recency − primacy) / inconsistent pairs, in [−1, 1] (preference fairness,
+      PF: −1 all primacy, +1 all recency; 0 when every pair is consistent); pairs with an
+      unparsed verdict count as inconsistent and as neither;
+    - ``first_wins``, ``second_wins``, ``ties``: shares of the 2 × pairs verdicts that pick the
+      answer shown first, second, or a tie (an unparsed verdict is none of them);
+    - ``accuracy``: the share of labelled verdicts (both orders) whose winner is the label
+      (unparsed: wrong); None without labels;
+    - counts: ``n_pairs``, ``consistent``, ``primacy``, ``recency``, ``unparsed`` (verdicts),
+      ``n_labelled`` (pairs).
+    """
+    n = len(pairs)
+    outcomes = [pair_outcome(a, b) for a, b in pairs]
+    count = {k: outcomes.count(k) for k in ("consistent", "primacy", "recency")}
+    inconsistent = n - count["consistent"]
+    choices = [c for pair in pairs for c in pair]
+    labelled = [(pair, label) for pair, label in zip(pairs, labels) if label is not None]
+    right = sum(winner(a, (0, 1)) == label for (a, _), label in labelled) + \
+        sum(winner(b, (1, 0)) == label for (_, b), label in labelled)
+    return {"consistency": count["consistent"] / n if n else None,
+            "fairness": (count["recency"] - count["primacy"]) / inconsistent if inconsistent
+            else 0.0,
+            "first_wins": choices.count("first") / len(choices) if choices else None,
+            "second_wins": choices.count("second") / len(choices) if choices else None,
+            "ties": choices.count("tie") / len(choices) if choices else None,
+            "accuracy": right / (2 * len(labelled)) if labelled else None,
+            "n_pairs": n, **count, "unparsed": choices.count(None), "n_labelled": len(labelled)}
+
+
+def stability(choices: Sequence[str | None]) -> float:
+    """Repetition stability of one prompt's sampled verdicts: the share of the most frequent one
+    (an unparsed verdict is a value of its own)."""
+    if not choices:
+        raise ValueError("stability of no verdicts")
+    return max(choices.count(c) for c in set(choices)) / len(choices)
+
+
+def balanced_choice(straight: Sequence[float], swapped: Sequence[float]) -> tuple[str, list[float]]:
+    """Balanced position calibration (BPC, Wang et al. 2023) of one pair: each candidate's verdict
+    probability averaged over both orders. ``straight`` and ``swapped`` are the verdict
+    probabilities (first, second[, tie]) in order (0, 1) and (1, 0). Returns the winner
+    (``"1"``, ``"2"``, ``"tie"``; ties of probability go to the lower candidate) and the averaged
+    probabilities (candidate 1, candidate 2[, tie])."""
+    p = [(straight[0] + swapped[1]) / 2, (straight[1] + swapped[0]) / 2]
+    if len(straight) > 2:
+        p.append((straight[2] + swapped[2]) / 2)
+    best = max(range(len(p)), key=lambda k: p[k])
+    return ("1", "2", "tie")[best], p

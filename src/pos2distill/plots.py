@@ -152,3 +152,31 @@ def plot_heatmaps(panels: Sequence[tuple[str, Mapping]], path: str | Path, *,
         fig.suptitle(title)
     # tight_layout cannot place a colourbar shared by several axes; the bounding box fits all.
     return write_figure(fig, path, tight=False, bbox_inches="tight")
+
+
+#: Colours of the judge's verdicts (shown-first, shown-second, tie, unparsed).
+_VERDICT_COLOURS = {"first": "#4C72B0", "second": "#DD8452", "tie": "#8C8C8C",
+                    "unparsed": "#D0D0D0"}
+
+
+def plot_verdicts(series: Mapping[str, Mapping], path: str | Path, *, title: str = "") -> Path:
+    """Stacked bars of a judge's verdicts by answer order: per series (e.g. before, after) and
+    order (candidate 1 shown first, candidate 2 shown first), the shares of verdicts for the
+    answer shown first, the one shown second, a tie, and unparsed verdicts. On balanced labels an
+    unbiased judge splits about evenly in both orders; a "first" part that stays tall in both
+    orders is primacy, a tall "second" part recency."""
+    bars = [(f"{name + ': ' if name else ''}cand. {e['slot'][0] + 1} first", e)
+            for name, summary in series.items() for e in summary["by_slot"]]
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(bars) + 2.5), 4), dpi=110)
+    bottom = [0.0] * len(bars)
+    for key, colour in _VERDICT_COLOURS.items():
+        heights = [e[key] for _, e in bars]
+        ax.bar(range(len(bars)), heights, 0.6, bottom=bottom, color=colour,
+               label=f"{key} shown" if key in ("first", "second") else key)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=8)
+    ax.set_ylabel("share of verdicts")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    return _save(fig, ax, path, title=title, legend=False)

@@ -160,13 +160,22 @@ def recover_dir(dst: str | os.PathLike) -> Path | None:
 
 def fingerprint(cfg: Any, *, ignore: Iterable[str] = ()) -> str:
     """A hash of the config fields that change results (``ignore`` lists those that don't). A field
-    declared with ``count_when_set=True`` in its metadata counts only when set: unset, it leaves the
-    fingerprint of runs made before it existed unchanged, so older run folders still resume and
-    experiment grids still find their finished runs."""
+    declared with ``count_when_set=True`` in its metadata counts only when set (empty, or at its
+    default): unset, it leaves the fingerprint of runs made before it existed unchanged, so older
+    run folders still resume and experiment grids still find their finished runs."""
     skip = set(ignore) | {f.name for f in dataclasses.fields(cfg)
-                          if f.metadata.get("count_when_set") and not getattr(cfg, f.name)}
+                          if f.metadata.get("count_when_set")
+                          and (not getattr(cfg, f.name) or getattr(cfg, f.name) == _default(f))}
     d = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def run_info_path(out: str | os.PathLike) -> Path:

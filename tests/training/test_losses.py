@@ -482,3 +482,32 @@ def test_r1_loss_decreases_under_sgd():
             student -= 2.0 * student.grad
     assert history[-1] < 0.2 * history[0]
     assert (kls[-1] < kls[0]).all()
+
+
+# ----------------------------------------------------------------------------- judge: fixed KL
+
+
+def test_fixed_distribution_kl_by_hand() -> None:
+    from pos2distill.training.losses import fixed_distribution_kl
+
+    # Vocabulary of 3; the student is uniform, the teacher 0.75 / 0.25 on tokens 2 and 0.
+    logits = torch.zeros(1, 3, dtype=torch.float64)
+    probs = torch.tensor([[0.75, 0.25, 0.0]], dtype=torch.float64)   # third entry: padding
+    ids = torch.tensor([[2, 0, 1]])
+    expected = 0.75 * math.log(0.75 * 3) + 0.25 * math.log(0.25 * 3)
+    got = fixed_distribution_kl(probs, ids, logits)
+    assert got.item() == pytest.approx(expected)
+    # Equal to the dense KL against the same distribution written over the whole vocabulary.
+    dense = torch.log(torch.tensor([[0.25, 1e-300, 0.75]], dtype=torch.float64))
+    student = torch.tensor([[0.3, -1.2, 2.0]], dtype=torch.float64, requires_grad=True)
+    fixed = fixed_distribution_kl(probs, ids, student)
+    p = dense.exp()
+    ref = (p * (dense - torch.log_softmax(student, -1))).sum(-1)
+    assert fixed.item() == pytest.approx(ref.item(), abs=1e-12)
+    g_fixed, = torch.autograd.grad(fixed.sum(), student)
+    student2 = student.detach().clone().requires_grad_(True)
+    g_ref, = torch.autograd.grad((p * (dense - torch.log_softmax(student2, -1))).sum(), student2)
+    assert torch.allclose(g_fixed, g_ref)
+    # The student putting exactly p on those tokens gives 0.
+    exact = torch.log(torch.tensor([[0.25, 0.0, 0.75]], dtype=torch.float64).clamp(min=1e-300))
+    assert fixed_distribution_kl(probs, ids, exact).item() == pytest.approx(0.0, abs=1e-12)

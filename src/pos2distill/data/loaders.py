@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike
 
 #: The names accepted by :func:`load_records` (besides ``"auto"``).
-FORMATS = ("records", "litm", "authors", "kv", "musique", "hotpotqa", "2wiki")
+FORMATS = ("records", "litm", "authors", "kv", "musique", "hotpotqa", "2wiki", "mtbench",
+           "llmbar", "rewardbench")
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,9 +509,122 @@ def load_own(path: PathLike, *, split: str = "") -> list[Record]:
     return [Record.from_dict(obj, path=p, line=n) for n, obj in iter_rows(path, split=split)]
 
 
+# --------------------------------------------------------------------------------------------
+# Pairwise judgements (LLM-as-a-judge): a question and two answers, an optional label.
+# --------------------------------------------------------------------------------------------
+
+def _candidate(obj: dict[str, Any], field: str, path: str, line: int) -> str:
+    """One answer of a pair: a non-empty string, else "one answer missing"."""
+    value = obj.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError("one answer of the pair is missing or empty (a judging item needs both)",
+                        path=path, line=line, field=field)
+    return value
+
+
+def _judge_record(path: str, line: int, *, id: str, question: str, candidates: tuple[str, str],
+                  label: str | None) -> Record:
+    return _record(path, line, id=id, question=question, answers=(), documents=(), gold=(),
+                   kind="judge", candidates=candidates, label=label)
+
+
+def _first_exchange(obj: dict[str, Any], field: str, path: str, line: int) -> tuple[str, str]:
+    """(first user turn, the assistant turn right after it) of the conversation list ``field``."""
+    turns = _get(obj, field, list, path, line)
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            raise DataError("must be an object with 'role' and a string 'content'", path=path,
+                            line=line, field=f"{field}[{i}]")
+    user = next((i for i, t in enumerate(turns) if t.get("role") == "user"), None)
+    if user is None or not turns[user]["content"].strip():
+        raise DataError("no user turn (the question)", path=path, line=line, field=field)
+    reply = turns[user + 1] if user + 1 < len(turns) else None
+    if reply is None or reply.get("role") != "assistant" or not reply["content"].strip():
+        raise DataError("no assistant answer after the first user turn: one answer of the pair "
+                        "is missing or empty", path=path, line=line, field=field)
+    return turns[user]["content"], reply["content"]
+
+
+#: MT-Bench ``winner`` values and the label each means.
+MTBENCH_WINNERS = {"model_a": "1", "model_b": "2", "tie": "tie", "tie (bothbad)": "tie"}
+
+
+def load_mtbench(path: PathLike, *, split: str = "") -> list[Record]:
+    """Load MT-Bench human judgements (``question_id``, ``model_a``, ``model_b``, ``winner``,
+    ``conversation_a``/``conversation_b`` lists of ``{role, content}``).
+
+    The question is the first user turn of ``conversation_a``, the candidates the first assistant
+    turn of each conversation (candidate 1 = model_a's). ``winner`` ``model_a`` → label 1,
+    ``model_b`` → 2, ``tie`` and ``tie (bothbad)`` → tie; a missing or null winner leaves the
+    item unlabelled. Ids are ``{stem}-{k}`` (one question has many judgements). Judgements of
+    the second turn (``turn`` 2) are read on the first turns too: keep the lines you want.
+    """
+    p, stem = _names(path, split)
+    records: list[Record] = []
+    for k, (line, raw) in enumerate(iter_rows(path, split=split)):
+        obj = _object(raw, p, line)
+        question, answer_a = _first_exchange(obj, "conversation_a", p, line)
+        _, answer_b = _first_exchange(obj, "conversation_b", p, line)
+        candidates = (answer_a, answer_b)
+        winner = obj.get("winner")
+        if winner is not None and winner not in MTBENCH_WINNERS:
+            raise DataError(f"{winner!r} is not one of the candidates "
+                            f"({', '.join(MTBENCH_WINNERS)})", path=p, line=line, field="winner")
+        records.append(_judge_record(p, line, id=f"{stem}-{k}", question=question,
+                                     candidates=candidates,
+                                     label=MTBENCH_WINNERS.get(winner) if winner else None))
+    logger.info("loaded %d MT-Bench judgements from %s", len(records), p)
+    return records
+
+
+def load_llmbar(path: PathLike, *, split: str = "") -> list[Record]:
+    """Load LLMBar-style pairs (``input``, ``output_1``, ``output_2``, ``label`` 1 or 2; the
+    label may be absent or null)."""
+    p, stem = _names(path, split)
+    records: list[Record] = []
+    for k, (line, raw) in enumerate(iter_rows(path, split=split)):
+        obj = _object(raw, p, line)
+        question = _nonempty_string(obj, "input", p, line)
+        candidates = (_candidate(obj, "output_1", p, line), _candidate(obj, "output_2", p, line))
+        label = obj.get("label")
+        if isinstance(label, bool) or (label is not None and label not in (1, 2, "1", "2")):
+            raise DataError(f"{label!r} is not one of the candidates (1, 2)", path=p, line=line,
+                            field="label")
+        records.append(_judge_record(p, line, id=f"{stem}-{k}", question=question,
+                                     candidates=candidates,
+                                     label=None if label is None else str(label)))
+    logger.info("loaded %d LLMBar-style pairs from %s", len(records), p)
+    return records
+
+
+def load_rewardbench(path: PathLike, *, split: str = "") -> list[Record]:
+    """Load RewardBench-style preference pairs (``prompt``, ``chosen``, ``rejected``).
+
+    The label is the chosen answer. Files list it first in every line, so the candidates are
+    shuffled: a coin seeded by the record's id (``random.Random("rewardbench|{id}")``: the same
+    file always gives the same items) decides whether chosen is candidate 1 or 2.
+    """
+    p, stem = _names(path, split)
+    records: list[Record] = []
+    for k, (line, raw) in enumerate(iter_rows(path, split=split)):
+        obj = _object(raw, p, line)
+        question = _nonempty_string(obj, "prompt", p, line)
+        chosen = _candidate(obj, "chosen", p, line)
+        rejected = _candidate(obj, "rejected", p, line)
+        rid = f"{stem}-{k}"
+        chosen_first = random.Random(f"rewardbench|{rid}").random() < 0.5
+        records.append(_judge_record(
+            p, line, id=rid, question=question,
+            candidates=(chosen, rejected) if chosen_first else (rejected, chosen),
+            label="1" if chosen_first else "2"))
+    logger.info("loaded %d RewardBench-style pairs from %s", len(records), p)
+    return records
+
+
 _LOADERS: dict[str, Callable[..., list[Record]]] = {
     "records": load_own, "litm": load_litm_qa, "authors": load_authors, "kv": load_kv,
-    "musique": load_musique, "hotpotqa": load_hotpotqa, "2wiki": load_2wiki}
+    "musique": load_musique, "hotpotqa": load_hotpotqa, "2wiki": load_2wiki,
+    "mtbench": load_mtbench, "llmbar": load_llmbar, "rewardbench": load_rewardbench}
 
 
 def detect_format(path: PathLike, *, split: str = "") -> str:
@@ -519,7 +633,9 @@ def detect_format(path: PathLike, *, split: str = "") -> str:
 
     ``documents`` + ``gold`` → ``"records"``; ``ctxs`` → ``"litm"``; ``gold_document`` →
     ``"authors"``; ``ordered_kv_records`` → ``"kv"``; MuSiQue, 2WikiMultihopQA and HotpotQA by
-    their own fields. Raises :class:`DataError` otherwise.
+    their own fields; judgement files: ``conversation_a`` + ``conversation_b`` → ``"mtbench"``,
+    ``output_1`` + ``output_2`` → ``"llmbar"``, ``chosen`` + ``rejected`` → ``"rewardbench"``.
+    Raises :class:`DataError` otherwise.
     """
     p, _ = _names(path, split)
     if tables.is_table(path):
@@ -548,12 +664,20 @@ def detect_format(path: PathLike, *, split: str = "") -> str:
         return "2wiki"
     if "context" in keys and "supporting_facts" in keys:
         return "hotpotqa"
+    if "conversation_a" in keys and "conversation_b" in keys:
+        return "mtbench"
+    if {"output_1", "output_2"} <= keys:
+        return "llmbar"
+    if {"chosen", "rejected"} <= keys:
+        return "rewardbench"
     raise DataError(
         f"cannot detect the format from {'keys' if line else 'columns'} {sorted(keys)}; "
         "expected one of: "
         "records (documents + gold), litm (ctxs), authors (gold_document), "
         "kv (ordered_kv_records), musique (paragraphs + question_decomposition), "
-        "2wiki (context + evidences), hotpotqa (context + supporting_facts). "
+        "2wiki (context + evidences), hotpotqa (context + supporting_facts), "
+        "mtbench (conversation_a + conversation_b), llmbar (output_1 + output_2), "
+        "rewardbench (chosen + rejected). "
         "Pass the format explicitly if the keys are right.",
         path=p, line=line)
 

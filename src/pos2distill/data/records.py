@@ -3,6 +3,11 @@
 A :class:`Record` holds a question, its gold answers and its documents in *dataset order*; ``gold``
 lists the indices of the gold documents (one for retrieval; several, in hop order, for multi-hop).
 Placing documents at prompt positions is the job of :mod:`pos2distill.tasks.positions`.
+
+A judging item (``kind="judge"``) is the same record with two ``candidates`` (the answers to
+compare, in the file's order) and an optional ``label`` (``"1"``, ``"2"`` or ``"tie"``); its
+documents (the question's context) and its ``answers`` and ``gold`` may be empty. One type keeps
+every stage, file and placement helper working on judging items unchanged.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import Any, Iterable, Iterator
 from pos2distill.errors import DataError
 from pos2distill.runinfo import atomic_path
 
-#: What a record is: retrieval QA, key-value retrieval, or a multi-hop question.
-KINDS = ("qa", "kv", "multihop")
+#: What a record is: retrieval QA, key-value retrieval, a multi-hop question, or a judging item.
+KINDS = ("qa", "kv", "multihop", "judge")
+#: The labels of a judging item: candidate 1 wins, candidate 2 wins, or a tie.
+JUDGE_LABELS = ("1", "2", "tie")
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,13 @@ class Record:
         answers: gold answers; any of them counts as correct.
         documents: all documents, gold and distractors, in dataset order.
         gold: indices into ``documents`` of the gold documents, in hop order.
-        kind: ``"qa"`` (retrieval QA), ``"kv"`` (key-value retrieval) or ``"multihop"``
-            (multi-hop reasoning; aliases of the answer are simply more ``answers``). Not the
-            ``--task`` (a :mod:`pos2distill.tasks` Task), which says how the record is asked.
+        kind: ``"qa"`` (retrieval QA), ``"kv"`` (key-value retrieval), ``"multihop"``
+            (multi-hop reasoning; aliases of the answer are simply more ``answers``) or
+            ``"judge"`` (a judging item). Not the ``--task`` (a :mod:`pos2distill.tasks` Task),
+            which says how the record is asked.
+        candidates: a judging item's two answers, in the order the item lists them; ``()`` for
+            the other kinds.
+        label: a judging item's better candidate, ``"1"``, ``"2"`` or ``"tie"`` (None: unknown).
     """
 
     id: str
@@ -68,18 +79,38 @@ class Record:
     documents: tuple[Document, ...]
     gold: tuple[int, ...]
     kind: str = "qa"
+    candidates: tuple[str, ...] = ()
+    label: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.answers:
-            raise DataError(f"record {self.id!r} has no answers", field="answers")
-        if not self.gold:
-            raise DataError(f"record {self.id!r} has no gold document", field="gold")
+        if self.kind == "judge":
+            self._check_judge()
+        else:
+            if self.candidates or self.label is not None:
+                raise DataError(f"record {self.id!r}: only judging items (kind judge) have "
+                                "candidates and a label", field="candidates")
+            if not self.answers:
+                raise DataError(f"record {self.id!r} has no answers", field="answers")
+            if not self.gold:
+                raise DataError(f"record {self.id!r} has no gold document", field="gold")
         for g in self.gold:
             if not 0 <= g < len(self.documents):
                 raise DataError(f"record {self.id!r}: gold index {g} outside its "
                                 f"{len(self.documents)} documents", field="gold")
         if len(set(self.gold)) != len(self.gold):
             raise DataError(f"record {self.id!r}: repeated gold index", field="gold")
+
+    def _check_judge(self) -> None:
+        if len(self.candidates) != 2:
+            raise DataError(f"judging item {self.id!r} has {len(self.candidates)} candidate "
+                            "answers; a pair needs exactly 2", field="candidates")
+        for k, c in enumerate(self.candidates, start=1):
+            if not isinstance(c, str) or not c.strip():
+                raise DataError(f"judging item {self.id!r}: answer {k} of the pair is missing "
+                                "or empty", field="candidates")
+        if self.label is not None and self.label not in JUDGE_LABELS:
+            raise DataError(f"judging item {self.id!r}: label {self.label!r} is not one of the "
+                            f"candidates ({', '.join(JUDGE_LABELS)})", field="label")
 
     @property
     def gold_document(self) -> Document:
@@ -95,9 +126,12 @@ class Record:
         return tuple(d for i, d in enumerate(self.documents) if i not in gold)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "question": self.question, "answers": list(self.answers),
-                "documents": [d.to_dict() for d in self.documents], "gold": list(self.gold),
-                "kind": self.kind}
+        out = {"id": self.id, "question": self.question, "answers": list(self.answers),
+               "documents": [d.to_dict() for d in self.documents], "gold": list(self.gold),
+               "kind": self.kind}
+        if self.kind == "judge":
+            out.update(candidates=list(self.candidates), label=self.label)
+        return out
 
     @classmethod
     def from_dict(cls, d: Any, *, path: str | None = None, line: int | None = None) -> "Record":
@@ -110,27 +144,47 @@ class Record:
                 raise DataError("missing", path=path, line=line, field=key)
             if not isinstance(d[key], typ):
                 raise DataError(f"must be a {typ.__name__}", path=path, line=line, field=key)
-        answers = d["answers"]
-        if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
-            raise DataError("must be a non-empty list of non-empty strings", path=path, line=line,
-                            field="answers")
-        docs = tuple(Document.from_dict(x, path=path, line=line, field=f"documents[{i}]")
-                     for i, x in enumerate(d["documents"]))
-        gold = d["gold"]
-        if not gold or not all(isinstance(g, int) and not isinstance(g, bool) for g in gold):
-            raise DataError("must be a non-empty list of integers", path=path, line=line,
-                            field="gold")
         # "task" is the key files written before the Task redesign used for the kind.
         key = "kind" if "kind" in d else "task"
         kind = d.get(key, "qa")
         if kind not in KINDS:
             raise DataError(f"unknown kind {kind!r} (expected one of {', '.join(KINDS)})",
                             path=path, line=line, field=key)
+        judge = kind == "judge"   # a judging item may have no answers, documents or gold
+        answers = d["answers"]
+        if (not answers and not judge) or not all(isinstance(a, str) and a.strip()
+                                                  for a in answers):
+            raise DataError("must be a non-empty list of non-empty strings", path=path, line=line,
+                            field="answers")
+        docs = tuple(Document.from_dict(x, path=path, line=line, field=f"documents[{i}]")
+                     for i, x in enumerate(d["documents"]))
+        gold = d["gold"]
+        if (not gold and not judge) or not all(isinstance(g, int) and not isinstance(g, bool)
+                                               for g in gold):
+            raise DataError("must be a non-empty list of integers", path=path, line=line,
+                            field="gold")
+        extra: dict[str, Any] = {}
+        if judge:
+            candidates = d.get("candidates")
+            if not isinstance(candidates, list):
+                raise DataError("missing or not a list (a judging item has two candidate "
+                                "answers)", path=path, line=line, field="candidates")
+            extra = {"candidates": tuple(candidates), "label": judge_label(d.get("label"))}
         try:
             return cls(id=d["id"], question=d["question"], answers=tuple(answers),
-                       documents=docs, gold=tuple(gold), kind=kind)
+                       documents=docs, gold=tuple(gold), kind=kind, **extra)
         except DataError as e:
             raise DataError(str(e), path=path, line=line, field=e.field) from None
+
+
+def judge_label(value: Any) -> str | None:
+    """A judging label as stored: ``"1"``, ``"2"``, ``"tie"`` or None; the integers 1 and 2 are
+    read as ``"1"`` and ``"2"``. Anything else is returned as text for the record to refuse."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) else repr(value)
 
 
 def open_text(path: str | os.PathLike, mode: str = "rt") -> io.TextIOBase:

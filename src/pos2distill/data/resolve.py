@@ -36,6 +36,17 @@ def load_data(opts: DataOptions) -> list[Record]:
     if opts.data.startswith("synthetic") and split:
         raise ConfigError(f"--split {split}: the synthetic sets name their split in --data "
                           "(synthetic:SPLIT); --split chooses a split of a datasets folder")
+    if opts.data.startswith("synthetic-judge"):
+        _, _, split = opts.data.partition(":")
+        split = split or "test"
+        if opts.data.partition(":")[0] != "synthetic-judge" or split not in synthetic.SPLITS:
+            raise ConfigError(f"--data: {opts.data!r}: use one of "
+                              + ", ".join(f"synthetic-judge:{s}" for s in synthetic.SPLITS))
+        if not 2 <= opts.n_documents <= synthetic.N_NAMES:
+            raise ConfigError(f"--n-documents: the synthetic judging set has 2 to "
+                              f"{synthetic.N_NAMES} documents per item, got {opts.n_documents}")
+        return synthetic.generate_judge(split, opts.limit or SYNTHETIC_DEFAULT_SIZE,
+                                        seed=opts.seed, n_documents=opts.n_documents)
     if opts.data.startswith("synthetic-reasoning"):
         _, _, split = opts.data.partition(":")
         split = split or "test"

@@ -149,3 +149,52 @@ def generate_reasoning(split: str, n: int, *, seed: int = 0, n_documents: int = 
     return [make_reasoning_record(rng, rng.choice(subjects), n_documents=n_documents,
                                   record_id=f"{REASONING_ID_PREFIX}-{split}-{seed}-{k}")
             for k in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The synthetic judging set (LLM-as-a-judge, METHOD.md section 6b)
+#
+# Each item is a retrieval record ("Which city is home to X", documents titled with people) whose
+# gold document sits at a seeded random position, and two candidate answers: the true city and a
+# wrong city taken from another document of the same context, so both candidates appear in the
+# documents and only the lookup tells them apart. The label is the true city's candidate; the true
+# city is candidate 1 in every other item (exactly half of a set of even size), so a judge that
+# always names one slot scores 0.5. The asked person comes from SUBJECTS[split], as in the
+# retrieval set.
+
+JUDGE_ID_PREFIX = "synth-judge"
+
+
+def make_judge_record(rng: random.Random, subject: str, *, n_documents: int, record_id: str,
+                      true_first: bool) -> Record:
+    """One judging item about ``subject`` with ``n_documents`` documents (see the section note);
+    ``true_first``: the true city is candidate 1."""
+    base = make_record(rng, subject, n_documents=n_documents, record_id=record_id)
+    gold, others = base.documents[0], list(base.documents[1:])
+    truth = gold.text
+    if all(d.text == truth for d in others):   # rare: make one distractor's city differ
+        k = rng.randrange(len(others))
+        others[k] = Document(others[k].title, rng.choice([c for c in CITIES if c != truth]))
+    wrong = rng.choice(sorted({d.text for d in others} - {truth}))
+    position = rng.randrange(n_documents)
+    rng.shuffle(others)
+    documents = tuple(others[:position] + [gold] + others[position:])
+    candidates = (truth, wrong) if true_first else (wrong, truth)
+    return Record(id=record_id, question=base.question, answers=(truth,), documents=documents,
+                  gold=(position,), kind="judge", candidates=candidates,
+                  label="1" if true_first else "2")
+
+
+def generate_judge(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
+    """``n`` judging items of ``split``; deterministic for (split, n, seed, n_documents), and a
+    shorter set is a prefix of a longer one."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if not 2 <= n_documents <= N_NAMES:
+        raise ValueError(f"n_documents must be in 2..{N_NAMES}, got {n_documents}")
+    subjects = SUBJECTS[split]
+    rng = random.Random(f"synthetic-judge|{split}|{seed}|{n_documents}")
+    return [make_judge_record(rng, rng.choice(subjects), n_documents=n_documents,
+                              record_id=f"{JUDGE_ID_PREFIX}-{split}-{seed}-{k}",
+                              true_first=k % 2 == 0)
+            for k in range(n)]

@@ -14,8 +14,9 @@ from pos2distill.config import CrossTaskConfig
 from pos2distill.errors import ConfigError
 from pos2distill.runinfo import write_json_atomic, write_text_atomic
 from pos2distill.stages.probe import load_summary
-from pos2distill.tasks import TASKS
 
+#: The tasks of the table (the paper's R1 and R2; a judge is not part of it).
+TASKS = ("retrieval", "reasoning")
 #: Row labels; the task each trained model was trained for ("own task").
 MODEL_LABELS = {"base": ("base model", None), "r1": ("after R1 (trained on retrieval)", "retrieval"),
                 "r2": ("after R2 (trained on reasoning)", "reasoning")}

@@ -41,18 +41,18 @@ def make_pairs(teacher_rows: Sequence[dict[str, Any]], tokenizer: Any, *, K: int
                                     pool=configurations)
         slots += [adv] * (anchors if task.has_anchors else 0)
         chat = use_chat(tokenizer, row.get("chat", "auto"))
-        response = task.target(row["response"], first_line_only=use_first_line)
         for copy, slot in enumerate(slots, start=1):
             # copy >= 1: never the teacher's own distractor order (copy 0).
             placed = task.place(record, slot, slot_rng(seed, record.id, slot, copy))
+            student = render_prompt(placed, tokenizer, template=row["template"],
+                                    instruction=row.get("instruction", ""),
+                                    chat="on" if chat else "off")
             pairs.append({"id": f"{record.id}#{copy}", "question_id": record.id,
                           "task": task.name, "slot": list(slot), "adv_slot": list(adv),
-                          "anchor": slot == adv,
-                          "student_prompt": render_prompt(placed, tokenizer, template=row["template"],
-                                                          instruction=row.get("instruction", ""),
-                                                          chat="on" if chat else "off"),
-                          "chat": chat, "teacher_prompt": row["teacher_prompt"], "response": response,
-                          "answers": list(record.answers)})
+                          "anchor": slot == adv, "student_prompt": student, "chat": chat,
+                          "answers": list(record.answers),
+                          **task.pair_fields(row, placed, slot, student, tokenizer,
+                                             first_line_only=use_first_line)})
     return pairs
 
 

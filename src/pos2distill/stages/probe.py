@@ -33,7 +33,7 @@ from pos2distill.errors import ConfigError
 from pos2distill.generation import Generator, make_generator
 from pos2distill import progress
 from pos2distill.modeling import load_config, load_tokenizer, resolve_model_path
-from pos2distill.plots import plot_heatmaps, plot_slots
+from pos2distill.plots import plot_heatmaps
 from pos2distill.runinfo import one_writer, start_run, write_json_atomic, write_text_atomic
 from pos2distill.tasks import Task, get_task
 from pos2distill.tasks.fitting import fit_prompt, prompt_budget
@@ -75,19 +75,19 @@ def probe_prompts(records: Sequence[Record], slots: Sequence[Slot], tokenizer: A
 
 def score_rows(task: Task, items: Sequence[Item], predictions: Sequence[str]) -> list[dict]:
     """One row per answered prompt: the task's score and its own extra fields."""
-    return [{"id": r.id, "task": task.name, "slot": list(slot), "prediction": pred,
-             "answers": list(r.answers), "correct": task.score(pred, r.answers),
-             **task.row_extras(slot, pred)}
-            for (r, slot, _), pred in zip(items, predictions)]
+    return [task.row(r, slot, pred) for (r, slot, _), pred in zip(items, predictions)]
 
 
 def run_probe(items: Sequence[Item], generator: Generator, task: Task, *, max_new_tokens: int,
               chunk: int, on_rows: Any) -> None:
-    """Generate and score in chunks, handing each chunk's rows to ``on_rows`` (for appending)."""
+    """Generate and score in chunks, handing each chunk's rows to ``on_rows`` (for appending);
+    fields the task reads from the model beyond the answer (:meth:`Task.model_reads`) join
+    each row."""
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         preds = generator.generate([prompt for _, _, prompt in part], max_new_tokens=max_new_tokens)
-        on_rows(score_rows(task, part, preds))
+        reads = task.model_reads(part, preds, generator, max_new_tokens=max_new_tokens)
+        on_rows([{**row, **extra} for row, extra in zip(score_rows(task, part, preds), reads)])
 
 
 def read_rows(path: str | Path, task: Task) -> list[dict]:
@@ -218,7 +218,7 @@ def generate_rows(cfg: ProbeConfig, parts: Sequence[Part], task: Task, tokenizer
 def main(cfg: ProbeConfig) -> dict[str, Any]:
     """Run the probe described by ``cfg``; returns the summary (with several ``--n-documents``:
     the heatmap, and each count's summary under ``by_documents``)."""
-    task = get_task(cfg.task)
+    task = get_task(cfg.task).configure(cfg)
     out = Path(cfg.out)
     # Everything that can refuse the run does so before anything is written.
     parts = []
@@ -260,8 +260,8 @@ def finish(part: Part, task: Task) -> dict[str, Any]:
         summary["too_long"] = part.too_long
     write_json_atomic(out / SUMMARY, summary)
     write_text_atomic(out / TABLE, task.table(summary))
-    plot_slots({Path(cfg.model).name: points(summary)}, out / task.plot_file,
-               kind=task.plot_kind, title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
+    task.plot(summary, out / task.plot_file, name=Path(cfg.model).name,
+              title=f"{task.metric} by {task.slot_noun} ({n_docs} documents)")
     return summary
 
 

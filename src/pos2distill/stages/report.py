@@ -18,9 +18,9 @@ from typing import Any
 from pos2distill import modelcard
 from pos2distill.config import ReportConfig
 from pos2distill.errors import ConfigError
-from pos2distill.plots import plot_heatmaps, plot_slots
+from pos2distill.plots import plot_heatmaps
 from pos2distill.runinfo import write_json_atomic, write_text_atomic
-from pos2distill.stages.probe import HEATMAP_PLOT, heatmap_table, load_heatmap, load_summary, points
+from pos2distill.stages.probe import HEATMAP_PLOT, heatmap_table, load_heatmap, load_summary
 from pos2distill.tasks import get_task
 
 
@@ -54,9 +54,8 @@ def compare(before_dir: str | Path, after_dir: str | Path, out: Path, *,
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", cmp)
     write_text_atomic(out / "report.md", task.comparison_table(cmp))
-    plot_slots({"before": points(cmp, "before", "before_stderr"),
-                "after": points(cmp, "after", "after_stderr")}, out / task.plot_file,
-               kind=task.plot_kind, title=title or f"{task.metric} by {task.slot_noun}")
+    task.plot_comparison(cmp, out / task.plot_file,
+                         title=title or f"{task.metric} by {task.slot_noun}")
     n = after.get("n_documents", "")
     card = add_to_card(after, key=modelcard.result_key(task.name, str(after.get("data")), f"d{n}"),
                        plot=out / task.plot_file, markdown=(

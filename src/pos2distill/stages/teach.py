@@ -31,30 +31,47 @@ from pos2distill.tasks.prompts import use_chat
 log = logging.getLogger(__name__)
 
 
+#: The teacher prompts of one question: (slot, fitted prompt) for each of the task's teacher slots.
+Group = list[tuple[Slot, Fitted]]
+
+
 def teacher_prompts(records: Sequence[Record], tokenizer: Any, *, task: Task, adv: Slot,
                     template: str, chat: str, seed: int, max_tokens: int | None = None,
-                    too_long: str = "fail", instruction: str = "") -> list[Fitted]:
-    """The teacher prompt of every record that fits ``max_tokens`` under the ``too_long`` policy
-    (:func:`pos2distill.tasks.fitting.fit_prompt`); skipped records are left out."""
-    fitted = (fit_prompt(r, adv, tokenizer, place=task.place, template=template, chat=chat,
-                         seed=seed, max_tokens=max_tokens, too_long=too_long,
-                         instruction=instruction)
-              for r in records)
-    return [f for f in fitted if f is not None]
+                    too_long: str = "fail", instruction: str = "") -> list[Group]:
+    """The teacher prompts of every record, one per teacher slot of the task
+    (:meth:`~pos2distill.tasks.base.Task.teacher_slots`: the advantageous slot; a judge: both
+    answer orders), fitted to ``max_tokens`` under the ``too_long`` policy
+    (:func:`pos2distill.tasks.fitting.fit_prompt`); a record with a skipped prompt is left out."""
+    groups = []
+    for r in records:
+        group = [(slot, fit_prompt(r, slot, tokenizer, place=task.place, template=template,
+                                   chat=chat, seed=seed, max_tokens=max_tokens,
+                                   too_long=too_long, instruction=instruction))
+                 for slot in task.teacher_slots(adv)]
+        if all(f is not None for _, f in group):
+            groups.append(group)
+    return groups  # type: ignore[return-value]
 
 
-def answer_prompts(prompts: Sequence[Fitted], generator: Generator, *, task: Task, adv: Slot,
+def answer_prompts(prompts: Sequence[Group], generator: Generator, *, task: Task, adv: Slot,
                    template: str, chat: str, max_new_tokens: int,
                    instruction: str = "") -> list[dict[str, Any]]:
-    """One row per prompt (kept or not): the record it shows (fewer distractors when truncated),
-    teacher prompt, response, correctness by the task's score. Rows keep ``template``,
+    """One row per question (kept or not): the record it shows (fewer distractors when truncated),
+    and the task's teacher fields (:meth:`~pos2distill.tasks.base.Task.teacher_fields`: teacher
+    prompt, response, whether it is kept as ``correct``). Rows keep ``template``,
     ``instruction`` and ``chat``: the pairs render the student prompts with them."""
-    responses = generator.generate([f.prompt for f in prompts], max_new_tokens=max_new_tokens)
-    return [{"id": f.record.id, "task": task.name, "record": f.record.to_dict(),
-             "adv_slot": list(adv), "template": template, "instruction": instruction,
-             "chat": chat, "teacher_prompt": f.prompt, "dropped_distractors": f.dropped,
-             "response": resp, "correct": task.score(resp, f.record.answers) == 1.0}
-            for f, resp in zip(prompts, responses)]
+    flat = [(f.record, slot, f.prompt) for group in prompts for slot, f in group]
+    responses = generator.generate([p for _, _, p in flat], max_new_tokens=max_new_tokens)
+    reads = task.model_reads(flat, responses, generator, max_new_tokens=max_new_tokens)
+    answered = iter(zip(flat, responses, reads))
+    rows = []
+    for group in prompts:
+        first = group[0][1]
+        rows.append({"id": first.record.id, "task": task.name, "record": first.record.to_dict(),
+                     "adv_slot": list(adv), "template": template, "instruction": instruction,
+                     "chat": chat, "dropped_distractors": first.dropped,
+                     **task.teacher_fields([next(answered) for _ in group])})
+    return rows
 
 
 def resolve_advantageous(cfg: TeachConfig, task: Task, n_documents: int) -> Slot:
@@ -95,7 +112,7 @@ def read_teacher_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def main(cfg: TeachConfig) -> dict[str, Any]:
     """Write the kept teacher rows to ``cfg.out``; returns counts."""
-    task = get_task(cfg.task)
+    task = get_task(cfg.task).configure(cfg)
     out = Path(cfg.out)
     records = task.keep(load_data(cfg), cfg.data)
     adv = resolve_advantageous(cfg, task, len(records[0].documents))
@@ -117,7 +134,7 @@ def main(cfg: TeachConfig) -> dict[str, Any]:
 
 
 def answer_all(cfg: TeachConfig, out: Path, task: Task, adv: Slot, records: Sequence[Record],
-               prompts: Sequence[Fitted], tokenizer: Any, *, chat: bool,
+               prompts: Sequence[Group], tokenizer: Any, *, chat: bool,
                budget: int | None) -> dict[str, Any]:
     """Answer the teacher prompts not yet in ``OUT.partial`` (appended chunk by chunk, so a killed
     run resumes), then write the kept rows to ``out`` in the data's order."""
@@ -131,12 +148,13 @@ def answer_all(cfg: TeachConfig, out: Path, task: Task, adv: Slot, records: Sequ
         return {"kept": len(rows), "total": len(records), "adv_slot": slot_key(adv),
                 "out": str(out)}
     done = {row["id"] for row in read_append_log(partial)}
-    todo = [f for f in prompts if f.record.id not in done]
+    todo = [g for g in prompts if g[0][1].record.id not in done]
     if todo:
         # The generator first: a backend that cannot load refuses before any bar is drawn.
         generator = make_generator(cfg, tokenizer, chat=chat, progress=lambda n: bar.update(n))
-        bar = progress.bar(total=len(prompts), initial=len(prompts) - len(todo), desc="teach",
-                           unit="question")
+        bar = progress.bar(total=sum(map(len, prompts)),
+                           initial=sum(map(len, prompts)) - sum(map(len, todo)), desc="teach",
+                           unit="prompt")
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk = cfg.batch_size * 4
         with open_text(partial, "at") as f:

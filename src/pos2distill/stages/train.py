@@ -70,7 +70,7 @@ from pos2distill.training.losses import position_weights, weighted_loss
 from pos2distill.training.methods import Method, get_method
 from pos2distill.training.optim import build_optimizer, build_schedule
 from pos2distill.training.teacher import (CachedTeacher, CrossEntropyTargets, OnlineTeacher,
-                                          ResponseLoss)
+                                          ResponseLoss, with_fixed_tokens)
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,8 @@ def per_example_loss(b: dict[str, Tensor], *, loss_module: Any, teacher: Teacher
                      autocast: Callable[[], ContextManager[Any]]) -> Tensor:
     """(B,) per-example loss of a micro-batch: KL(teacher ‖ student) with a teacher, else the
     student's cross-entropy on its target tokens."""
-    targets = teacher.targets(b, b["mask"]) if teacher is not None else \
+    targets = with_fixed_tokens(teacher.targets(b, b["mask"]), b,
+                                temperature=teacher.temperature) if teacher is not None else \
         CrossEntropyTargets(b, b["mask"])
     with autocast():
         return loss_module(b["s_ids"], b["s_att"], b["mask"], targets)

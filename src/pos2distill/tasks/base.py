@@ -1,10 +1,11 @@
-"""What a task is: the one place where retrieval and reasoning differ.
+"""What a task is: the one place where retrieval, reasoning and judging differ.
 
 A :class:`Task` says what data it keeps, its *slots* (the tuple of positions its gold documents
-take: ``(p,)`` for retrieval, ``(first_hop, second_hop)`` for reasoning), how it places documents
-at a slot, its default prompt template and advantageous slot, how it scores a prediction, how it
-draws the K training slots (and whether it has anchors), and how it summarises, tabulates and
-compares probes. The stages (``probe``, ``teach``, ``pairs``, ``train``, ``report``,
+take: ``(p,)`` for retrieval, ``(first_hop, second_hop)`` for reasoning; for a judge, the order
+its two candidate answers are shown in), how it places documents (or candidates) at a slot, its
+default prompt template and advantageous slot, how it scores a prediction, what its teacher
+answers and how a pair's teacher side is made, how it draws the K training slots (and whether it
+has anchors), and how it summarises, tabulates, plots and compares probes. The stages (``probe``, ``teach``, ``pairs``, ``train``, ``report``,
 ``crosstask``) are written once against this class and never ask which task they run.
 
 Files the stages write carry ``task`` and ``slot`` (lists of 0-based positions). Files written
@@ -23,6 +24,7 @@ from pos2distill.data.records import Record
 from pos2distill.errors import ConfigError
 from pos2distill.metrics import binomial_stats
 from pos2distill.tasks.positions import Slot, slot_key, slot_label, stored_slot
+from pos2distill.tasks.prompts import TEMPLATES
 
 
 class Task(ABC):
@@ -55,6 +57,22 @@ class Task(ABC):
     has_anchors: bool
     plot_file: str
     plot_kind: str
+
+    # --- options ---------------------------------------------------------------------------
+
+    def configure(self, options: Any) -> "Task":
+        """This task with the run's task-specific options (a stage config; e.g. the judge's
+        verdict strings); the task itself when it has none."""
+        return self
+
+    def resolve_template(self, template: str) -> str:
+        """The ``--template`` value a config keeps (validated): one of the prompt templates
+        that ask this task's records."""
+        if template not in TEMPLATES or template == "judge":
+            raise ConfigError(f"--template: {template!r} is not one of "
+                              f"{', '.join(t for t in TEMPLATES if t != 'judge')} "
+                              f"(judge templates ask --task judge)")
+        return template
 
     # --- data and slots ---------------------------------------------------------------------
 
@@ -94,14 +112,54 @@ class Task(ABC):
     def score(self, prediction: str, answers: Sequence[str]) -> float:
         """1.0 when ``prediction`` answers correctly, else 0.0."""
 
+    def score_item(self, record: Record, slot: Slot, prediction: str) -> float | None:
+        """The score of ``prediction`` for ``record`` asked at ``slot`` (:meth:`score` of its
+        answers; None: nothing to score against)."""
+        return self.score(prediction, record.answers)
+
     def row_extras(self, slot: Slot, prediction: str) -> dict[str, Any]:
         """Task-specific fields of a probe row (besides id, task, slot, prediction, answers,
         correct)."""
         return {}
 
+    def row(self, record: Record, slot: Slot, prediction: str) -> dict[str, Any]:
+        """The probe row of one answered prompt."""
+        return {"id": record.id, "task": self.name, "slot": list(slot), "prediction": prediction,
+                "answers": list(record.answers),
+                "correct": self.score_item(record, slot, prediction),
+                **self.row_extras(slot, prediction)}
+
+    def model_reads(self, items: Sequence[tuple[Record, Slot, str]], predictions: Sequence[str],
+                    generator: Any, *, max_new_tokens: int) -> list[dict[str, Any]]:
+        """Fields of each probe row that need the model beyond its greedy answer (e.g. the
+        judge's verdict probabilities), read through ``generator``; none by default."""
+        return [{} for _ in items]
+
     @abstractmethod
     def target(self, response: str, *, first_line_only: bool) -> str:
         """The part of a teacher response the pairs distil."""
+
+    # --- the teacher and the pairs ----------------------------------------------------------
+
+    def teacher_slots(self, adv: Slot) -> list[Slot]:
+        """The slots the teacher answers each question at: the advantageous one."""
+        return [adv]
+
+    def teacher_fields(self, answered: Sequence[tuple[tuple[Record, Slot, str], str,
+                                                      dict[str, Any]]]) -> dict[str, Any]:
+        """A teacher row's own fields from its answered prompts (``((record, slot, prompt),
+        response, model reads)`` per teacher slot): the prompt, the response, and ``correct``
+        (whether the row is kept: the task scores the response right)."""
+        (record, slot, prompt), response, _ = answered[0]
+        return {"teacher_prompt": prompt, "response": response,
+                "correct": self.score_item(record, slot, response) == 1.0}
+
+    def pair_fields(self, row: dict[str, Any], placed: Record, slot: Slot, student_prompt: str,
+                    tokenizer: Any, *, first_line_only: bool) -> dict[str, Any]:
+        """A training pair's teacher side for the student at ``slot`` (``placed``: the record as
+        the student sees it): the stored teacher prompt, and the task's part of the response."""
+        return {"teacher_prompt": row["teacher_prompt"],
+                "response": self.target(row["response"], first_line_only=first_line_only)}
 
     # --- summaries --------------------------------------------------------------------------
 
@@ -138,6 +196,21 @@ class Task(ABC):
                 "best_slot": best["slot"], "worst_slot": worst["slot"],
                 "n_per_slot": min(e["count"] for e in by_slot),
                 **self.summary_extras(by_slot)}
+
+    def plot(self, summary: dict[str, Any], path: Any, *, title: str, name: str = "") -> None:
+        """The probe's plot: the score by slot (``name``: the series label, e.g. the model)."""
+        from pos2distill.plots import plot_slots   # matplotlib: only when a plot is drawn
+
+        plot_slots({name: _points(summary, "accuracy", "stderr")}, path, kind=self.plot_kind,
+                   title=title)
+
+    def plot_comparison(self, cmp: dict[str, Any], path: Any, *, title: str) -> None:
+        """A report's plot: the score by slot before and after."""
+        from pos2distill.plots import plot_slots
+
+        plot_slots({"before": _points(cmp, "before", "before_stderr"),
+                    "after": _points(cmp, "after", "after_stderr")}, path, kind=self.plot_kind,
+                   title=title)
 
     def accuracy_by_slot(self, summary: dict[str, Any]) -> dict[str, float]:
         """``{slot_key: score}`` of a summary (the keys of demo and experiment results)."""
@@ -246,6 +319,10 @@ class Task(ABC):
     def upgrade_summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """A probe summary with ``task``, ``by_slot``, ``best_slot``, ``worst_slot`` and
         ``n_per_slot`` (summaries written before slots existed have other keys)."""
+
+
+def _points(summary: dict[str, Any], value: str, err: str) -> list[tuple[Slot, float, float]]:
+    return [(tuple(e["slot"]), e[value], e[err]) for e in summary["by_slot"]]
 
 
 def _extras_of_both(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ placeholder tokenizers use for "no limit"). A prompt that does not fit is, by ``
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -61,9 +62,8 @@ def keep_distractors(record: Record, k: int) -> Record:
         elif seen < k:
             keep.append(i)
             seen += 1
-    return Record(id=record.id, question=record.question, answers=record.answers,
-                  documents=tuple(record.documents[i] for i in keep),
-                  gold=tuple(keep.index(g) for g in record.gold), kind=record.kind)
+    return dataclasses.replace(record, documents=tuple(record.documents[i] for i in keep),
+                               gold=tuple(keep.index(g) for g in record.gold))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ compared.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any, Sequence
 
@@ -68,8 +69,7 @@ def place_gold(record: Record, position: int, rng: random.Random) -> Record:
     distractors = list(record.distractors)
     rng.shuffle(distractors)
     documents = distractors[:position] + [gold] + distractors[position:]
-    return Record(id=record.id, question=record.question, answers=record.answers,
-                  documents=tuple(documents), gold=(position,), kind=record.kind)
+    return dataclasses.replace(record, documents=tuple(documents), gold=(position,))
 
 
 def parse_positions(spec: str | list[int] | tuple[int, ...], n_documents: int) -> list[int]:
@@ -162,8 +162,7 @@ def place_hops(record: Record, positions: tuple[int, ...] | list[int], rng: rand
         slots[p] = record.documents[g]
     it = iter(distractors)
     documents = tuple(d if d is not None else next(it) for d in slots)
-    return Record(id=record.id, question=record.question, answers=record.answers,
-                  documents=documents, gold=positions, kind=record.kind)
+    return dataclasses.replace(record, documents=documents, gold=positions)
 
 
 def hop_group(pair: tuple[int, ...]) -> str:

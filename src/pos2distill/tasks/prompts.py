@@ -10,6 +10,11 @@ already in prompt order (see :mod:`pos2distill.tasks.positions`):
 - ``kv``: key-value retrieval over a JSON object (the lost-in-the-middle KV task);
 - ``reasoning``: multi-hop questions with chain-of-thought: the instruction first, the documents as in
   ``authors``, then ``Question: {question}`` last, so the reasoning starts right after the question.
+- ``judge``: a judging item (``--task judge``): the documents as in ``authors`` (none for items
+  without context), ``Question: {question}``, ``Answer A: {first shown candidate}``,
+  ``Answer B: {second}``, then the instruction *last* (it names the verdict strings). A judge
+  template may also be the text of a file with the slots ``{answer_a}`` and ``{answer_b}`` (and
+  optionally ``{documents}``, ``{question}``, ``{instruction}``): see :func:`check_judge_template`.
 
 Every template opens with its instruction line (:data:`INSTRUCTIONS`); ``instruction`` replaces that
 text verbatim (a RAG pipeline's own instruction, to measure the positional bias it gives) and leaves the
@@ -22,12 +27,16 @@ or is used as plain text followed by ``Answer:`` otherwise.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from pos2distill.errors import ConfigError
 from pos2distill.data.records import Record
 
-TEMPLATES = ("authors", "litm", "kv", "reasoning")
+TEMPLATES = ("authors", "litm", "kv", "reasoning", "judge")
+#: The slots a judge template must have, and those it may have.
+JUDGE_SLOTS = ("{answer_a}", "{answer_b}")
+JUDGE_OPTIONAL_SLOTS = ("{documents}", "{question}", "{instruction}")
 ChatMode = Literal["auto", "on", "off"]
 
 QA_INSTRUCTION = ("Write a high-quality answer for the given question using only the provided "
@@ -37,16 +46,27 @@ REASONING_INSTRUCTION = ("Answer the question using only the provided documents 
                          "with \"The answer is:\" followed by the answer.")
 KV_INSTRUCTION = ("Extract the value corresponding to the specified key in the JSON object below.")
 
+#: The verdict strings of a judge by default: the first shown answer, the second, a tie.
+DEFAULT_VERDICTS = ("[[A]]", "[[B]]", "[[C]]")
+
+
+def judge_instruction(verdicts: tuple[str, ...] = DEFAULT_VERDICTS) -> str:
+    """The judge template's last line, naming the verdict strings (the third, when given, is the
+    tie)."""
+    tie = f" ({verdicts[2]} for a tie)" if len(verdicts) > 2 else ""
+    return f"Which answer is right? Give a short reason, then {verdicts[0]} or {verdicts[1]}{tie}."
+
+
 
 #: Each template's own instruction line.
 INSTRUCTIONS = {"authors": QA_INSTRUCTION, "litm": QA_INSTRUCTION, "kv": KV_INSTRUCTION,
-                "reasoning": REASONING_INSTRUCTION}
+                "reasoning": REASONING_INSTRUCTION, "judge": judge_instruction()}
 
 
 def document_blocks(record: Record, template: str) -> list[str]:
     """The text each document contributes to a ``template`` prompt, in prompt order (the renderers
     join these; :mod:`pos2distill.analysis.spans` finds them again in a rendered prompt)."""
-    if template in ("authors", "reasoning"):
+    if template in ("authors", "reasoning", "judge") or is_judge_template(template):
         return [f"- Title: {d.title}\n{d.text}" for d in record.documents]
     if template == "litm":
         return [f"Document [{k}](Title: {d.title}) {d.text}"
@@ -79,12 +99,59 @@ def _kv(record: Record, instruction: str) -> str:
             f"Key: {json.dumps(record.question)}\nCorresponding value:")
 
 
-_RENDERERS = {"authors": _authors, "litm": _litm, "kv": _kv, "reasoning": _reasoning}
+def _judge(record: Record, instruction: str) -> str:
+    """Documents (when the item has any), question, the two answers in shown order, then the
+    instruction."""
+    a, b = _shown_candidates(record)
+    docs = "\n".join(document_blocks(record, "judge"))
+    context = f"{docs}\n\n" if docs else ""
+    return (f"{context}Question: {record.question}\nAnswer A: {a}\nAnswer B: {b}\n"
+            f"{instruction}")
+
+
+def _shown_candidates(record: Record) -> tuple[str, str]:
+    if record.kind != "judge" or len(record.candidates) != 2:
+        raise ConfigError(f"record {record.id!r} is not a judging item (two candidate answers): "
+                          "a judge template shows a pair of answers; use --task judge on "
+                          "judging data")
+    return record.candidates[0], record.candidates[1]
+
+
+def is_judge_template(template: str) -> bool:
+    """Whether ``template`` is the text of a user's judge template (not a template name)."""
+    return template not in TEMPLATES and any(s in template for s in JUDGE_SLOTS)
+
+
+def check_judge_template(text: str, source: str = "--template") -> str:
+    """``text`` if it can render a judging item (both answer slots), else a ConfigError."""
+    missing = [s for s in JUDGE_SLOTS if s not in text]
+    if missing:
+        raise ConfigError(f"{source}: a judge template needs both answer slots {{answer_a}} and "
+                          f"{{answer_b}}; {' and '.join(missing)} missing")
+    return text
+
+
+def _custom_judge(record: Record, template: str, instruction: str) -> str:
+    """A user's judge template with its slots filled in one pass (no str.format: braces in the
+    template stay, and an answer containing "{question}" is not filled again)."""
+    a, b = _shown_candidates(record)
+    values = {"{documents}": "\n".join(document_blocks(record, "judge")),
+              "{question}": record.question, "{instruction}": instruction,
+              "{answer_a}": a, "{answer_b}": b}
+    return _SLOT.sub(lambda m: values[m.group(0)], template)
+
+
+_SLOT = re.compile("|".join(re.escape(s) for s in JUDGE_SLOTS + JUDGE_OPTIONAL_SLOTS))
+
+_RENDERERS = {"authors": _authors, "litm": _litm, "kv": _kv, "reasoning": _reasoning,
+              "judge": _judge}
 
 
 def user_message(record: Record, template: str = "authors", *, instruction: str = "") -> str:
     """The prompt body (documents in ``record.documents`` order). A non-empty ``instruction``
     replaces the template's own (:data:`INSTRUCTIONS`) verbatim."""
+    if is_judge_template(template):
+        return _custom_judge(record, template, instruction or INSTRUCTIONS["judge"])
     try:
         render = _RENDERERS[template]
     except KeyError:

@@ -46,6 +46,9 @@ class Example:
     response_len: int
     slot: Slot                     # where the student's gold document(s) sit
     adv_slot: Slot                 # the teacher prompt's slot; () if the row has none
+    # Response tokens whose teacher distribution the pair fixes (a judge's balanced verdict):
+    # (index in the response, token ids, their probabilities).
+    fixed: tuple[tuple[int, tuple[int, ...], tuple[float, ...]], ...] = ()
 
 
 def row_slot(row: dict[str, Any], field: str) -> Slot | None:
@@ -86,7 +89,23 @@ def encode_pair(row: dict[str, Any], tokenizer: Any, *, target: str = "response"
     student = encode_prompt(tokenizer, row["student_prompt"], chat=chat) + response
     teacher_ids = encode_prompt(tokenizer, row["teacher_prompt"], chat=chat) + response if teacher else []
     return Example(tuple(student), tuple(teacher_ids), len(response),
-                   row_slot(row, "slot") or (), row_slot(row, "adv_slot") or ())
+                   row_slot(row, "slot") or (), row_slot(row, "adv_slot") or (),
+                   fixed_tokens(row, response) if teacher else ())
+
+
+def fixed_tokens(row: dict[str, Any], response: Sequence[int]
+                 ) -> tuple[tuple[int, tuple[int, ...], tuple[float, ...]], ...]:
+    """The row's ``fixed_tokens`` (``[{"index", "ids", "probs"}]``, written by ``pairs`` for a
+    judge's verdict token), checked against its encoded ``response``: the token at ``index``
+    must be one of ``ids`` (else the pairs were made with another tokenizer)."""
+    out = []
+    for f in row.get("fixed_tokens") or ():
+        index, ids, probs = f["index"], tuple(f["ids"]), tuple(float(p) for p in f["probs"])
+        if not (0 <= index < len(response) and response[index] in ids and len(ids) == len(probs)):
+            raise DataError("fixed_tokens do not match the response's tokens (were the pairs made "
+                            "with this model's tokenizer?)", field="fixed_tokens")
+        out.append((index, ids, probs))
+    return tuple(out)
 
 
 def is_anchor(row: dict[str, Any]) -> bool:
@@ -98,13 +117,17 @@ def is_anchor(row: dict[str, Any]) -> bool:
 
 
 def select_rows(rows: list[dict[str, Any]], method: Method, path: str) -> list[dict[str, Any]]:
-    """The rows ``method`` trains on: anchors are dropped for methods without them."""
-    if method.anchors:
-        return rows
-    kept = [r for r in rows if not is_anchor(r)]
+    """The rows ``method`` trains on: anchors are dropped for methods without them, and rows
+    without a gold answer (unlabelled judging items) for methods that train on it."""
+    kept = rows if method.anchors else [r for r in rows if not is_anchor(r)]
     if not kept:
         raise DataError(f"only anchor rows, and --method {method.name} trains without anchors",
                         path=path)
+    if method.target == "gold":
+        kept = [r for r in kept if r.get("answers")]
+        if not kept:
+            raise DataError(f"no row has a gold answer (unlabelled items), and --method "
+                            f"{method.name} trains on it", path=path)
     return kept
 
 
@@ -143,4 +166,24 @@ def batch_tensors(examples: Sequence[Example], pad_id: int, device: str) -> dict
     if examples[0].teacher_ids:
         t_ids, t_att = left_pad([e.teacher_ids for e in examples], pad_id)
         b.update(t_ids=t_ids.to(device), t_att=t_att.to(device))
+    if any(e.fixed for e in examples):
+        b.update({k: v.to(device) for k, v in fixed_tensors(examples).items()})
     return b
+
+
+def fixed_tensors(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """The fixed teacher tokens of a batch: ``fixed_index`` (M,), each one's index among the
+    batch's response tokens flattened row by row (the order ``mask.nonzero`` gives);
+    ``fixed_ids`` (M, K) and ``fixed_probs`` (M, K), padded with id 0 and probability 0."""
+    index, ids, probs, offset = [], [], [], 0
+    for e in examples:
+        for i, t, p in e.fixed:
+            index.append(offset + i)
+            ids.append(list(t))
+            probs.append(list(p))
+        offset += e.response_len
+    K = max(len(t) for t in ids)
+    return {"fixed_index": torch.tensor(index, dtype=torch.long),
+            "fixed_ids": torch.tensor([t + [0] * (K - len(t)) for t in ids], dtype=torch.long),
+            "fixed_probs": torch.tensor([p + [0.0] * (K - len(p)) for p in probs],
+                                        dtype=torch.float32)}

@@ -38,6 +38,7 @@ __all__ = [
     "per_example_kl",
     "per_token_kl",
     "topk_token_kl",
+    "fixed_distribution_kl",
     "position_weights",
     "weighted_loss",
     "per_example_cross_entropy",
@@ -191,6 +192,28 @@ def topk_token_kl(teacher_logprobs: Tensor, teacher_ids: Tensor, teacher_log_tai
     s_log_tail = torch.logsumexp(s_rest, dim=-1)                                     # (N,)
     tail = torch.where(m > 0, m * (log_m - s_log_tail), torch.zeros_like(m))
     return head + tail
+
+
+def fixed_distribution_kl(probs: Tensor, ids: Tensor, student_logits: Tensor, *,
+                          temperature: float = 1.0) -> Tensor:
+    """Per-token KL from a teacher distribution given outright on a few tokens (the judge's
+    order-balanced verdict distribution, METHOD.md 6b): ``KL(p || q) = sum_k p_k (log p_k -
+    log q_{ids_k})`` with ``q = softmax(student_logits / temperature)`` over the whole vocabulary
+    and ``p`` zero outside ``ids``. Entries with ``p_k = 0`` (padding) add nothing. This is
+    :func:`topk_token_kl` with no tail mass.
+
+    Args:
+        probs: (M, K) float, each row sums to 1 (padding entries 0).
+        ids: (M, K) integer vocabulary ids of those entries (padding: any id).
+        student_logits: (M, V) float; gradients flow into these.
+        temperature: softmax temperature of the student, > 0.
+
+    Returns:
+        (M,) per-token KL, float32 at least.
+    """
+    logp = torch.log(probs.detach().to(_compute_dtype(student_logits.dtype)))     # -inf for 0
+    no_tail = torch.full(probs.shape[:1], float("-inf"), dtype=logp.dtype, device=logp.device)
+    return topk_token_kl(logp, ids, no_tail, student_logits, temperature=temperature)
 
 
 # ----------------------------------------------------------------------------- R1: weights

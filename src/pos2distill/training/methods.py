@@ -15,6 +15,7 @@ kl         kl     uniform                           no       the teacher's respo
 kl+align   kl     position-aware (``--formula``)    no       the teacher's response
 r1         kl     position-aware (``--formula``)    yes (λ)  the teacher's response
 r2         ce     none                              yes      the pair's response (the CoT)
+swap-sft   ce     none                              yes      the gold verdict (judges)
 =========  =====  ================================  =======  ============================
 
 * ``sft`` is supervised fine-tuning on gold labels with the gold document at the pairs' positions
@@ -27,6 +28,12 @@ r2         ce     none                              yes      the pair's response
   positions only.
 * ``kl`` and ``kl+align`` are R1 without anchors, with uniform and position-aware weights.
 * ``r1`` is the full Pos2Distill-R1: position-aware weights plus anchors with weight λ.
+* ``swap-sft`` (judges, METHOD.md section 6b) is the swap-augmentation baseline (JudgeLM): the
+  judge's pairs hold every item in both answer orders, and the target is the gold response in each
+  order (the label's verdict, after the item's reference rationale when it has one), as ``sft``
+  does for retrieval; unlabelled items are left out. ``r1`` on judge pairs is Pos2Distill for
+  judges: the teacher at the verdict token is the frozen judge's order-balanced verdict
+  distribution, fixed by the pairs (:class:`pos2distill.training.teacher.FixedTokenTargets`).
 * ``r2`` (METHOD.md section 3) is cross-entropy on the pair's response, i.e. the teacher's
   chain-of-thought, on every row, without weights or anchors of its own: its pairs hold hop-position
   configurations, none of which is an anchor.
@@ -115,6 +122,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "Pos2Distill-R1: position-aware weights and anchors"),
     Method("r2", "ce", None, True, "response",
            "Pos2Distill-R2: cross-entropy on the teacher's chain-of-thought, every row"),
+    Method("swap-sft", "ce", None, True, "gold",
+           "judges: cross-entropy on the gold verdict in both answer orders (swap augmentation)"),
 )}
 
 #: The accepted ``--method`` values, in the order of the paper's tables.

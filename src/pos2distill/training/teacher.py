@@ -25,8 +25,8 @@ from torch import Tensor
 
 from pos2distill.training.heads import (chunked_token_map, head, plain_head, response_hidden,
                                         response_logits_full)
-from pos2distill.training.losses import (_compute_dtype, _masked_row_mean, per_token_kl,
-                                         topk_token_kl)
+from pos2distill.training.losses import (_compute_dtype, _masked_row_mean,
+                                         fixed_distribution_kl, per_token_kl, topk_token_kl)
 
 
 class Targets(Protocol):
@@ -77,6 +77,38 @@ class CrossEntropyTargets:
     def token_loss(self, student_logits: Tensor, start: int, end: int) -> Tensor:
         logp = torch.log_softmax(student_logits.to(_compute_dtype(student_logits.dtype)), dim=-1)
         return -logp.gather(-1, self.tokens[start:end].long().unsqueeze(-1)).squeeze(-1)
+
+
+class FixedTokenTargets:
+    """Another teacher's targets, except at the response tokens whose distribution the pairs fix
+    (a judge's order-balanced verdict, METHOD.md 6b): there the per-token loss is
+    :func:`~pos2distill.training.losses.fixed_distribution_kl`."""
+
+    def __init__(self, inner: Targets, index: Tensor, ids: Tensor, probs: Tensor, *,
+                 temperature: float):
+        self.inner, self.index, self.ids, self.probs = inner, index, ids, probs
+        self.temperature = temperature
+
+    def token_loss(self, student_logits: Tensor, start: int, end: int) -> Tensor:
+        loss = self.inner.token_loss(student_logits, start, end)                  # (n,)
+        here = (self.index >= start) & (self.index < end)
+        if not bool(here.any()):
+            return loss
+        rows = self.index[here] - start
+        fixed = fixed_distribution_kl(self.probs[here].to(student_logits.device),
+                                      self.ids[here].to(student_logits.device),
+                                      student_logits[rows], temperature=self.temperature)
+        return loss.index_put((rows.to(loss.device),), fixed.to(loss.dtype))
+
+
+def with_fixed_tokens(targets: Targets, batch: dict[str, Tensor], *,
+                      temperature: float) -> Targets:
+    """``targets``, with the batch's fixed teacher tokens (``fixed_*`` tensors of
+    :func:`pos2distill.training.batches.fixed_tensors`) when it has any."""
+    if "fixed_index" not in batch:
+        return targets
+    return FixedTokenTargets(targets, batch["fixed_index"], batch["fixed_ids"],
+                             batch["fixed_probs"], temperature=temperature)
 
 
 class OnlineTeacher:
