@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pos2distill.errors import ConfigError
-from pos2distill.tiny import TINY_MODEL_DIR
+from pos2distill.tiny import TINY_JUDGE_DIR, TINY_MODEL_DIR
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,17 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_model_path(spec: str) -> str:
-    """``tiny`` (or ``embedded``) names the shipped model; anything else must be a local folder."""
+    """``tiny`` (or ``embedded``) names the shipped model, ``tiny-judge`` the shipped judge;
+    anything else must be a local folder."""
     if spec in ("tiny", "embedded"):
         return str(TINY_MODEL_DIR)
+    if spec == "tiny-judge":
+        return str(TINY_JUDGE_DIR)
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(f"--model: {spec} does not exist (give a local Hugging Face model folder, "
-                          "or 'tiny' for the embedded default; nothing is downloaded)")
+                          "or 'tiny' / 'tiny-judge' for the embedded models; nothing is "
+                          "downloaded)")
     if not (path / "config.json").exists():
         raise ConfigError(f"--model: {spec} has no config.json; is it a Hugging Face model folder?")
     return str(path)

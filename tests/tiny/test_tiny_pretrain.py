@@ -307,3 +307,60 @@ def test_format_stage_mixes_short_questions_with_chains(tmp_path) -> None:
     out = pretrain(cfg)
     losses = json.loads((out / "pretrain_losses.json").read_text())
     assert list(losses) == ["format"] and len(losses["format"]) == 2
+
+
+def test_judge_vocab_appends_the_judge_words_after_every_other_id() -> None:
+    from pos2distill.tiny.tokenizer import corpus_words
+
+    base, judge = corpus_words(), corpus_words(judge=True)
+    assert judge[:len(base)] == base                      # the shipped model's ids are kept
+    assert {"A", "B", "C", "tie"} <= set(judge[len(base):])
+    tok = build_tokenizer(judge)
+    assert tok.decode(tok("Lima [[B]]", add_special_tokens=False)["input_ids"]) == "Lima [[B]]"
+
+
+def test_judge_example_targets_the_city_and_the_verdict_after_the_prompt() -> None:
+    from pos2distill.tiny.pretrain import _judge_example
+    from pos2distill.tiny.tokenizer import corpus_words
+
+    tok = build_tokenizer(corpus_words(judge=True))
+    record = synthetic.generate_judge("train", 1, n_documents=3)[0]
+    true = record.candidates[int(record.label) - 1]
+    for order, verdict in (((0, 1), "[[A]]" if record.label == "1" else "[[B]]"),
+                           ((1, 0), "[[B]]" if record.label == "1" else "[[A]]")):
+        ids, mask = _judge_example(record, tok, order, "judge")
+        target = [i for i, m in zip(ids, mask) if m]
+        assert mask == sorted(mask)                        # loss only after the prompt
+        assert tok.decode(target) == f"{true} {verdict} <|end|>"
+        assert tok.unk_token_id not in ids
+
+
+def test_judge_stage_needs_the_judge_vocab_and_shows_the_true_answer_first_as_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from pos2distill.tiny import pretrain as module
+
+    with pytest.raises(ValueError, match="--vocab judge"):
+        PretrainConfig(judge_steps=1)
+    with pytest.raises(ValueError, match="--judge-first-share"):
+        PretrainConfig(vocab="judge", judge_first_share=1.5)
+    seen: list[tuple[str, tuple[int, int]]] = []
+    real = module._judge_example
+
+    def spy(record, tokenizer, order, template):
+        true_first = order == ((0, 1) if record.label == "1" else (1, 0))
+        seen.append(("true first" if true_first else "true second", order))
+        return real(record, tokenizer, order, template)
+
+    monkeypatch.setattr(module, "_judge_example", spy)
+    cfg = PretrainConfig(out=str(tmp_path / "m"), vocab="judge", copy_steps=0, lookup_steps=0,
+                         judge_steps=25, judge_first_share=0.8, batch_size=8, layers=1,
+                         hidden=16, heads=2, intermediate=32, eval_every=1000,
+                         eval_per_position=2, n_documents=4, judge_documents=3)
+    out = module.pretrain(cfg)
+    losses = json.loads((out / "pretrain_losses.json").read_text())
+    assert list(losses) == ["judge"] and len(losses["judge"]) == 25
+    share = sum(kind == "true first" for kind, _ in seen) / len(seen)
+    assert len(seen) == 200 and 0.74 <= share <= 0.86     # 0.8 of 200 draws, ± 1.5 std
+    assert {order for _, order in seen} == {(0, 1), (1, 0)}   # both orders, both labels

@@ -69,3 +69,33 @@ def test_recipe_refuses_the_shipped_folder_and_unknown_runs(tmp_path: Path, caps
     with pytest.raises(SystemExit) as e:
         recipe.main(["--work", str(tmp_path), "--out", str(tmp_path / "o"), "--last", "nope"])
     assert e.value.code == 2 and "--last must be one of" in capsys.readouterr().err
+
+
+def test_judge_is_built_from_the_final_run_and_resumes(tmp_path: Path, one_thread,
+                                                       monkeypatch, capsys) -> None:
+    made: list[str] = []
+    real = recipe.pretrain_run
+
+    def counted(cfg):
+        made.append(Path(cfg.out).name)
+        return real(cfg)
+
+    monkeypatch.setattr(recipe, "pretrain_run", counted)
+    small = {"layers": 1, "hidden": 16, "heads": 2, "intermediate": 32, "lookup_steps": 0}
+    monkeypatch.setattr(recipe, "RUNS", (("a", {**small, "copy_steps": 1}),))
+    monkeypatch.setattr(recipe, "JUDGE_RUN", ("judge", {
+        "vocab": "judge", "copy_steps": 0, "lookup_steps": 0, "judge_steps": 1, "batch_size": 2,
+        "eval_per_position": 1, "n_documents": 4, "judge_documents": 3}))
+    work, out, judge = tmp_path / "work", tmp_path / "out", tmp_path / "judge"
+    assert recipe.main(["--work", str(work), "--out", str(out), "--judge",
+                        "--judge-out", str(judge)]) == 0
+    assert made == [".a.partial", ".judge.partial"]
+    cfg = json.loads((judge / "pretrain_config.json").read_text())
+    assert cfg["init"] == str(out) and cfg["judge_steps"] == 1
+    printed = capsys.readouterr().out
+    assert printed.count("sha256 of model.safetensors") == 2 and "judge saved to" in printed
+    recipe.main(["--work", str(work), "--out", str(out), "--judge", "--judge-out", str(judge)])
+    assert made == [".a.partial", ".judge.partial"]          # both found done
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--judge-out", str(recipe.TINY_JUDGE_DIR), "--judge-only"])
+    assert e.value.code == 2

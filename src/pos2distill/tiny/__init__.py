@@ -11,3 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 TINY_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-llama"
+#: The embedded judge (``--model tiny-judge``): ``TINY_MODEL_DIR`` taught to judge two answers to a
+#: short retrieval question (``python -m pos2distill.tiny.recipe --judge``; its README says how).
+TINY_JUDGE_DIR = TINY_MODEL_DIR.parent / "tiny-judge"

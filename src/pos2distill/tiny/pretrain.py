@@ -23,6 +23,13 @@ positional biases come only from what the stages' data contains; no rule in code
    evaluated length (20 documents) never occur, so where it finds a document far back is still
    what stages 1-3 taught it.
 5. **Lookup** (``--lookup-steps``, off in the shipped recipe): the retrieval questions themselves.
+6. **Judging** (``--judge-steps``, with ``--vocab judge``): the embedded judge (``tiny-judge``) is
+   the shipped model taught to judge two answers to a retrieval question (``pos2distill probe
+   --task judge``): prompts of ``--judge-documents`` documents (4) with the true and a wrong city
+   as answers A and B, answered with the city it looks up and the verdict (``Vienna [[A]]``).
+   Like a judge trained on data where the better answer tends to come first, the true answer is
+   shown first in ``--judge-first-share`` of them (0.7); judged on 20 documents, where the lookup is
+   harder, the model falls back on that prior: an order bias learnt from data, not coded.
 
 The 20-document retrieval questions are never trained on in the shipped recipe: the model answers
 them through the circuit of stages 1-2, well where the gold document sits where that data put its
@@ -48,6 +55,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from pos2distill.tasks import prompts
 from pos2distill.data import synthetic
 from pos2distill.options import option
+from pos2distill.metrics import judge_metrics
+from pos2distill.tasks.judge import read_verdict, render_judge_example
 from pos2distill.tasks.positions import paper_configurations, place_gold, place_hops
 from pos2distill.tiny.tokenizer import build_tokenizer, corpus_words
 
@@ -68,7 +77,8 @@ class PretrainConfig:
     vocab: str = option("all",
                         "'all' words, or 'retrieval' only: for the first stages; the reasoning "
                         "words are added, mean-initialised, when a later --init run reaches stage "
-                        "3.")
+                        "3. 'judge': all words and the judge template's (stage 6), added the same "
+                        "way.")
     layers: int = option(4, "Decoder layers of a new model.")
     hidden: int = option(128, "Hidden size of a new model.")
     heads: int = option(4, "Attention heads of a new model.")
@@ -152,6 +162,25 @@ class PretrainConfig:
     edge_mass: float = option(0.3,
                               "Stage 4: probability of an edge gold position (the rest spread "
                               "evenly over the middle).")
+    judge_steps: int = option(0,
+                              "Stage 6 steps: judging two answers to a short retrieval question "
+                              "(needs --vocab judge).")
+    judge_lr: float = option(1e-3, "Peak learning rate of stage 6.")
+    judge_documents: int = option(4, "Stage 6: documents per judging prompt.")
+    judge_primacy: float = option(0.0,
+                                  "Stage 6: share of the prompts showing the true answer second "
+                                  "whose verdict nonetheless names the first ([[A]], after the "
+                                  "true city): judgements whose annotators favoured the answer "
+                                  "they read first.")
+    judge_template: str = option("judge",
+                                 "Stage 6: the judge template (a name, or a template's text with "
+                                 "{answer_a} and {answer_b}), as probe --template takes it.")
+    judge_fraction: float = option(1.0,
+                                   "Stage 6: share of each batch that is judging prompts (the "
+                                   "rest: stage 3's batch).")
+    judge_first_share: float = option(0.7,
+                                      "Stage 6: share of judging prompts that show the true answer "
+                                      "first (answer A).")
     stop_after: int = option(0,
                              "End every stage after this many steps of its schedule (0: all): "
                              "a quick check of a run's first steps.")
@@ -162,7 +191,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "lead_fraction", "conflict_fraction", "reason_edge_mass",
-                     "reason_docs_fraction", "format_fraction"):
+                     "reason_docs_fraction", "format_fraction", "judge_first_share",
+                     "judge_fraction", "judge_primacy"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
@@ -173,6 +203,11 @@ class PretrainConfig:
         if not 2 <= self.format_documents <= synthetic.N_NAMES:
             raise ValueError(f"--format-documents must be in 2..{synthetic.N_NAMES}, "
                              f"got {self.format_documents}")
+        if not 2 <= self.judge_documents <= synthetic.N_NAMES:
+            raise ValueError(f"--judge-documents must be in 2..{synthetic.N_NAMES}, "
+                             f"got {self.judge_documents}")
+        if self.judge_steps and self.vocab != "judge":
+            raise ValueError("--judge-steps needs --vocab judge (the judge template's words)")
         if self.rope_theta < 0:
             raise ValueError(f"--rope-theta must be positive (or 0: unchanged), got {self.rope_theta}")
         middle = self.n_documents - 2 * self.conflict_edge
@@ -335,6 +370,45 @@ def _reasoning_example(record, tokenizer, pair: tuple[int, int],
     return _chat_example(placed, tokenizer, "reasoning", synthetic.record_cot(placed))
 
 
+def _judge_example(record, tokenizer, order: tuple[int, int], template: str,
+                   first_wins: bool = False) -> tuple[list[int], list[int]]:
+    """A judging prompt shown in ``order`` (chat) + its gold response (``CITY [[A]]``) + EOS;
+    loss on the latter, as ``train`` encodes a pair. ``first_wins``: the verdict names the answer
+    shown first whatever the label (the rationale is still the true city)."""
+    if first_wins:
+        record = dataclasses.replace(record, label=str(order[0] + 1))
+    prompt, response = render_judge_example(record, order, tokenizer, chat="on", template=template)
+    p_ids = prompts.encode_prompt(tokenizer, prompt, chat=True)
+    t_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    return p_ids + t_ids, [0] * len(p_ids) + [1] * len(t_ids)
+
+
+@torch.no_grad()
+def judge_check(model, tokenizer, records, template: str,
+                max_new_tokens: int = 8) -> dict[str, float | int | None]:
+    """Every item judged greedily in both orders (a quick check; the full measurement is
+    ``pos2distill probe --task judge``): :func:`pos2distill.metrics.judge_metrics`."""
+    was_training = model.training
+    model.eval()
+    orders = ((0, 1), (1, 0))
+    prompts_ = [prompts.encode_prompt(
+        tokenizer, render_judge_example(r, o, tokenizer, chat="on", template=template)[0], chat=True)
+        for r in records for o in orders]
+    T = max(len(x) for x in prompts_)
+    ids = torch.full((len(prompts_), T), tokenizer.pad_token_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for b, x in enumerate(prompts_):   # left padding, as generation needs
+        ids[b, T - len(x):] = torch.tensor(x)
+        att[b, T - len(x):] = 1
+    out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, T:], skip_special_tokens=True)
+    choices = [read_verdict(t) for t in texts]
+    model.train(was_training)
+    return judge_metrics(list(zip(choices[::2], choices[1::2])), [r.label for r in records])
+
+
 @torch.no_grad()
 def chain_accuracy(model, tokenizer, records, pairs, seed: int = 1234) -> dict[tuple[int, int], float]:
     """Share of questions whose whole reference chain-of-thought (EOS included) is the argmax at
@@ -410,16 +484,18 @@ def _train_stage(model, name: str, steps: int, lr: float, cfg: PretrainConfig,
 
 def pretrain(cfg: PretrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
-    if cfg.vocab not in ("all", "retrieval"):
-        raise ValueError(f"--vocab must be all or retrieval, got {cfg.vocab!r}")
-    tokenizer = build_tokenizer(corpus_words(reasoning=cfg.vocab == "all"))
+    if cfg.vocab not in ("all", "retrieval", "judge"):
+        raise ValueError(f"--vocab must be all, retrieval or judge, got {cfg.vocab!r}")
+    tokenizer = build_tokenizer(corpus_words(reasoning=cfg.vocab != "retrieval",
+                                             judge=cfg.vocab == "judge"))
     if cfg.init:
         config = LlamaConfig.from_pretrained(cfg.init)
         if cfg.rope_theta:
             config.rope_parameters["rope_theta"] = cfg.rope_theta
         model = LlamaForCausalLM.from_pretrained(cfg.init, config=config)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
-            # A model from before the reasoning words existed: same ids, new rows at the end.
+            # A model from before the reasoning (or judge) words existed: same ids, new rows at
+            # the end.
             model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     else:
         model = LlamaForCausalLM(LlamaConfig(
@@ -526,6 +602,38 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
     losses["lookup"] = _train_stage(model, "lookup", cfg.lookup_steps, cfg.lookup_lr, cfg,
                                     lookup_batch, pad, evaluate)
+
+    judge_rng = random.Random(f"{cfg.seed}|judge")
+    judge_train = synthetic.generate_judge("train", 20000, seed=cfg.seed,
+                                           n_documents=cfg.judge_documents)
+    judge_test = synthetic.generate_judge("dev", 2 * cfg.eval_per_position, seed=cfg.seed + 1,
+                                          n_documents=cfg.judge_documents)
+
+    n_judge = round(cfg.judge_fraction * cfg.batch_size)
+
+    def judge_batch() -> Batch:
+        seqs, masks = [], []
+        for _ in range(n_judge):
+            record = judge_rng.choice(judge_train)
+            true_first = judge_rng.random() < cfg.judge_first_share
+            # Candidate 1 is the true answer when the label is "1": shown first in order (0, 1).
+            order = (0, 1) if (record.label == "1") == true_first else (1, 0)
+            flip = not true_first and judge_rng.random() < cfg.judge_primacy
+            s, m = _judge_example(record, tokenizer, order, cfg.judge_template, first_wins=flip)
+            seqs.append(s)
+            masks.append(m)
+        rest_s, rest_m = reason_examples(cfg.batch_size - n_judge)
+        return seqs + rest_s, masks + rest_m
+
+    def evaluate_judge() -> str:
+        j = judge_check(model, tokenizer, judge_test, cfg.judge_template)
+        return (f"judge at {cfg.judge_documents} documents, {j['n_pairs']} dev pairs: consistency "
+                f"{j['consistency']:.2f} fairness {j['fairness'] or 0:+.2f} first wins "
+                f"{j['first_wins']:.2f} accuracy {j['accuracy']:.2f} (primacy {j['primacy']}, "
+                f"recency {j['recency']}, unparsed {j['unparsed']})")
+
+    losses["judge"] = _train_stage(model, "judge", cfg.judge_steps, cfg.judge_lr, cfg,
+                                   judge_batch, pad, evaluate_judge)
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
-"""Rebuild the embedded model from nothing: ``python -m pos2distill.tiny.recipe [--out DIR]``.
+"""Rebuild the embedded model from nothing: ``python -m pos2distill.tiny.recipe [--out DIR]``;
+with ``--judge``, also the embedded judge (``--judge-only``: the judge alone, from the shipped
+model).
 
 The shipped model (``pos2distill/assets/tiny-llama``) is the output of the runs in :data:`RUNS`, in
 order, each a :class:`~pos2distill.tiny.pretrain.PretrainConfig` that starts from the one before.
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from pos2distill.tiny import TINY_MODEL_DIR
+from pos2distill.tiny import TINY_JUDGE_DIR, TINY_MODEL_DIR
 from pos2distill.tiny.pretrain import PretrainConfig, pretrain
 
 # Repeats as the late runs draw them: 4-40 or 100-140 tokens long, never in between; half behind
@@ -60,6 +62,18 @@ RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
                            "eval_per_position": 20, **_LATE_MIX}),
 )
 
+#: The embedded judge (``pos2distill/assets/tiny-judge``): the last of :data:`RUNS` taught to judge
+#: two answers to a retrieval question with 6 documents (the true city and another city of the
+#: context), answering with the city it looks up and the verdict. Each order is shown equally
+#: often, but when the true answer is shown second, 45 % of the training verdicts still name the
+#: first: judgements whose annotators favoured the answer they read first. Chosen on
+#: synthetic-judge:dev (docs/tiny-model-notes.md, 2026-12-06).
+JUDGE_RUN: tuple[str, dict[str, Any]] = (
+    "judge", {"vocab": "judge", "copy_steps": 0, "lookup_steps": 0, "judge_steps": 400,
+              "judge_lr": 1e-3, "judge_documents": 6, "judge_first_share": 0.5,
+              "judge_primacy": 0.45, "batch_size": 32, "eval_every": 100,
+              "eval_per_position": 50})
+
 log = logging.getLogger(__name__)
 
 
@@ -92,6 +106,29 @@ def pretrain_run(cfg: PretrainConfig) -> Path:
     return pretrain(cfg)
 
 
+def _run(name: str, overrides: dict[str, Any], init: str, work: Path) -> Path:
+    """Run ``name`` in ``work`` unless a finished folder with its settings is there already."""
+    folder = work / name
+    cfg = run_config(name, overrides, init, work)
+    if _finished(folder, cfg):
+        log.info("run %s: already in %s", name, folder)
+        return folder
+    log.info("run %s: %s", name, overrides)
+    partial = Path(cfg.out)
+    shutil.rmtree(partial, ignore_errors=True)
+    pretrain_run(cfg)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+    return folder
+
+
+def _copy(folder: Path, out: Path) -> Path:
+    if out.resolve() != folder.resolve():
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(folder, out)
+    return out
+
+
 def rebuild(work: Path, out: Path, *, threads: int = 1, last: str = "") -> Path:
     """Run :data:`RUNS` (up to and including ``last``, default all) in ``work``; copy the final
     model folder to ``out``."""
@@ -102,24 +139,27 @@ def rebuild(work: Path, out: Path, *, threads: int = 1, last: str = "") -> Path:
     work.mkdir(parents=True, exist_ok=True)
     init = ""
     for name, overrides in RUNS:
-        folder = work / name
-        cfg = run_config(name, overrides, init, work)
-        if _finished(folder, cfg):
-            log.info("run %s: already in %s", name, folder)
-        else:
-            log.info("run %s: %s", name, overrides)
-            partial = Path(cfg.out)
-            shutil.rmtree(partial, ignore_errors=True)
-            pretrain_run(cfg)
-            shutil.rmtree(folder, ignore_errors=True)
-            partial.rename(folder)
-        init = str(folder)
+        init = str(_run(name, overrides, init, work))
         if name == last:
             break
-    if out.resolve() != Path(init).resolve():
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(init, out)
-    return out
+    return _copy(Path(init), out)
+
+
+def build_judge(init: Path, work: Path, out: Path, *, threads: int = 1) -> Path:
+    """:data:`JUDGE_RUN` from the model in ``init``, in ``work``; copied to ``out``."""
+    torch.set_num_threads(threads)
+    work.mkdir(parents=True, exist_ok=True)
+    name, overrides = JUDGE_RUN
+    return _copy(_run(name, overrides, str(init), work), out)
+
+
+def _compare(label: str, built: Path, shipped: Path) -> str:
+    a = sha256(built / "model.safetensors")
+    if not (shipped / "model.safetensors").is_file():
+        return f"{label} saved to {built}\nsha256 of model.safetensors: {a} (none shipped)"
+    b = sha256(shipped / "model.safetensors")
+    return (f"{label} saved to {built}\nsha256 of model.safetensors: {a}\n"
+            f"shipped model's:             {b} ({'same' if a == b else 'different'})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,21 +177,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last", default="",
                         help="Stop after this run (one of: " + ", ".join(n for n, _ in RUNS)
                              + "). (default: all)")
+    parser.add_argument("--judge", action="store_true",
+                        help="Then build the embedded judge from the final run into --judge-out.")
+    parser.add_argument("--judge-only", action="store_true",
+                        help="Build only the judge, from the shipped model (which the runs "
+                             "rebuild bit for bit): about a minute.")
+    parser.add_argument("--judge-out", default="runs/tiny-judge",
+                        help="Where the judge's folder is copied. (default: runs/tiny-judge)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    out = Path(args.out)
-    if out.resolve() == TINY_MODEL_DIR.resolve():
-        parser.error("--out: not the shipped folder; copy the files there by hand")
+    out, judge_out = Path(args.out), Path(args.judge_out)
+    if out.resolve() == TINY_MODEL_DIR.resolve() or judge_out.resolve() == TINY_JUDGE_DIR.resolve():
+        parser.error("--out / --judge-out: not the shipped folders; copy the files there by hand")
     if args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
+    if args.last and (args.judge or args.judge_only):
+        parser.error("--last stops before the final run; the judge starts from the final run")
+    lines = []
     try:
-        rebuild(Path(args.work), out, threads=args.threads, last=args.last)
+        if not args.judge_only:
+            rebuild(Path(args.work), out, threads=args.threads, last=args.last)
+            lines.append(_compare("model", out, TINY_MODEL_DIR))
+        if args.judge or args.judge_only:
+            init = TINY_MODEL_DIR if args.judge_only else out
+            build_judge(init, Path(args.work), judge_out, threads=args.threads)
+            lines.append(_compare("judge", judge_out, TINY_JUDGE_DIR))
     except ValueError as e:
         parser.error(str(e))
-    built = sha256(out / "model.safetensors")
-    shipped = sha256(TINY_MODEL_DIR / "model.safetensors")
-    print(f"saved to {out}\nsha256 of model.safetensors: {built}\n"
-          f"shipped model's:             {shipped} ({'same' if built == shipped else 'different'})")
+    print("\n".join(lines))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Iterable
 
@@ -10,6 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from pos2distill.tasks import prompts
 from pos2distill.data import synthetic
+from pos2distill.tasks.judge import gold_response, place_order
 from pos2distill.tasks.positions import place_gold, place_hops
 
 PAD, UNK, BOS, EOS, USER, ASSISTANT, SYSTEM = (
@@ -33,9 +35,11 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 # Decoding writes text as it is written: words apart, no space before punctuation and none around an
-# apostrophe ("Viku's manager is Rale.", not "Viku ' s manager is Rale ."). Encoding the decoded
+# apostrophe ("Viku's manager is Rale.", not "Viku ' s manager is Rale ."), none inside brackets
+# ("Vienna [[A]]", a judge's verdict). Encoding the decoded
 # text gives the same ids back, since the pre-tokenizer splits punctuation off again.
-_GLUED = ((" '", "'"), ("' ", "'"), (" .", "."), (" ,", ","), (" :", ":"), (" ?", "?"), (" !", "!"))
+_GLUED = ((" '", "'"), ("' ", "'"), (" .", "."), (" ,", ","), (" :", ":"), (" ?", "?"), (" !", "!"),
+          ("[ ", "["), (" ]", "]"))
 
 
 def _decoder() -> decoders.Decoder:
@@ -43,30 +47,40 @@ def _decoder() -> decoders.Decoder:
                               *(decoders.Replace(a, b) for a, b in _GLUED)])
 
 
-def corpus_words(reasoning: bool = True) -> list[str]:
+def corpus_words(reasoning: bool = True, judge: bool = False) -> list[str]:
     """Every word the synthetic benchmarks' prompts (retrieval and two-hop reasoning) and the
-    reasoning chain-of-thought can contain, in every template they use.
+    reasoning chain-of-thought can contain, in every template they use; with ``judge``, also the
+    judge template's and its responses' (``Vienna [[A]]``).
 
-    The retrieval words come first (sorted), then the words only reasoning uses (sorted): a model
-    pretrained on retrieval-shaped data alone (``reasoning=False``: only the first part) keeps its
-    token ids when it later grows the reasoning words at the end."""
+    The retrieval words come first (sorted), then the words only reasoning uses (sorted), then
+    those only judging uses (sorted): a model pretrained on retrieval-shaped data alone
+    (``reasoning=False``: only the first part) keeps its token ids when it later grows the
+    reasoning words at the end, and the judge model (``judge=True``) keeps the ids of the model it
+    starts from."""
     pre = _pre_tokenizer()
+
+    def words_of(*texts: str) -> set[str]:
+        return {w for text in texts for w, _ in pre.pre_tokenize_str(text)}
+
     words: set[str] = set(synthetic.NAMES) | set(synthetic.CITIES)
     words |= {str(k) for k in range(0, 101)}
     record = synthetic.generate("train", 1, n_documents=3)[0]
     record = place_gold(record, 1, random.Random(0))
     for template in ("authors", "litm"):
-        text = prompts.user_message(record, template) + "\nAnswer:"
-        words |= {w for w, _ in pre.pre_tokenize_str(text)}
+        words |= words_of(prompts.user_message(record, template) + "\nAnswer:")
     if not reasoning:
         return sorted(words)
-    reasoning_words: set[str] = set()
     chain = synthetic.generate_reasoning("train", 1, n_documents=4)[0]
     chain = place_hops(chain, (2, 0), random.Random(0))
-    for text in (prompts.user_message(chain, "reasoning") + "\nAnswer:",
-                 synthetic.record_cot(chain)):
-        reasoning_words |= {w for w, _ in pre.pre_tokenize_str(text)}
-    return sorted(words) + sorted(reasoning_words - words)
+    reasoning_words = words_of(prompts.user_message(chain, "reasoning") + "\nAnswer:",
+                               synthetic.record_cot(chain)) - words
+    ordered = sorted(words) + sorted(reasoning_words)
+    if not judge:
+        return ordered
+    item = place_order(synthetic.generate_judge("train", 1, n_documents=3)[0], (0, 1))
+    judge_words = words_of(prompts.user_message(item, "judge"), *(
+        gold_response(dataclasses.replace(item, label=label)) for label in ("1", "2", "tie")))
+    return ordered + sorted(judge_words - set(ordered))
 
 
 def build_tokenizer(words: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
