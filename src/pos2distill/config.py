@@ -391,11 +391,12 @@ class CrossTaskConfig:
 @dataclass
 class DemoConfig:
     """The whole pipeline on the embedded default: probe → teach → pairs → train → probe → report,
-    for retrieval (R1), reasoning (R2, plus the R2 model on retrieval) or both (plus the cross-task
-    table)."""
+    for retrieval (R1), reasoning (R2, plus the R2 model on retrieval), both (plus the cross-task
+    table), or judging (R1 for a judge, beside BPC and swap-SFT)."""
 
     out: str = option("runs/demo", "Output folder.")
-    model: str = option("tiny", "Model (default: the embedded tiny model).")
+    model: str = option("", "Model (default: the embedded one: tiny, or tiny-judge with --task "
+                        "judge).")
     n_test: int = option(100, "Held-out questions, each probed at every position (configuration).")
     n_train: int = option(400, "R1: training questions given to the teacher.")
     K: int = option(4, "Trivial positions (R2: configurations) per question.")
@@ -408,7 +409,9 @@ class DemoConfig:
     split: str = option("test", "Questions probed before and after: test (to report) or dev (to "
                         "choose settings; the defaults were chosen on it).")
     task: str = option("retrieval", "retrieval (R1), reasoning (R2 on the two-hop set, and the R2 "
-                   "model on retrieval) or both (both chains and the cross-task table).")
+                   "model on retrieval), both (both chains and the cross-task table) or judge (a "
+                   "judge's order bias: R1 with the order-balanced verdict as teacher, beside BPC "
+                   "and the swap-SFT baseline).")
     r2_lr: float = option(7e-4, "R2: peak learning rate.")
     r2_epochs: float = option(1.0, "R2: passes over the pairs.")
     r2_n_train: int = option(2500, "R2: training questions given to the teacher (0: as many as "
@@ -419,18 +422,38 @@ class DemoConfig:
                            "(tokens, thoughts and attention for R1; thoughts and attention for "
                            "R2) into OUT/analysis and OUT/reasoning/analysis.")
     analyze_limit: int = option(100, "--analyze: questions per analysis.")
+    judge_n_test: int = option(200, "Judge: held-out pairs, each judged in both orders.")
+    judge_n_train: int = option(400, "Judge: training pairs given to the teacher (both orders).")
+    judge_n_documents: int = option(6, "Judge: documents per judging prompt (chosen on "
+                                    "synthetic-judge:dev).")
+    judge_lr: float = option(3e-4, "Judge: peak learning rate of R1 and swap-SFT (chosen on "
+                             "synthetic-judge:dev).")
+    judge_epochs: float = option(2.0, "Judge: passes over the pairs.")
+    judge_max_new_tokens: int = option(8, "Judge: tokens generated per verdict (the embedded "
+                                       "judge writes a city, the verdict and EOS: 7).")
 
     def __post_init__(self) -> None:
+        if not self.model:
+            self.model = "tiny-judge" if self.task == "judge" else "tiny"
         check_positive("n-test", self.n_test)
         check_positive("n-train", self.n_train)
         check_choice("formula", self.formula, WEIGHT_FORMULAS)
-        check_choice("task", self.task, ("retrieval", "reasoning", "both"))
+        check_choice("task", self.task, ("retrieval", "reasoning", "both", "judge"))
         check_choice("split", self.split, ("dev", "test"))
         check_positive("r2-lr", self.r2_lr)
         check_positive("r2-epochs", self.r2_epochs)
         check_positive("r2-n-train", self.r2_n_train, allow_zero=True)
         check_positive("r2-max-new-tokens", self.r2_max_new_tokens)
         check_positive("analyze-limit", self.analyze_limit)
+        check_positive("judge-n-test", self.judge_n_test)
+        check_positive("judge-n-train", self.judge_n_train)
+        check_positive("judge-n-documents", self.judge_n_documents)
+        check_positive("judge-lr", self.judge_lr)
+        check_positive("judge-epochs", self.judge_epochs)
+        check_positive("judge-max-new-tokens", self.judge_max_new_tokens)
+        if self.analyze and self.task == "judge":
+            raise ConfigError("--analyze: the analyses read retrieval and reasoning, not --task "
+                              "judge")
 
 
 @dataclass

@@ -233,3 +233,43 @@ def test_demo_analyze_adds_each_analysis_of_base_and_trained_models(tmp_path: Pa
         assert analysis["analysis"] == demo.analysis_configs(cfg)[name].what
     assert (out / "analysis" / "tokens-r1" / "summary.json").is_file()
     assert (out / "reasoning" / "analysis" / "attention" / "summary.json").is_file()
+
+
+J_KEYS = {"consistency", "fairness", "first_wins", "second_wins", "accuracy", "n_pairs"}
+
+
+def test_demo_judge_on_the_embedded_judge(tmp_path: Path) -> None:
+    """--task judge on the shipped judge, reduced: probe (with BPC), teach, pairs, R1 and swap-SFT
+    on the same pairs, both probed; the summary holds the issue's J blocks."""
+    cfg = DemoConfig(task="judge", out=str(tmp_path / "demo"), judge_n_test=6, judge_n_train=8,
+                     judge_epochs=1, batch_size=4, split="dev")
+    assert cfg.model == "tiny-judge"                    # the task's embedded default
+    result = demo.main(cfg)
+    out = tmp_path / "demo"
+    summary = json.loads((out / "summary.json").read_text())
+    assert result["summary"] == str(out / "summary.json")
+    assert result["report"] == str(out / "judge" / "report" / "report.md")
+    assert {"before", "after", "bpc", "swap_sft", "config"} <= set(summary)
+    for side in ("before", "after", "bpc", "swap_sft"):
+        assert set(summary[side]) == J_KEYS and summary[side]["n_pairs"] == 6, side
+        j = summary[side]
+        assert j["first_wins"] + j["second_wins"] <= 1.0 + 1e-9
+        assert 0.0 <= j["consistency"] <= 1.0 and 0.0 <= j["accuracy"] <= 1.0
+    # BPC averages both orders: consistent and fair by construction.
+    assert summary["bpc"]["consistency"] == 1.0 and summary["bpc"]["fairness"] == 0.0
+    assert summary["pairs"] == 2 * summary["teacher_kept"] > 0
+    assert summary["config"]["judge_train"]["method"] == "r1"
+    assert summary["config"]["judge_swap_sft"]["method"] == "swap-sft"
+    config = summary["config"]
+    assert config["judge_swap_sft"]["pairs"] == config["judge_train"]["pairs"]
+    assert summary["config"]["judge_probe_before"]["n_documents"] == cfg.judge_n_documents
+    rows = (out / "judge" / "probe_after" / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 2 * 6                           # every pair in both orders
+    for path in ("judge/probe_before/verdicts_by_order.png", "judge/train/model/model.safetensors",
+                 "judge/swap-sft/model/model.safetensors", "judge/report/report.md"):
+        assert (out / path).is_file(), path
+
+
+def test_demo_judge_refuses_analyze() -> None:
+    with pytest.raises(ConfigError, match="--analyze"):
+        DemoConfig(task="judge", analyze=True)

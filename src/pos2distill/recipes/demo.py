@@ -14,6 +14,13 @@ retrieval (next to the base model's). ``summary.json`` has the same shape with
 
 ``--task both``: both chains, and each trained model on the other task:
 ``{"retrieval": {"before", "after", counts}, "reasoning": {...}, "cross_task": {...}, "config"}``.
+
+``--task judge``: the embedded judge (``tiny-judge``) on the synthetic judging set, in
+``OUT/judge/``: probe in both orders (with BPC, two passes), teach (the order-balanced verdict),
+pairs, then R1 and the swap-SFT baseline on the same pairs, each probed in both orders (one pass
+per comparison), and a report. ``summary.json``: ``{"before": J, "after": J, "bpc": J,
+"swap_sft": J, counts, "config"}``, ``J = {"consistency", "fairness", "first_wins",
+"second_wins", "accuracy", "n_pairs"}``.
 """
 
 from __future__ import annotations
@@ -87,6 +94,35 @@ def reasoning_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
     }
 
 
+def judge_stage_configs(cfg: DemoConfig) -> dict[str, Any]:
+    """R1 for a judge and the swap-SFT baseline on the same pairs, in ``OUT/judge``."""
+    j = Path(cfg.out) / "judge"
+    common = {"seed": cfg.seed}
+    data = dict(task="judge", n_documents=cfg.judge_n_documents,
+                max_new_tokens=cfg.judge_max_new_tokens)
+    test = dict(data=f"synthetic-judge:{cfg.split}", limit=cfg.judge_n_test, **data, **common)
+    fit = dict(pairs=str(j / "pairs.jsonl"), model=cfg.model, lr=cfg.judge_lr,
+               epochs=cfg.judge_epochs, batch_size=cfg.batch_size, **common)
+    return {
+        "judge_probe_before": ProbeConfig(model=cfg.model, calibrate="bpc",
+                                          out=str(j / "probe_before"), **test),
+        "judge_teach": TeachConfig(model=cfg.model, data="synthetic-judge:train",
+                                   limit=cfg.judge_n_train, out=str(j / "teach.jsonl"),
+                                   **data, **common),
+        "judge_pairs": PairsConfig(teach=str(j / "teach.jsonl"), out=str(j / "pairs.jsonl"),
+                                   model=cfg.model, **common),
+        "judge_train": TrainConfig(method="r1", out=str(j / "train"), **fit),
+        "judge_swap_sft": TrainConfig(method="swap-sft", out=str(j / "swap-sft"), **fit),
+        "judge_probe_after": ProbeConfig(model=str(j / "train" / "model"),
+                                         out=str(j / "probe_after"), **test),
+        "judge_probe_swap_sft": ProbeConfig(model=str(j / "swap-sft" / "model"),
+                                            out=str(j / "probe_swap_sft"), **test),
+        "judge_report": ReportConfig(before=str(j / "probe_before"),
+                                     after=str(j / "probe_after"), out=str(j / "report"),
+                                     title="embedded tiny judge: R1"),
+    }
+
+
 def analysis_configs(cfg: DemoConfig) -> dict[str, AnalyzeConfig]:
     """``--analyze``: where the bias lives, in the base and the trained models. R1: token
     shifting (``tokens``), perplexity of the advantageous answers (``thoughts``) and attention by
@@ -125,6 +161,8 @@ def main(cfg: DemoConfig) -> dict[str, Any]:
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
     """The chains ``--task`` asks for, then ``summary.json``."""
+    if cfg.task == "judge":
+        return run_judge(cfg)
     stages = {**stage_configs(cfg), **reasoning_stage_configs(cfg)}
     r1_steps = [("probe the base model", probe.main, "probe_before"),
                 ("teacher responses at the first position", teach.main, "teach"),
@@ -201,6 +239,39 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     write_json_atomic(out / "summary.json", summary)
     return {"summary": str(out / "summary.json"), "cross_task": str(out / "cross_task.md"),
             **results["reasoning_report"]}
+
+
+def run_judge(cfg: DemoConfig) -> dict[str, Any]:
+    """The judge chain, then ``summary.json``."""
+    stages = judge_stage_configs(cfg)
+    steps = [("judge: probe the base judge in both orders (and BPC)", probe.main,
+              "judge_probe_before"),
+             ("judge: teacher verdicts balanced over both orders", teach.main, "judge_teach"),
+             ("judge: training pairs in each order", pairs.main, "judge_pairs"),
+             ("judge: train Pos2Distill-R1", train.main, "judge_train"),
+             ("judge: train the swap-SFT baseline", train.main, "judge_swap_sft"),
+             ("judge: probe the R1 judge", probe.main, "judge_probe_after"),
+             ("judge: probe the swap-SFT judge", probe.main, "judge_probe_swap_sft"),
+             ("judge: report", report.main, "judge_report")]
+    results = {}
+    for k, (what, fn, name) in enumerate(steps, start=1):
+        log.info("[%d/%d] %s", k, len(steps), what)
+        results[name] = fn(stages[name])
+    judge = get_task("judge")
+    before = results["judge_probe_before"]
+    summary = {"before": judge.headline(before),
+               "after": judge.headline(results["judge_probe_after"]),
+               "bpc": judge.headline(before["bpc"]),
+               "swap_sft": judge.headline(results["judge_probe_swap_sft"]),
+               "teacher_kept": results["judge_teach"]["kept"],
+               "pairs": results["judge_pairs"]["pairs"],
+               "train_steps": results["judge_train"]["steps"],
+               "swap_sft_steps": results["judge_swap_sft"]["steps"],
+               "config": {"demo": dataclasses.asdict(cfg),
+                          **{name: dataclasses.asdict(stages[name]) for _, _, name in steps}}}
+    out = Path(cfg.out)
+    write_json_atomic(out / "summary.json", summary)
+    return {"summary": str(out / "summary.json"), **results["judge_report"]}
 
 
 def describe(result: dict[str, Any]) -> str:
