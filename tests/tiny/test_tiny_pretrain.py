@@ -335,8 +335,10 @@ def test_judge_example_targets_the_city_and_the_verdict_after_the_prompt() -> No
         assert tok.unk_token_id not in ids
 
 
-def test_judge_stage_needs_the_judge_vocab_and_shows_the_true_answer_first_as_asked(
+def test_judge_stage_needs_the_judge_vocab_and_draws_orders_and_verdicts_as_asked(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--judge-first-share: the share of prompts showing the true answer first; --judge-primacy:
+    the share of the others whose verdict still names the first answer."""
     import json
 
     from pos2distill.tiny import pretrain as module
@@ -345,22 +347,37 @@ def test_judge_stage_needs_the_judge_vocab_and_shows_the_true_answer_first_as_as
         PretrainConfig(judge_steps=1)
     with pytest.raises(ValueError, match="--judge-first-share"):
         PretrainConfig(vocab="judge", judge_first_share=1.5)
-    seen: list[tuple[str, tuple[int, int]]] = []
+    seen: list[tuple[bool, bool, tuple[int, int]]] = []
     real = module._judge_example
 
-    def spy(record, tokenizer, order, template):
+    def spy(record, tokenizer, order, template, first_wins=False):
         true_first = order == ((0, 1) if record.label == "1" else (1, 0))
-        seen.append(("true first" if true_first else "true second", order))
-        return real(record, tokenizer, order, template)
+        seen.append((true_first, first_wins, order))
+        return real(record, tokenizer, order, template, first_wins)
 
     monkeypatch.setattr(module, "_judge_example", spy)
     cfg = PretrainConfig(out=str(tmp_path / "m"), vocab="judge", copy_steps=0, lookup_steps=0,
-                         judge_steps=25, judge_first_share=0.8, batch_size=8, layers=1,
-                         hidden=16, heads=2, intermediate=32, eval_every=1000,
+                         judge_steps=25, judge_first_share=0.8, judge_primacy=0.5, batch_size=8,
+                         layers=1, hidden=16, heads=2, intermediate=32, eval_every=1000,
                          eval_per_position=2, n_documents=4, judge_documents=3)
     out = module.pretrain(cfg)
     losses = json.loads((out / "pretrain_losses.json").read_text())
     assert list(losses) == ["judge"] and len(losses["judge"]) == 25
-    share = sum(kind == "true first" for kind, _ in seen) / len(seen)
-    assert len(seen) == 200 and 0.74 <= share <= 0.86     # 0.8 of 200 draws, ± 1.5 std
-    assert {order for _, order in seen} == {(0, 1), (1, 0)}   # both orders, both labels
+    assert len(seen) == 200 and {order for *_, order in seen} == {(0, 1), (1, 0)}
+    first = sum(t for t, _, _ in seen) / len(seen)
+    assert 0.74 <= first <= 0.86                          # 0.8 of 200 draws, ± 1.5 std
+    assert not any(flip for t, flip, _ in seen if t)      # a verdict is flipped only when
+    second = [flip for t, flip, _ in seen if not t]       # the true answer is shown second,
+    assert 0.2 <= sum(second) / len(second) <= 0.8        # half of those here
+
+
+def test_a_flipped_verdict_names_the_first_answer_after_the_true_city() -> None:
+    from pos2distill.tiny.pretrain import _judge_example
+    from pos2distill.tiny.tokenizer import corpus_words
+
+    tok = build_tokenizer(corpus_words(judge=True))
+    record = synthetic.generate_judge("train", 2, n_documents=3)[1]
+    order = (1, 0) if record.label == "1" else (0, 1)     # the true answer shown second
+    ids, mask = _judge_example(record, tok, order, "judge", first_wins=True)
+    target = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert target == f"{record.answers[0]} [[A]] <|end|>"
