@@ -99,6 +99,11 @@ BAD = {
                        r":1, field 'label'.*not one of the candidates \(1, 2\)"),
     "rewardbench rejected missing": ([{"prompt": "q", "chosen": "a", "rejected": None}],
                                      r":1, field 'rejected'.*one answer of the pair"),
+    # The other answer's key absent altogether: still known by the one present.
+    "llmbar output_2 absent": ([{"input": "q", "output_1": "a", "label": 1}],
+                               r":1, field 'output_2'.*one answer of the pair is missing"),
+    "rewardbench rejected absent": ([{"prompt": "q", "chosen": "a"}],
+                                    r":1, field 'rejected'.*one answer of the pair"),
     "ours label 3": ([{"id": "x", "question": "q", "answers": [], "documents": [], "gold": [],
                        "kind": "judge", "candidates": ["a", "b"], "label": 3}],
                      r":1, field 'label'.*not one of the candidates"),

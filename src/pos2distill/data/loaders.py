@@ -633,8 +633,8 @@ def detect_format(path: PathLike, *, split: str = "") -> str:
 
     ``documents`` + ``gold`` → ``"records"``; ``ctxs`` → ``"litm"``; ``gold_document`` →
     ``"authors"``; ``ordered_kv_records`` → ``"kv"``; MuSiQue, 2WikiMultihopQA and HotpotQA by
-    their own fields; judgement files: ``conversation_a`` + ``conversation_b`` → ``"mtbench"``,
-    ``output_1`` + ``output_2`` → ``"llmbar"``, ``chosen`` + ``rejected`` → ``"rewardbench"``.
+    their own fields; judgement files: ``conversation_a`` or ``conversation_b`` → ``"mtbench"``,
+    ``output_1`` or ``output_2`` → ``"llmbar"``, ``chosen`` or ``rejected`` → ``"rewardbench"``.
     Raises :class:`DataError` otherwise.
     """
     p, _ = _names(path, split)
@@ -664,11 +664,13 @@ def detect_format(path: PathLike, *, split: str = "") -> str:
         return "2wiki"
     if "context" in keys and "supporting_facts" in keys:
         return "hotpotqa"
-    if "conversation_a" in keys and "conversation_b" in keys:
+    # A judgement file is known by either answer's key, so that a pair missing the other answer
+    # gets its loader's error ("output_2: missing"), not "cannot detect the format".
+    if keys & {"conversation_a", "conversation_b"}:
         return "mtbench"
-    if {"output_1", "output_2"} <= keys:
+    if keys & {"output_1", "output_2"}:
         return "llmbar"
-    if {"chosen", "rejected"} <= keys:
+    if keys & {"chosen", "rejected"}:
         return "rewardbench"
     raise DataError(
         f"cannot detect the format from {'keys' if line else 'columns'} {sorted(keys)}; "
