@@ -50,16 +50,20 @@ RUNS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("rope300", {"rope_theta": 300.0, "copy_steps": 0, "lookup_steps": 0, "reason_steps": 300,
                  "reason_lr": 1e-3, "reason_docs_fraction": 0.5, "eval_every": 50,
                  "eval_per_position": 20, **_LATE_MIX}),
-    # 6. More chains (a quarter repeats), stopped at step 200 of a 300-step schedule, then 60 steps
-    #    of instruction tuning: 3-document questions answered in a word, beside the same mix. In
-    #    this run a chain's hops are adjacent, in order, and touch the first or last three
-    #    documents: chains over every pair taught the middle distances, and the retrieval U
-    #    filled in (docs/tiny-model-notes.md, 2026-12-06).
-    ("chains-and-format", {"copy_steps": 0, "lookup_steps": 0, "reason_steps": 300,
-                           "reason_stop": 200, "reason_lr": 1e-3, "reason_docs_fraction": 0.25,
-                           "reason_edge_mass": 1.0, "format_steps": 60, "format_lr": 1e-3,
-                           "format_fraction": 0.5, "format_documents": 3, "eval_every": 50,
-                           "eval_per_position": 20, **_LATE_MIX}),
+    # 6. More chains (a quarter repeats), stopped at step 200 of a 300-step schedule. In this run
+    #    a chain's hops are adjacent, in order, and touch the first or last three documents: chains
+    #    over every pair taught the middle distances, and the retrieval U filled in
+    #    (docs/tiny-model-notes.md, 2026-12-06).
+    ("more-chains", {"copy_steps": 0, "lookup_steps": 0, "reason_steps": 300, "reason_stop": 200,
+                     "reason_lr": 1e-3, "reason_docs_fraction": 0.25, "reason_edge_mass": 1.0,
+                     "eval_every": 100, "eval_per_position": 20, **_LATE_MIX}),
+    # 7. Instruction tuning, 60 steps: half of each batch 3-document questions about training
+    #    people answered with the city and EOS, 15 % of them about a person with no document,
+    #    answered with EOS alone; the other half the same chains and repeats as run 6.
+    ("format", {"copy_steps": 0, "lookup_steps": 0, "reason_docs_fraction": 0.25,
+                "reason_edge_mass": 1.0, "format_steps": 60, "format_lr": 1e-3,
+                "format_fraction": 0.5, "format_documents": 3, "format_unanswerable": 0.15,
+                "eval_every": 50, "eval_per_position": 20, **_LATE_MIX}),
 )
 
 #: The embedded judge (``pos2distill/assets/tiny-judge``): the last of :data:`RUNS` taught to judge
