@@ -9,7 +9,7 @@ Tests use fakes that implement the same :class:`Generator` protocol (and a fake 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 from pos2distill.errors import ConfigError
 from pos2distill import modeling
@@ -23,6 +23,25 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Greedy completions of ``prompts``, in the same order, special tokens removed."""
         ...
+
+
+def left_padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int
+                        ) -> Iterator[tuple[list[int], Any, Any]]:
+    """``(idx, ids, attention_mask)`` per batch of token-id sequences, shortest first (so a batch
+    wastes little padding), left-padded to the batch's longest: ``ids`` and ``attention_mask`` are
+    (B, T) long tensors, ``idx`` the sequences' indices in ``seqs``."""
+    import torch
+
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        T = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
+        att = torch.zeros((len(idx), T), dtype=torch.long)
+        for b, i in enumerate(idx):
+            ids[b, T - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
+            att[b, T - len(seqs[i]):] = 1
+        yield idx, ids, att
 
 
 class HFGenerator:
@@ -50,18 +69,10 @@ class HFGenerator:
         import torch
 
         tok = self.tokenizer
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out: list[list[int]] = [[] for _ in encoded]
         device = next(self.model.parameters()).device
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            T = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
-            att = torch.zeros((len(idx), T), dtype=torch.long)
-            for b, i in enumerate(idx):
-                seq = encoded[i]
-                ids[b, T - len(seq):] = torch.tensor(seq, dtype=torch.long)
-                att[b, T - len(seq):] = 1
+        for idx, ids, att in left_padded_batches(encoded, self.batch_size, tok.pad_token_id):
+            T = ids.shape[1]
             with torch.no_grad():
                 gen = self.model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
                                           max_new_tokens=max_new_tokens, do_sample=False,
@@ -88,15 +99,8 @@ class HFGenerator:
                 for p, c in zip(prompts, continuations)]
         out: list[list[float]] = [[] for _ in seqs]
         device = next(self.model.parameters()).device
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            T = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), T), self.tokenizer.pad_token_id, dtype=torch.long)
-            att = torch.zeros((len(idx), T), dtype=torch.long)
-            for b, i in enumerate(idx):
-                ids[b, T - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
-                att[b, T - len(seqs[i]):] = 1
+        for idx, ids, att in left_padded_batches(seqs, self.batch_size,
+                                                 self.tokenizer.pad_token_id):
             with torch.no_grad():
                 logits = self.model(input_ids=ids.to(device),
                                     attention_mask=att.to(device)).logits[:, -1]   # (B, V)
@@ -116,15 +120,8 @@ class HFGenerator:
         device = next(self.model.parameters()).device
         torch.manual_seed(seed)
         out: list[list[str]] = [[] for _ in prompts]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            T = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), T), tok.pad_token_id, dtype=torch.long)
-            att = torch.zeros((len(idx), T), dtype=torch.long)
-            for b, i in enumerate(idx):
-                ids[b, T - len(encoded[i]):] = torch.tensor(encoded[i], dtype=torch.long)
-                att[b, T - len(encoded[i]):] = 1
+        for idx, ids, att in left_padded_batches(encoded, self.batch_size, tok.pad_token_id):
+            T = ids.shape[1]
             with torch.no_grad():
                 gen = self.model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
                                           max_new_tokens=max_new_tokens, do_sample=True,

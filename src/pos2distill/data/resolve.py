@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from pos2distill.data import synthetic
 from pos2distill.data.loaders import build_from_oracle, load_records
@@ -15,6 +15,20 @@ from pos2distill.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SYNTHETIC_DEFAULT_SIZE = 1000
+
+#: The synthetic sets: ``--data NAME:SPLIT`` → (generator, whether a number of documents fits it,
+#: what the set has, for the error).
+_SYNTHETIC: dict[str, tuple[Callable[..., list[Record]], Callable[[int], bool], str]] = {
+    "synthetic": (synthetic.generate, lambda n: 2 <= n <= synthetic.N_NAMES,
+                  f"the synthetic set has 2 to {synthetic.N_NAMES} documents per question"),
+    "synthetic-reasoning": (synthetic.generate_reasoning,
+                            lambda n: 2 <= n <= synthetic.N_NAMES and n % 2 == 0,
+                            "the synthetic reasoning set has an even number of documents from 2 "
+                            f"to {synthetic.N_NAMES}"),
+    "synthetic-judge": (synthetic.generate_judge, lambda n: 2 <= n <= synthetic.N_NAMES,
+                        f"the synthetic judging set has 2 to {synthetic.N_NAMES} documents per "
+                        "item"),
+}
 
 
 class DataOptions(Protocol):
@@ -36,39 +50,8 @@ def load_data(opts: DataOptions) -> list[Record]:
     if opts.data.startswith("synthetic") and split:
         raise ConfigError(f"--split {split}: the synthetic sets name their split in --data "
                           "(synthetic:SPLIT); --split chooses a split of a datasets folder")
-    if opts.data.startswith("synthetic-judge"):
-        _, _, split = opts.data.partition(":")
-        split = split or "test"
-        if opts.data.partition(":")[0] != "synthetic-judge" or split not in synthetic.SPLITS:
-            raise ConfigError(f"--data: {opts.data!r}: use one of "
-                              + ", ".join(f"synthetic-judge:{s}" for s in synthetic.SPLITS))
-        if not 2 <= opts.n_documents <= synthetic.N_NAMES:
-            raise ConfigError(f"--n-documents: the synthetic judging set has 2 to "
-                              f"{synthetic.N_NAMES} documents per item, got {opts.n_documents}")
-        return synthetic.generate_judge(split, opts.limit or SYNTHETIC_DEFAULT_SIZE,
-                                        seed=opts.seed, n_documents=opts.n_documents)
-    if opts.data.startswith("synthetic-reasoning"):
-        _, _, split = opts.data.partition(":")
-        split = split or "test"
-        if opts.data.partition(":")[0] != "synthetic-reasoning" or split not in synthetic.SPLITS:
-            raise ConfigError(f"--data: {opts.data!r}: use one of "
-                              + ", ".join(f"synthetic-reasoning:{s}" for s in synthetic.SPLITS))
-        if not 2 <= opts.n_documents <= synthetic.N_NAMES or opts.n_documents % 2:
-            raise ConfigError(f"--n-documents: the synthetic reasoning set has an even number of "
-                              f"documents from 2 to {synthetic.N_NAMES}, got {opts.n_documents}")
-        return synthetic.generate_reasoning(split, opts.limit or SYNTHETIC_DEFAULT_SIZE,
-                                            seed=opts.seed, n_documents=opts.n_documents)
     if opts.data.startswith("synthetic"):
-        _, _, split = opts.data.partition(":")
-        split = split or "test"
-        if opts.data.partition(":")[0] != "synthetic" or split not in synthetic.SPLITS:
-            raise ConfigError(f"--data: {opts.data!r}: use one of "
-                              + ", ".join(f"synthetic:{s}" for s in synthetic.SPLITS))
-        if not 2 <= opts.n_documents <= synthetic.N_NAMES:
-            raise ConfigError(f"--n-documents: the synthetic set has 2 to {synthetic.N_NAMES} "
-                              f"documents per question, got {opts.n_documents}")
-        return synthetic.generate(split, opts.limit or SYNTHETIC_DEFAULT_SIZE, seed=opts.seed,
-                                  n_documents=opts.n_documents)
+        return _synthetic(opts)
     refuse_remote(opts.data)
     records = load_records(opts.data, opts.data_format, split=split)
     if not records:
@@ -78,3 +61,19 @@ def load_data(opts: DataOptions) -> list[Record]:
                  opts.n_documents)
         records = build_from_oracle(records, n_documents=opts.n_documents, seed=opts.seed)
     return records[:opts.limit] if opts.limit else records
+
+
+def _synthetic(opts: DataOptions) -> list[Record]:
+    """A synthetic set (``synthetic``, ``synthetic-reasoning``, ``synthetic-judge``; split
+    ``test`` unless named), ``opts.limit`` records (default :data:`SYNTHETIC_DEFAULT_SIZE`)."""
+    name, _, split = opts.data.partition(":")
+    split = split or "test"
+    family = max((k for k in _SYNTHETIC if opts.data.startswith(k)), key=len)
+    if name != family or split not in synthetic.SPLITS:
+        raise ConfigError(f"--data: {opts.data!r}: use one of "
+                          + ", ".join(f"{family}:{s}" for s in synthetic.SPLITS))
+    generate, fits, what = _SYNTHETIC[family]
+    if not fits(opts.n_documents):
+        raise ConfigError(f"--n-documents: {what}, got {opts.n_documents}")
+    return generate(split, opts.limit or SYNTHETIC_DEFAULT_SIZE, seed=opts.seed,
+                    n_documents=opts.n_documents)
