@@ -381,3 +381,45 @@ def test_a_flipped_verdict_names_the_first_answer_after_the_true_city() -> None:
     ids, mask = _judge_example(record, tok, order, "judge", first_wins=True)
     target = tok.decode([i for i, m in zip(ids, mask) if m])
     assert target == f"{record.answers[0]} [[A]] <|end|>"
+
+
+def test_unanswerable_questions_lack_the_asked_person_and_are_answered_with_eos_alone() -> None:
+    from pos2distill.tiny.pretrain import _unanswerable_example
+
+    tok = build_tokenizer()
+    for k, record in enumerate(synthetic.generate("train", 20, n_documents=3)):
+        subject = record.question.split()[-1]
+        ids, mask = _unanswerable_example(record, tok, k % 3, random.Random(k))
+        prompt = tok.decode([i for i, m in zip(ids, mask) if not m])
+        assert f"Title: {subject}" not in prompt and prompt.count("- Title:") == 3
+        assert f"home to {subject}" in prompt                    # still asked about
+        assert [i for i, m in zip(ids, mask) if m] == [tok.eos_token_id]
+
+
+def test_format_stage_draws_unanswerable_questions_only_when_asked(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    from pos2distill.tiny import pretrain as module
+
+    calls = {"answerable": 0, "unanswerable": 0}
+    real_a, real_u = module._lookup_example, module._unanswerable_example
+
+    def a(*args):
+        calls["answerable"] += 1
+        return real_a(*args)
+
+    def u(*args):
+        calls["unanswerable"] += 1
+        return real_u(*args)
+
+    monkeypatch.setattr(module, "_lookup_example", a)
+    monkeypatch.setattr(module, "_unanswerable_example", u)
+    small = dict(copy_steps=0, lookup_steps=0, format_steps=10, batch_size=8,
+                 format_fraction=1.0, layers=1, hidden=16, heads=2, intermediate=32,
+                 eval_every=1000, eval_per_position=1, n_documents=4)
+    module.pretrain(PretrainConfig(out=str(tmp_path / "a"), **small))
+    # 10 steps of 8 questions, and the end-of-stage check: 1 question at each of 4 positions.
+    assert calls == {"answerable": 80 + 4, "unanswerable": 0}
+    calls.update(answerable=0)
+    module.pretrain(PretrainConfig(out=str(tmp_path / "b"), format_unanswerable=0.25, **small))
+    assert calls["answerable"] + calls["unanswerable"] == 80 + 4
+    assert 8 <= calls["unanswerable"] <= 32                      # 0.25 of 80, ± 2.5 std

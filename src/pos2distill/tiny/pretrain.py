@@ -18,10 +18,12 @@ positional biases come only from what the stages' data contains; no rule in code
    far apart, reversed or in the middle, rarer), mixed with document repeats.
 4. **Answer format** (``--format-steps``): instruction tuning, as a chat model gets it. A share of
    each batch (``--format-fraction``) is retrieval questions about training people with only
-   ``--format-documents`` documents (3), answered with the city and EOS; the rest is stage 3's mix,
-   so the chains of thought stay. The model learns to answer in a word and stop; prompts of the
-   evaluated length (20 documents) never occur, so where it finds a document far back is still
-   what stages 1-3 taught it.
+   ``--format-documents`` documents (3), answered with the city and EOS; with
+   ``--format-unanswerable``, a share of them ask about a person with no document and are answered
+   with EOS alone, as instruction data teaches a model to say nothing it cannot find. The rest of
+   the batch is stage 3's mix, so the chains of thought stay. The model learns to answer in a word
+   and stop; prompts of the evaluated length (20 documents) never occur, so where it finds a
+   document far back is still what stages 1-3 taught it.
 5. **Lookup** (``--lookup-steps``, off in the shipped recipe): the retrieval questions themselves.
 6. **Judging** (``--judge-steps``, with ``--vocab judge``): the embedded judge (``tiny-judge``) is
    the shipped model taught to judge two answers to a retrieval question (``pos2distill probe
@@ -54,6 +56,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from pos2distill.tasks import prompts
 from pos2distill.data import synthetic
+from pos2distill.data.records import Document
 from pos2distill.options import option
 from pos2distill.metrics import judge_metrics
 from pos2distill.tasks.judge import read_verdict, render_judge_example
@@ -102,6 +105,11 @@ class PretrainConfig:
                                "with stage 3's chains and repeats.")
     format_lr: float = option(1e-3, "Peak learning rate of stage 4.")
     format_documents: int = option(3, "Stage 4: documents per retrieval question.")
+    format_unanswerable: float = option(0.0,
+                                        "Stage 4: share of the short questions whose asked "
+                                        "person has no document (another person's takes its "
+                                        "place), answered with EOS alone: the model learns to "
+                                        "say nothing when it finds nothing.")
     format_fraction: float = option(0.5,
                                     "Stage 4: share of each batch that is short retrieval "
                                     "questions (the rest: stage 3's batch).")
@@ -191,7 +199,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "lead_fraction", "conflict_fraction", "reason_edge_mass",
-                     "reason_docs_fraction", "format_fraction", "judge_first_share",
+                     "reason_docs_fraction", "format_fraction", "format_unanswerable", "judge_first_share",
                      "judge_fraction", "judge_primacy"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -347,6 +355,17 @@ def _chat_example(placed, tokenizer, template: str, target: str) -> tuple[list[i
 
 def _lookup_example(record, tokenizer, position: int, rng: random.Random) -> tuple[list[int], list[int]]:
     return _chat_example(place_gold(record, position, rng), tokenizer, "authors", record.answers[0])
+
+
+def _unanswerable_example(record, tokenizer, position: int,
+                          rng: random.Random) -> tuple[list[int], list[int]]:
+    """``record`` with the asked person's document replaced by another person's (no name of the
+    record), answered with EOS alone."""
+    present = {d.title for d in record.documents}
+    stranger = rng.choice([n for n in synthetic.NAMES if n not in present])
+    documents = (Document(title=stranger, text=rng.choice(synthetic.CITIES)),) + record.documents[1:]
+    placed = place_gold(dataclasses.replace(record, documents=documents), position, rng)
+    return _chat_example(placed, tokenizer, "authors", "")
 
 
 def _pad(seqs: list[list[int]], masks: list[list[int]], pad: int):
@@ -570,8 +589,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
         seqs, masks = [], []
         for _ in range(n_short):
             record = format_rng.choice(format_train)
-            s, m = _lookup_example(record, tokenizer, format_rng.randrange(cfg.format_documents),
-                                   format_rng)
+            position = format_rng.randrange(cfg.format_documents)
+            # Drawn only when asked, so that the stream of a run without it stays the same.
+            if cfg.format_unanswerable and format_rng.random() < cfg.format_unanswerable:
+                s, m = _unanswerable_example(record, tokenizer, position, format_rng)
+            else:
+                s, m = _lookup_example(record, tokenizer, position, format_rng)
             seqs.append(s)
             masks.append(m)
         rest_s, rest_m = reason_examples(cfg.batch_size - n_short)
