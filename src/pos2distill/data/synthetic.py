@@ -58,13 +58,17 @@ def make_record(rng: random.Random, subject: str, *, n_documents: int, record_id
                   documents=documents, gold=(0,), kind="qa")
 
 
-def generate(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
-    """``n`` records of ``split`` (one of :data:`SPLITS`); deterministic for (split, n, seed,
-    n_documents)."""
+def _check(split: str, n_documents: int) -> None:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if not 2 <= n_documents <= N_NAMES:
         raise ValueError(f"n_documents must be in 2..{N_NAMES}, got {n_documents}")
+
+
+def generate(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
+    """``n`` records of ``split`` (one of :data:`SPLITS`); deterministic for (split, n, seed,
+    n_documents)."""
+    _check(split, n_documents)
     subjects = SUBJECTS[split]
     rng = random.Random(f"synthetic|{split}|{seed}|{n_documents}")
     return [make_record(rng, rng.choice(subjects), n_documents=n_documents,
@@ -188,10 +192,7 @@ def make_judge_record(rng: random.Random, subject: str, *, n_documents: int, rec
 def generate_judge(split: str, n: int, *, seed: int = 0, n_documents: int = 20) -> list[Record]:
     """``n`` judging items of ``split``; deterministic for (split, n, seed, n_documents), and a
     shorter set is a prefix of a longer one."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not 2 <= n_documents <= N_NAMES:
-        raise ValueError(f"n_documents must be in 2..{N_NAMES}, got {n_documents}")
+    _check(split, n_documents)
     subjects = SUBJECTS[split]
     rng = random.Random(f"synthetic-judge|{split}|{seed}|{n_documents}")
     return [make_judge_record(rng, rng.choice(subjects), n_documents=n_documents,

@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Then build the embedded judge from the final run into --judge-out.")
     parser.add_argument("--judge-only", action="store_true",
                         help="Build only the judge, from the shipped model (which the runs "
-                             "rebuild bit for bit): about a minute.")
+                             "rebuild bit for bit): about 2 minutes on one thread.")
     parser.add_argument("--judge-out", default="runs/tiny-judge",
                         help="Where the judge's folder is copied. (default: runs/tiny-judge)")
     args = parser.parse_args(argv)
