@@ -401,7 +401,7 @@ class DemoConfig:
     n_train: int = option(400, "R1: training questions given to the teacher.")
     K: int = option(4, "Trivial positions (R2: configurations) per question.")
     anchors: int = option(1, "R1: anchor copies per question.")
-    lr: float = option(5e-4, "R1: peak learning rate (chosen on synthetic:dev).")
+    lr: float = option(7e-4, "R1: peak learning rate (chosen on synthetic:dev).")
     epochs: float = option(3.0, "R1: passes over the pairs (chosen on synthetic:dev).")
     batch_size: int = option(32, "Examples per optimizer step.")
     formula: str = option("pos2distill", f"Position-aware weights: {', '.join(WEIGHT_FORMULAS)}.")
@@ -413,7 +413,7 @@ class DemoConfig:
                    "judge's order bias: R1 with the order-balanced verdict as teacher, beside BPC "
                    "and the swap-SFT baseline).")
     r2_lr: float = option(7e-4, "R2: peak learning rate.")
-    r2_epochs: float = option(1.0, "R2: passes over the pairs.")
+    r2_epochs: float = option(2.0, "R2: passes over the pairs (chosen on synthetic-reasoning:dev).")
     r2_n_train: int = option(2500, "R2: training questions given to the teacher (0: as many as "
                          "--n-train).")
     r2_max_new_tokens: int = option(24, "R2: tokens generated per chain-of-thought (the synthetic "
