@@ -154,6 +154,16 @@ def analysis_configs(cfg: DemoConfig) -> dict[str, AnalyzeConfig]:
     }
 
 
+def run_steps(steps: list[tuple[str, Any, str]], stages: dict[str, Any]) -> dict[str, Any]:
+    """Each ``(what, stage main, config name)`` in order, logged as ``[k/n] what``; the results
+    by config name."""
+    results = {}
+    for k, (what, fn, name) in enumerate(steps, start=1):
+        log.info("[%d/%d] %s", k, len(steps), what)
+        results[name] = fn(stages[name])
+    return results
+
+
 def main(cfg: DemoConfig) -> dict[str, Any]:
     with one_writer(cfg.out):   # each stage also holds its own output
         return run(cfg)
@@ -192,10 +202,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                          for name, c in analyses.items()
                          if ("reasoning" if name.startswith("reasoning_") else "retrieval")
                          in wanted]
-    results = {}
-    for k, (what, fn, name) in enumerate(steps, start=1):
-        log.info("[%d/%d] %s", k, len(steps), what)
-        results[name] = fn(stages[name])
+    results = run_steps(steps, stages)
     used = [name for _, _, name in steps]
     config = {"demo": dataclasses.asdict(cfg),
               **{name: dataclasses.asdict(stages[name]) for name in used}}
@@ -253,10 +260,7 @@ def run_judge(cfg: DemoConfig) -> dict[str, Any]:
              ("judge: probe the R1 judge", probe.main, "judge_probe_after"),
              ("judge: probe the swap-SFT judge", probe.main, "judge_probe_swap_sft"),
              ("judge: report", report.main, "judge_report")]
-    results = {}
-    for k, (what, fn, name) in enumerate(steps, start=1):
-        log.info("[%d/%d] %s", k, len(steps), what)
-        results[name] = fn(stages[name])
+    results = run_steps(steps, stages)
     judge = get_task("judge")
     before = results["judge_probe_before"]
     summary = {"before": judge.headline(before),

@@ -193,7 +193,8 @@ class Answer:
 
 def advantageous_answers(s: Setup, model: Any, *, keep_wrong: bool = False) -> list[Answer]:
     """The advantageous response of every question: the teach file's, or greedy here (with a
-    progress bar); wrong or empty ones are left out unless ``keep_wrong``."""
+    progress bar); wrong or empty ones are left out unless ``keep_wrong``, and a ConfigError
+    when none is left."""
     if s.responses:
         texts = [s.responses[r.id] for r in s.records]
     else:
@@ -214,6 +215,9 @@ def advantageous_answers(s: Setup, model: Any, *, keep_wrong: bool = False) -> l
             answers.append(Answer(r, target, ids, correct))
     log.info("%d of %d questions answered correctly at the advantageous slot %s",
              sum(a.correct for a in answers), len(s.records), slot_label(s.adv))
+    if not answers:
+        raise ConfigError("the model answered no question correctly at the advantageous "
+                          "slot: there is no response to analyse")
     return answers
 
 
@@ -292,9 +296,6 @@ def run_tokens(cfg: AnalyzeConfig) -> dict[str, Any]:
     with one_writer(cfg.out):
         out = _start(cfg, "tokens")
         answers = advantageous_answers(s, model)
-        if not answers:
-            raise ConfigError("the model answered no question correctly at the advantageous "
-                              "slot: there is no response to analyse")
         rows, prompts = _token_rows(s, model, answers, slots)
         _recover(s, model, rows, prompts)
         for row in rows:
@@ -450,9 +451,6 @@ def run_thoughts(cfg: AnalyzeConfig) -> dict[str, Any]:
     with one_writer(cfg.out):
         out = _start(cfg, "thoughts")
         answers = advantageous_answers(s, model)
-        if not answers:
-            raise ConfigError("the model answered no question correctly at the advantageous "
-                              "slot: there is no response to analyse")
         rows = _perplexity_rows(s, model, answers, slots)
         checks: dict[str, int] = {}
         if s.task.name == "reasoning":

@@ -199,8 +199,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("late_fraction", "lead_fraction", "conflict_fraction", "reason_edge_mass",
-                     "reason_docs_fraction", "format_fraction", "format_unanswerable", "judge_first_share",
-                     "judge_fraction", "judge_primacy"):
+                     "reason_docs_fraction", "format_fraction", "format_unanswerable",
+                     "judge_first_share", "judge_fraction", "judge_primacy"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
@@ -410,9 +410,9 @@ def judge_check(model, tokenizer, records, template: str,
     was_training = model.training
     model.eval()
     orders = ((0, 1), (1, 0))
-    prompts_ = [prompts.encode_prompt(
-        tokenizer, render_judge_example(r, o, tokenizer, chat="on", template=template)[0], chat=True)
-        for r in records for o in orders]
+    rendered = [render_judge_example(r, o, tokenizer, chat="on", template=template)[0]
+                for r in records for o in orders]
+    prompts_ = [prompts.encode_prompt(tokenizer, p, chat=True) for p in rendered]
     T = max(len(x) for x in prompts_)
     ids = torch.full((len(prompts_), T), tokenizer.pad_token_id, dtype=torch.long)
     att = torch.zeros_like(ids)
@@ -627,10 +627,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
                                     lookup_batch, pad, evaluate)
 
     judge_rng = random.Random(f"{cfg.seed}|judge")
-    judge_train = synthetic.generate_judge("train", 20000, seed=cfg.seed,
-                                           n_documents=cfg.judge_documents)
-    judge_test = synthetic.generate_judge("dev", 2 * cfg.eval_per_position, seed=cfg.seed + 1,
-                                          n_documents=cfg.judge_documents)
+    judge_train, judge_test = [], []
+    if cfg.judge_steps:   # made only for a run that judges (no other stream touches them)
+        judge_train = synthetic.generate_judge("train", 20000, seed=cfg.seed,
+                                               n_documents=cfg.judge_documents)
+        judge_test = synthetic.generate_judge("dev", 2 * cfg.eval_per_position,
+                                              seed=cfg.seed + 1, n_documents=cfg.judge_documents)
 
     n_judge = round(cfg.judge_fraction * cfg.batch_size)
 
