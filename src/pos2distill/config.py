@@ -398,7 +398,8 @@ class DemoConfig:
     model: str = option("", "Model (default: the embedded one: tiny, or tiny-judge with --task "
                         "judge).")
     n_test: int = option(100, "Held-out questions, each probed at every position (configuration).")
-    n_train: int = option(400, "R1: training questions given to the teacher.")
+    n_train: int = option(600, "R1: training questions given to the teacher (chosen on "
+                         "synthetic:dev).")
     K: int = option(4, "Trivial positions (R2: configurations) per question.")
     anchors: int = option(1, "R1: anchor copies per question.")
     lr: float = option(7e-4, "R1: peak learning rate (chosen on synthetic:dev).")
@@ -413,9 +414,9 @@ class DemoConfig:
                    "judge's order bias: R1 with the order-balanced verdict as teacher, beside BPC "
                    "and the swap-SFT baseline).")
     r2_lr: float = option(7e-4, "R2: peak learning rate.")
-    r2_epochs: float = option(2.0, "R2: passes over the pairs (chosen on synthetic-reasoning:dev).")
-    r2_n_train: int = option(2500, "R2: training questions given to the teacher (0: as many as "
-                         "--n-train).")
+    r2_epochs: float = option(1.0, "R2: passes over the pairs (chosen on synthetic-reasoning:dev).")
+    r2_n_train: int = option(3500, "R2: training questions given to the teacher (0: as many as "
+                         "--n-train; chosen on synthetic-reasoning:dev).")
     r2_max_new_tokens: int = option(24, "R2: tokens generated per chain-of-thought (the synthetic "
                                 "one is 17 tokens and EOS).")
     analyze: bool = option(False, "Also run `pos2distill analyze` on the base and trained models "
