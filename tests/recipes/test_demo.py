@@ -200,7 +200,8 @@ def test_demo_r2_training_questions_are_their_own_and_zero_follows_r1s() -> None
         return (demo.stage_configs(cfg)["teach"].limit,
                 demo.reasoning_stage_configs(cfg)["reasoning_teach"].limit)
 
-    assert limits() == (40, 2500)
+    default = DemoConfig().r2_n_train
+    assert default != 40 and limits() == (40, default)
     assert limits(r2_n_train=900) == (40, 900)
     assert limits(r2_n_train=0) == (40, 40)
     with pytest.raises(ConfigError, match="--r2-n-train: must be >= 0"):
