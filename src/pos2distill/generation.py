@@ -28,19 +28,15 @@ class Generator(Protocol):
 def left_padded_batches(seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int
                         ) -> Iterator[tuple[list[int], Any, Any]]:
     """``(idx, ids, attention_mask)`` per batch of token-id sequences, shortest first (so a batch
-    wastes little padding), left-padded to the batch's longest: ``ids`` and ``attention_mask`` are
-    (B, T) long tensors, ``idx`` the sequences' indices in ``seqs``."""
-    import torch
+    wastes little padding), left-padded to the batch's longest by
+    :func:`pos2distill.training.batches.left_pad`: ``ids`` and ``attention_mask`` are (B, T) long
+    tensors, ``idx`` the sequences' indices in ``seqs``."""
+    from pos2distill.training.batches import left_pad
 
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        T = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-        att = torch.zeros((len(idx), T), dtype=torch.long)
-        for b, i in enumerate(idx):
-            ids[b, T - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
-            att[b, T - len(seqs[i]):] = 1
+        ids, att = left_pad([seqs[i] for i in idx], pad_id)
         yield idx, ids, att
 
 

@@ -62,6 +62,7 @@ from pos2distill.metrics import judge_metrics
 from pos2distill.tasks.judge import read_verdict, render_judge_example
 from pos2distill.tasks.positions import paper_configurations, place_gold, place_hops
 from pos2distill.tiny.tokenizer import build_tokenizer, corpus_words
+from pos2distill.training.batches import left_pad
 
 log = logging.getLogger(__name__)
 
@@ -413,12 +414,8 @@ def judge_check(model, tokenizer, records, template: str,
     rendered = [render_judge_example(r, o, tokenizer, chat="on", template=template)[0]
                 for r in records for o in orders]
     prompts_ = [prompts.encode_prompt(tokenizer, p, chat=True) for p in rendered]
-    T = max(len(x) for x in prompts_)
-    ids = torch.full((len(prompts_), T), tokenizer.pad_token_id, dtype=torch.long)
-    att = torch.zeros_like(ids)
-    for b, x in enumerate(prompts_):   # left padding, as generation needs
-        ids[b, T - len(x):] = torch.tensor(x)
-        att[b, T - len(x):] = 1
+    ids, att = left_pad(prompts_, tokenizer.pad_token_id)   # generation needs left padding
+    T = ids.shape[1]
     out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id)
